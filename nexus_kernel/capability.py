@@ -1,0 +1,71 @@
+"""What a capability plugin declares about itself. Importing this module never imports torch."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+MODALITIES = ("text", "audio", "image")
+DEFAULT_MAX_RANK = 64
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+RankPolicy = Callable[[int, int], int]
+"""`(intrinsic_dim, max_rank) -> rank`; the kernel clamps the answer to `[1, max_rank]`."""
+
+
+@dataclass(frozen=True)
+class Capability:
+    """One capability a plugin brings: the student gets exactly one adapter for it.
+
+    `categories` are the values of the teacher CSV's `Category` column this capability serves
+    (matched case-insensitively); `benchmarks` name the scores its `retention_metric` reports.
+    """
+
+    name: str
+    modality: str
+    categories: tuple[str, ...]
+    benchmarks: tuple[str, ...]
+    max_rank: int = DEFAULT_MAX_RANK
+    description: str = ""
+    rank_policy: RankPolicy | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not _NAME_PATTERN.match(self.name):
+            raise ValueError(
+                f"capability name {self.name!r} must be lower-case letters, digits and '_'"
+            )
+        if self.modality not in MODALITIES:
+            raise ValueError(
+                f"capability {self.name!r}: modality {self.modality!r} is not one of {MODALITIES}"
+            )
+        if not self.categories:
+            raise ValueError(f"capability {self.name!r} serves no CSV category")
+        if not self.benchmarks:
+            raise ValueError(f"capability {self.name!r} names no benchmark")
+        if self.max_rank < 1:
+            raise ValueError(f"capability {self.name!r}: max_rank must be >= 1")
+
+    def serves(self, category: str) -> bool:
+        """Whether a teacher CSV row with this `Category` belongs to this capability."""
+        wanted = category.strip().casefold()
+        return any(wanted == own.casefold() for own in self.categories)
+
+    def choose_rank(self, intrinsic_dim: int, max_rank: int | None = None) -> int:
+        """`min(intrinsic_dim, max_rank)`, lowered (never raised) by the plugin's rank policy."""
+        ceiling = self.max_rank if max_rank is None else max_rank
+        rank = max(1, min(intrinsic_dim, ceiling))
+        if self.rank_policy is not None:
+            rank = max(1, min(self.rank_policy(intrinsic_dim, ceiling), rank))
+        return rank
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready summary, as `nexus plugins --json` and the config lock record it."""
+        return {
+            "name": self.name,
+            "modality": self.modality,
+            "categories": list(self.categories),
+            "benchmarks": list(self.benchmarks),
+            "max_rank": self.max_rank,
+            "description": self.description,
+        }

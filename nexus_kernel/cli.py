@@ -1,0 +1,165 @@
+"""The `nexus` command. Each command is a thin layer over library functions the tests call.
+
+Nothing here imports torch at module level: `nexus --help` and `nexus plugins` stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from nexus_kernel import __version__
+from nexus_kernel.config import DEFAULT_CONFIG, Config, load_config
+from nexus_kernel.errors import NexusError, StageError
+from nexus_kernel.plugins import PluginSet, choose_allow_list, load_plugins
+
+EXIT_INCOMPLETE = 3
+
+_plugins_option = click.option(
+    "--plugins", "plugins_text", metavar="A,B",
+    help="Allow-list of plugins (entry-point or distribution names); overrides NEXUS_PLUGINS "
+         "and the config's plugins.enabled. Plugins left out are never imported.")
+_strict_option = click.option(
+    "--strict", is_flag=True, help="A plugin that fails to load is an error, not a warning.")
+_config_option = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG,
+    show_default=True, help="TOML config file.")
+
+
+def _load_selected_plugins(plugins_text: str | None, strict: bool,
+                           config: Config | None) -> tuple[PluginSet, bool]:
+    configured = config.section("plugins")["enabled"] if config else []
+    always = config.section("plugins")["always_load"] if config else ["quant-bnb"]
+    allow = choose_allow_list(plugins_text, os.environ, configured)
+    plugin_set = load_plugins(allow, always=always, strict=strict)
+    for record in plugin_set.failed:
+        click.echo(f"warning: plugin {record.name!r} from distribution {record.distribution} "
+                   f"failed to load and was skipped: {record.error}", err=True)
+    return plugin_set, allow is not None
+
+
+def _print_plugins(plugin_set: PluginSet) -> None:
+    if not plugin_set.loaded:
+        click.echo("no plugins loaded")
+    for record in plugin_set.loaded:
+        click.echo(f"{record.name}  ({record.distribution} {record.version})")
+        for capability in record.capabilities:
+            click.echo(f"  capability {capability.name}: {capability.modality}; categories "
+                       f"{', '.join(capability.categories)}; benchmarks "
+                       f"{', '.join(capability.benchmarks)}; max rank {capability.max_rank}")
+        click.echo(f"  hooks: {', '.join(record.hooks) or 'none'}")
+    for record in plugin_set.failed:
+        click.echo(f"{record.name}  ({record.distribution} {record.version})  FAILED: {record.error}")
+    if plugin_set.not_selected:
+        click.echo("not selected: " + ", ".join(r.name for r in plugin_set.not_selected))
+    for conflict in plugin_set.conflicts():
+        click.echo(f"CONFLICT: {conflict}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nexus")
+def cli() -> None:
+    """Nexus: distil several teachers into one small student with one adapter per capability."""
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_plugins_option
+@_strict_option
+def plugins_command(as_json: bool, plugins_text: str | None, strict: bool) -> None:
+    """List installed plugins: name, version, capabilities and hooks."""
+    plugin_set, _ = _load_selected_plugins(plugins_text, strict, None)
+    if as_json:
+        click.echo(json.dumps(plugin_set.describe(), indent=2))
+    else:
+        _print_plugins(plugin_set)
+
+
+@cli.command("doctor")
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def doctor_command(config_path: Path, as_json: bool) -> None:
+    """Check the environment (stage -1): torch, bitsandbytes, ffmpeg, devices, memory."""
+    from nexus_kernel.doctor import examine
+
+    hardware = load_config(config_path).section("hardware") if config_path.exists() else {
+        "memory_budget_gb": 16.0, "device": "auto"}
+    report = examine(hardware["memory_budget_gb"], hardware["device"])
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        for check in report.checks:
+            fix = f"  -> {check.fix}" if check.fix and not check.ok else ""
+            click.echo(f"[{check.level:^7}] {check.name}: {check.detail}{fix}")
+        click.echo(f"device: {report.device}; RAM {report.ram_available_gb:.1f} of "
+                   f"{report.ram_total_gb:.1f} GB free; memory budget {report.memory_budget_gb:g} GB")
+    if report.missing:
+        raise StageError("required pieces are missing: "
+                         + ", ".join(check.name for check in report.missing))
+
+
+@cli.command("run")
+@_config_option
+@click.option("--run-dir", type=click.Path(path_type=Path), default=None,
+              help="Run directory [default: runs/<run.name>].")
+@_plugins_option
+@_strict_option
+@click.option("--from", "start", metavar="STAGE", help="Rerun STAGE (name or number) and all after it.")
+@click.option("--only", metavar="STAGE", help="Run only STAGE; earlier stages must be up to date.")
+@click.option("--force", is_flag=True, help="Rerun every stage.")
+@click.option("--relock", is_flag=True, help="Accept a config changed since the lock.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug-level log lines.")
+def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | None, strict: bool,
+                start: str | None, only: str | None, force: bool, relock: bool,
+                verbose: bool) -> None:
+    """Run the pipeline, skipping stages whose inputs are unchanged."""
+    from nexus_kernel.lock import check_scope
+    from nexus_kernel.logs import configure_logging
+    from nexus_kernel.pipeline import build_scope, stages
+    from nexus_kernel.runner import NOT_IMPLEMENTED, RunContext, StageRunner
+
+    config = load_config(config_path)
+    plugin_set, selection_active = _load_selected_plugins(plugins_text, strict, config)
+    plugin_set.capabilities()  # a conflict stops here, before anything is written
+    run_dir = (run_dir or Path("runs") / config.section("run")["name"]).resolve()
+    configure_logging(run_dir / "logs" / "events.jsonl", verbose=verbose)
+    context = RunContext(run_dir, config, plugin_set, selection_active)
+    if check_scope(run_dir, build_scope(context), relock):
+        if only and only not in ("lock", "0"):
+            raise StageError("--relock with a changed config reruns stage 0 and every stage "
+                             "after it; drop --only")
+        start = "lock"
+    outcomes = StageRunner(stages(), context).run(start=start, only=only, force=force)
+    click.echo(f"\nrun {run_dir}")
+    for outcome in outcomes:
+        timing = f"{outcome.seconds:6.1f}s" if outcome.seconds else "       "
+        click.echo(f"  {outcome.stage.number:>2} {outcome.stage.name:<13} {outcome.status:<16}"
+                   f"{timing}  {outcome.detail}")
+    pending = [o.stage.name for o in outcomes if o.status == NOT_IMPLEMENTED]
+    if pending:
+        click.echo(f"run incomplete: {', '.join(pending)} not implemented in nexus-kernel "
+                   f"{__version__}; nothing was packaged", err=True)
+        sys.exit(EXIT_INCOMPLETE)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line on stderr and an exit code."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except NexusError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

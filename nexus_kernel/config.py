@@ -1,0 +1,201 @@
+"""The TOML config: schema, validation with helpful errors, and resolution to plain data.
+
+Every key is declared in `SCHEMA`; an unknown key is an error naming its dotted path and the
+nearest valid key. Resolution fills defaults and turns relative paths into absolute ones
+(relative to the config file's folder), so the result is self-contained and hashable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the kernel requires 3.11, kept for vendored use on 3.10
+    import tomli as tomllib
+
+from nexus_kernel.errors import ConfigError
+
+DEFAULT_CONFIG = Path("configs/nexus.toml")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its kind, default and a line of help for the docs."""
+
+    kind: str  # "str", "int", "float", "bool", "path", "list[str]"
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+
+CAPABILITY_KEYS: dict[str, Key] = {
+    "max_rank": Key("int", None, "adapter rank ceiling; default: the plugin's max rank", minimum=1),
+    "data_dir": Key("path", None, "folder of real benchmark data; default: synthetic data"),
+}
+"""Keys of each `[capabilities.<name>]` table; `<name>` must be an installed capability."""
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "run": {
+        "name": Key("str", "demo", "run name; the run directory defaults to runs/<name>"),
+        "seed": Key("int", 42, "seed for every random number generator", minimum=0),
+    },
+    "plugins": {
+        "enabled": Key("list[str]", [], "plugins to use (entry-point or distribution names); "
+                       "empty: every installed one. --plugins and NEXUS_PLUGINS override it"),
+        "always_load": Key("list[str]", ["quant-bnb"], "plugins loaded whatever the selection"),
+    },
+    "hardware": {
+        "memory_budget_gb": Key("float", 16.0, "memory the run may use, in GB", minimum=0.5),
+        "device": Key("str", "auto", "where to compute", choices=("auto", "cpu", "cuda")),
+    },
+    "registry": {
+        "csv": Key("path", "ModelName-Parameters-Category-BestFeature.csv",
+                   "teacher inventory CSV (Model Name, Parameters, Category, Best Feature)"),
+        "models_dir": Key("path", "models", "folder holding one sub-folder per teacher"),
+    },
+}
+
+_KIND_NAMES = {
+    "str": "a string",
+    "path": "a path string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "list[str]": "a list of strings",
+}
+
+
+def _kind_matches(kind: str, value: Any) -> bool:
+    checks: dict[str, Callable[[Any], bool]] = {
+        "str": lambda v: isinstance(v, str),
+        "path": lambda v: isinstance(v, str) and v.strip() != "",
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "list[str]": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+    }
+    return checks[kind](value)
+
+
+def _nearest(name: str, candidates: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    return f" (valid keys: {', '.join(prefix + c for c in sorted(candidates))})"
+
+
+def _check_table(
+    source: Path, table: Mapping[str, Any], keys: Mapping[str, Key], prefix: str
+) -> None:
+    for name, value in table.items():
+        path = f"{prefix}{name}"
+        key = keys.get(name)
+        if key is None:
+            raise ConfigError(f"{source}: unknown key '{path}'{_nearest(name, list(keys), prefix)}")
+        if not _kind_matches(key.kind, value):
+            raise ConfigError(
+                f"{source}: key '{path}' must be {_KIND_NAMES[key.kind]}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+        if key.choices and value not in key.choices:
+            raise ConfigError(
+                f"{source}: key '{path}' must be one of {', '.join(key.choices)}; got {value!r}"
+            )
+        if key.minimum is not None and value < key.minimum:
+            raise ConfigError(f"{source}: key '{path}' must be >= {key.minimum}; got {value!r}")
+
+
+def validate(source: Path, raw: Mapping[str, Any]) -> None:
+    """Raise `ConfigError` naming the dotted key path for any unknown or mistyped key."""
+    sections = [*SCHEMA, "capabilities"]
+    for section, table in raw.items():
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown key '{section}'{_nearest(section, sections, '')}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: key '{section}' must be a table ([{section}])")
+        if section != "capabilities":
+            _check_table(source, table, SCHEMA[section], f"{section}.")
+            continue
+        for capability, settings in table.items():
+            if not isinstance(settings, dict):
+                raise ConfigError(
+                    f"{source}: key 'capabilities.{capability}' must be a table "
+                    f"([capabilities.{capability}])"
+                )
+            _check_table(source, settings, CAPABILITY_KEYS, f"capabilities.{capability}.")
+
+
+def read_toml(source: Path) -> dict[str, Any]:
+    """Parse `source`, turning a missing file or bad syntax into a `ConfigError`."""
+    try:
+        with source.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {source}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+
+
+def _resolve_value(key: Key, value: Any, base: Path) -> Any:
+    if key.kind == "path" and value is not None:
+        return str((base / Path(value).expanduser()).resolve())
+    if key.kind == "float" and value is not None:
+        return float(value)
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated config: `values` holds every schema key, defaults filled, paths absolute."""
+
+    source: Path
+    values: dict[str, Any]
+
+    def section(self, name: str) -> dict[str, Any]:
+        return self.values[name]
+
+    def capability_settings(self, name: str) -> dict[str, Any]:
+        """The `[capabilities.<name>]` table with every key present (None where unset)."""
+        return dict(self.values["capabilities"].get(name, {key: None for key in CAPABILITY_KEYS}))
+
+    def check_capability_names(self, installed: list[str]) -> None:
+        """Raise `ConfigError` for a `[capabilities.<name>]` table no installed plugin provides."""
+        for name in self.values["capabilities"]:
+            if name not in installed:
+                raise ConfigError(
+                    f"{self.source}: unknown key 'capabilities.{name}': no installed plugin "
+                    f"provides capability {name!r}{_nearest(name, installed, 'capabilities.')}"
+                )
+
+
+def load_config(source: Path) -> Config:
+    """Read, validate and resolve the TOML config at `source`."""
+    source = source.expanduser().resolve()
+    raw = read_toml(source)
+    validate(source, raw)
+    base = source.parent
+    values: dict[str, Any] = {}
+    for section, keys in SCHEMA.items():
+        given = raw.get(section, {})
+        values[section] = {
+            name: _resolve_value(key, given.get(name, key.default), base)
+            for name, key in keys.items()
+        }
+    values["capabilities"] = {
+        capability: {
+            name: _resolve_value(key, settings.get(name, key.default), base)
+            for name, key in CAPABILITY_KEYS.items()
+        }
+        for capability, settings in sorted(raw.get("capabilities", {}).items())
+    }
+    return Config(source=source, values=values)
+

@@ -1,0 +1,110 @@
+"""The hooks a Nexus plugin may implement (pluggy project name `nexus`).
+
+Hooks about one capability are called only on the plugin that owns the capability (the one
+whose `register_capabilities` declared it), then on the kernel's built-in default if the owner
+gave no answer; see `PluginSet.call_for`. A plugin therefore never has to check whether a call
+is meant for it. Every hook returns `None` to mean "no answer".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from nexus_kernel.capability import Capability
+    from nexus_kernel.contracts import AdapterSpec, ProbePlan, Score
+    from nexus_kernel.registry import TeacherEntry
+
+hookspec = pluggy.HookspecMarker("nexus")
+
+
+@hookspec
+def register_capabilities() -> list[Capability]:
+    """Declare the capabilities this plugin brings (name, modality, CSV categories, benchmarks,
+    max rank, rank policy). Answered by every capability plugin; a capability claimed by two
+    distributions is an error naming both.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def resolve_datasets(capability: Capability, settings: Mapping[str, Any]) -> dict[str, str] | None:
+    """Name the datasets `capability` will read, split name to an absolute path or a
+    `synthetic:<recipe>` label. `settings` is the capability's `[capabilities.<name>]` config
+    table with defaults filled in. Called by stage 0, which records the answer in the lock.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def load_teacher(entry: TeacherEntry, quantization: str) -> Any | None:
+    """Load the teacher described by a registry `entry`, quantized as asked (`nf4`, `int8`,
+    `bf16`, `fp32`). The kernel answers for local Hugging Face folders; a plugin answers for its
+    own formats.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def profile_capability(capability: Capability, teacher: Any, n_probe: int) -> ProbePlan | None:
+    """Give stage 2 `n_probe` probe samples in batches and the teacher's candidate layers.
+    The kernel does the hooking, ablation and streaming PCA.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def build_adapter(capability: Capability, spec: AdapterSpec) -> nn.Module | None:
+    """Build the adapter for `capability` as stage 3 specified it: low-rank deltas on the
+    chosen backbone layers plus any input projector the modality needs.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def anchor_loss(
+    capability: Capability,
+    student_hidden: torch.Tensor,
+    teacher_coefficients: torch.Tensor,
+    eigenvalues: torch.Tensor,
+) -> torch.Tensor | None:
+    """The activation-anchor loss between the student's projected hidden state and the teacher's
+    PCA coefficients. The kernel gives the default (whitened MSE); an owner may override it.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def retention_metric(capability: Capability, model: Any, split: str) -> Score | None:
+    """Score `model` (teacher or student: the same scorer, items and prompts for both) on
+    `split` of the capability's benchmark.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec(firstresult=True)
+def quantize(module: nn.Module, scheme: str) -> nn.Module | None:
+    """Quantize `module` with `scheme` (`nf4`, `int8`) for packaging, or return None when this
+    plugin cannot on the current device (the next plugin, then the kernel fallback, is asked).
+    Not tied to a capability: the first answer wins.
+
+    .. versionadded:: 0.1
+    """
+
+
+def hook_names() -> list[str]:
+    """Names of every hook above, in definition order."""
+    return [name for name, value in globals().items() if hasattr(value, "nexus_spec")]

@@ -1,0 +1,137 @@
+"""The Nexus pipeline: stages -1 to 7 and what each one reads and writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nexus_kernel import doctor
+from nexus_kernel.errors import EnvironmentCheckError
+from nexus_kernel.fsio import atomic_write_json, atomic_write_text, sha256_file
+from nexus_kernel.lock import LOCK_FILE, LOCK_FORMAT, SEED_FILE, scope_hash
+from nexus_kernel.logs import get_logger
+from nexus_kernel.registry import read_registry
+from nexus_kernel.runner import RunContext, Stage
+
+ENV_FILE = "env.json"
+REGISTRY_FILE = "configs/teacher_registry.json"
+
+log = get_logger("pipeline")
+
+
+def build_scope(context: RunContext) -> dict[str, Any]:
+    """What stage 0 locks: config, plugin versions and capability taxonomy (no file contents)."""
+    config = context.config
+    owned = context.plugins.capabilities()
+    unselected = [record.name for record in context.plugins.not_selected]
+    stray = [name for name in config.values["capabilities"] if name not in owned and name not in unselected]
+    if stray:
+        config.check_capability_names(list(owned))
+    capabilities = {}
+    for name, (capability, record) in owned.items():
+        settings = config.capability_settings(name)
+        capabilities[name] = {
+            **capability.describe(),
+            "plugin": record.distribution,
+            "max_rank": settings["max_rank"] or capability.max_rank,
+            "data_dir": settings["data_dir"],
+        }
+    return {
+        "config": config.values,
+        "selection": sorted(record.name for record in context.plugins.loaded)
+        if context.selection_active else None,
+        "plugins": context.plugins.versions(),
+        "capabilities": capabilities,
+    }
+
+
+def _doctor_inputs(context: RunContext) -> dict[str, Any]:
+    hardware = context.config.section("hardware")
+    return doctor.fingerprint(hardware["memory_budget_gb"], hardware["device"])
+
+
+def run_doctor(context: RunContext) -> str:
+    hardware = context.config.section("hardware")
+    report = doctor.examine(hardware["memory_budget_gb"], hardware["device"])
+    atomic_write_json(context.run_dir / ENV_FILE, report.to_json())
+    for check in report.warnings:
+        log.warning("environment", check=check.name, detail=check.detail, fix=check.fix)
+    if report.missing:
+        lines = "\n".join(f"  - {c.name}: {c.detail}; fix: {c.fix}" for c in report.missing)
+        raise EnvironmentCheckError(f"required pieces are missing:\n{lines}")
+    return f"device {report.device}, budget {report.memory_budget_gb:g} GB, {len(report.warnings)} warnings"
+
+
+def run_lock(context: RunContext) -> str:
+    scope = build_scope(context)
+    datasets: dict[str, dict[str, str]] = {}
+    for name, (capability, _) in context.plugins.capabilities().items():
+        answer = context.plugins.call_for(
+            name, "resolve_datasets", capability=capability,
+            settings=context.config.capability_settings(name),
+        )
+        data_dir = scope["capabilities"][name]["data_dir"]
+        datasets[name] = dict(answer) if answer else {"all": data_dir or "synthetic"}
+    seed = context.config.section("run")["seed"]
+    lock = {
+        "format": LOCK_FORMAT,
+        "source": str(context.config.source),
+        "scope": scope,
+        "scope_hash": scope_hash(scope),
+        "seed": seed,
+        "datasets": datasets,
+    }
+    atomic_write_json(context.run_dir / LOCK_FILE, lock)
+    atomic_write_text(context.run_dir / SEED_FILE, f"{seed}\n")
+    return f"{len(scope['capabilities'])} capabilities, seed {seed}, scope {lock['scope_hash'][:12]}"
+
+
+def _registry_inputs(context: RunContext) -> dict[str, Any]:
+    registry = context.config.section("registry")
+    csv_path = Path(registry["csv"])
+    return {
+        "csv": registry["csv"],
+        "csv_sha256": sha256_file(csv_path) if csv_path.is_file() else None,
+        "models_dir": registry["models_dir"],
+    }
+
+
+def run_registry(context: RunContext) -> str:
+    registry = context.config.section("registry")
+    owned = {
+        name: (capability, record.distribution)
+        for name, (capability, record) in context.plugins.capabilities().items()
+    }
+    entries = read_registry(Path(registry["csv"]), owned, Path(registry["models_dir"]),
+                            selection_active=context.selection_active)
+    for entry in entries:
+        if not Path(entry.path).is_dir():
+            log.warning("teacher folder not found yet", teacher=entry.name, path=entry.path)
+    served = {entry.capability for entry in entries}
+    for name in owned:
+        if name not in served:
+            log.warning("capability has no teacher in the CSV; it will not be distilled",
+                        capability=name, csv=registry["csv"])
+    atomic_write_json(context.run_dir / REGISTRY_FILE, {
+        "csv": registry["csv"],
+        "models_dir": registry["models_dir"],
+        "teachers": [entry.to_json() for entry in entries],
+        "capabilities": {name: [e.name for e in entries if e.capability == name] for name in owned},
+    })
+    return f"{len(entries)} teachers for {len(served)} capabilities"
+
+
+def stages() -> list[Stage]:
+    """Every stage of the pipeline, in order; `action=None` marks one not built yet."""
+    return [
+        Stage(-1, "doctor", "environment check", (ENV_FILE,), run_doctor, _doctor_inputs),
+        Stage(0, "lock", "config lock", (str(LOCK_FILE), str(SEED_FILE)), run_lock, build_scope),
+        Stage(1, "registry", "teacher registry", (REGISTRY_FILE,), run_registry, _registry_inputs),
+        Stage(2, "profile", "profiling (NIWT)", (), None),
+        Stage(3, "architecture", "architecture", (), None),
+        Stage(4, "distill", "distillation", (), None),
+        Stage(5, "validate", "teacher removal and retention", (), None),
+        Stage(6, "package", "quantization and bundle", (), None),
+        Stage(7, "cleanup", "archive and cleanup", (), None),
+    ]
+

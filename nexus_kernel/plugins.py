@@ -1,0 +1,281 @@
+"""Plugin discovery, selection, loading and capability ownership.
+
+Entry points of group `nexus` are loaded one by one; a plugin that fails to import or breaks
+the hook contract is reported under its distribution's name and skipped (an error with
+`strict`). An allow-list chooses plugins before anything is imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata as metadata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from nexus_kernel import hookspecs
+from nexus_kernel.capability import Capability
+from nexus_kernel.errors import CapabilityConflict, PluginError
+
+ENTRY_POINT_GROUP = "nexus"
+PLUGINS_ENV = "NEXUS_PLUGINS"
+KERNEL_DISTRIBUTION = "nexus-kernel"
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def new_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager("nexus")
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+@dataclass(frozen=True)
+class PluginRecord:
+    """One plugin as the user sees it: entry-point name, distribution and version."""
+
+    name: str
+    distribution: str
+    version: str
+    target: str
+    hooks: tuple[str, ...] = ()
+    capabilities: tuple[Capability, ...] = ()
+    error: str | None = None
+
+    def matches(self, wanted: str) -> bool:
+        return _normalise(wanted) in {_normalise(self.name), _normalise(self.distribution)}
+
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "target": self.target,
+            "capabilities": [cap.describe() for cap in self.capabilities],
+            "hooks": list(self.hooks),
+        }
+        if self.error is not None:
+            described["error"] = self.error
+        return described
+
+
+@dataclass
+class PluginSet:
+    """The loaded plugins, their capabilities, and the hooks to call on them."""
+
+    manager: pluggy.PluginManager = field(default_factory=new_manager)
+    loaded: list[PluginRecord] = field(default_factory=list)
+    failed: list[PluginRecord] = field(default_factory=list)
+    not_selected: list[PluginRecord] = field(default_factory=list)
+    builtin_names: tuple[str, ...] = ()
+
+    def conflicts(self) -> list[str]:
+        """One message per capability claimed by more than one distribution."""
+        owners: dict[str, list[PluginRecord]] = {}
+        for record in self.loaded:
+            for capability in record.capabilities:
+                owners.setdefault(capability.name, []).append(record)
+        return [
+            f"capability {name!r} is claimed by "
+            + " and ".join(record.distribution for record in claimants)
+            + "; uninstall one or pick with --plugins"
+            for name, claimants in sorted(owners.items())
+            if len(claimants) > 1
+        ]
+
+    def capabilities(self) -> dict[str, tuple[Capability, PluginRecord]]:
+        """Capability name to (spec, owning plugin), sorted by name.
+
+        Raises `CapabilityConflict` naming both distributions when two claim one capability.
+        """
+        conflicts = self.conflicts()
+        if conflicts:
+            raise CapabilityConflict("; ".join(conflicts))
+        owned = {
+            capability.name: (capability, record)
+            for record in self.loaded
+            for capability in record.capabilities
+        }
+        return dict(sorted(owned.items()))
+
+    def owner_of(self, capability_name: str) -> PluginRecord:
+        try:
+            return self.capabilities()[capability_name][1]
+        except KeyError:
+            known = ", ".join(self.capabilities()) or "none"
+            raise PluginError(
+                f"no loaded plugin provides capability {capability_name!r} (loaded: {known})"
+            ) from None
+
+    def call_for(self, capability_name: str, hook_name: str, **kwargs: Any) -> Any | None:
+        """Call `hook_name` on the plugin owning `capability_name`, then on the kernel's
+        built-in defaults; the first answer that is not None wins."""
+        owner = self.owner_of(capability_name)
+        caller: pluggy.HookCaller = getattr(self.manager.hook, hook_name)
+        by_plugin = {id(impl.plugin): impl for impl in caller.get_hookimpls()}
+        askable = [self.manager.get_plugin(owner.name)]
+        askable += [self.manager.get_plugin(name) for name in self.builtin_names]
+        for plugin in askable:
+            impl = by_plugin.get(id(plugin))
+            if impl is None:
+                continue
+            answer = impl.function(*(kwargs[arg] for arg in impl.argnames))
+            if answer is not None:
+                return answer
+        return None
+
+    def add(self, record: PluginRecord, plugin: object) -> PluginRecord:
+        """Register `plugin` under `record.name`, validate its hooks and capabilities, and
+        return the completed record. On any failure the plugin is unregistered and the error
+        raised."""
+        self.manager.register(plugin, name=record.name)
+        try:
+            self.manager.check_pending()
+            capabilities = _declared_capabilities(self.manager, plugin)
+        except Exception:
+            self.manager.unregister(plugin)
+            raise
+        callers = self.manager.get_hookcallers(plugin) or ()
+        added = PluginRecord(
+            name=record.name,
+            distribution=record.distribution,
+            version=record.version,
+            target=record.target,
+            hooks=tuple(sorted(caller.name for caller in callers)),
+            capabilities=capabilities,
+        )
+        self.loaded.append(added)
+        return added
+
+    def versions(self) -> dict[str, str]:
+        """Distribution name to version of every loaded plugin, for the config lock."""
+        return {record.distribution: record.version for record in self.loaded}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "plugins": [record.describe() for record in self.loaded],
+            "failed": [record.describe() for record in self.failed],
+            "not_selected": [record.name for record in self.not_selected],
+            "conflicts": self.conflicts(),
+        }
+
+
+def parse_allow_list(text: str) -> frozenset[str]:
+    """`"reasoning, voice"` to `{"reasoning", "voice"}`; an empty string selects nothing."""
+    return frozenset(part.strip() for part in text.split(",") if part.strip())
+
+
+def choose_allow_list(
+    cli_value: str | None,
+    environ: Mapping[str, str],
+    configured: Sequence[str] = (),
+) -> frozenset[str] | None:
+    """The allow-list in force: `--plugins`, else `NEXUS_PLUGINS`, else the config's
+    `plugins.enabled`; None (every installed plugin) when none of them is set."""
+    if cli_value is not None:
+        return parse_allow_list(cli_value)
+    if PLUGINS_ENV in environ:
+        return parse_allow_list(environ[PLUGINS_ENV])
+    if configured:
+        return frozenset(configured)
+    return None
+
+
+def _describe_entry_point(entry_point: metadata.EntryPoint) -> PluginRecord:
+    dist = entry_point.dist
+    return PluginRecord(
+        name=entry_point.name,
+        distribution=dist.metadata["Name"] if dist is not None else entry_point.value,
+        version=dist.version if dist is not None else "unknown",
+        target=entry_point.value,
+    )
+
+
+def _declared_capabilities(manager: pluggy.PluginManager, plugin: object) -> tuple[Capability, ...]:
+    caller = manager.hook.register_capabilities
+    declared: list[Capability] = []
+    for impl in caller.get_hookimpls():
+        if impl.plugin is not plugin:
+            continue
+        for capability in impl.function() or ():
+            if not isinstance(capability, Capability):
+                raise TypeError(
+                    f"register_capabilities returned {type(capability).__name__}, not Capability"
+                )
+            declared.append(capability)
+    names = [capability.name for capability in declared]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise TypeError(f"declares capability {repeated[0]!r} more than once")
+    return tuple(declared)
+
+
+def _unknown_names_error(wanted: Iterable[str], records: Sequence[PluginRecord]) -> str | None:
+    missing = [name for name in sorted(wanted) if not any(r.matches(name) for r in records)]
+    if not missing:
+        return None
+    installed = sorted({record.name for record in records})
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(name, installed, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (
+        "--plugins/NEXUS_PLUGINS names no installed plugin: "
+        + ", ".join(hints)
+        + f"; installed: {', '.join(installed) or 'none'}"
+    )
+
+
+def load_plugins(
+    allow: frozenset[str] | None = None,
+    *,
+    always: Iterable[str] = (),
+    strict: bool = False,
+    entry_points: Iterable[metadata.EntryPoint] | None = None,
+    builtins: Sequence[tuple[str, object]] = (),
+) -> PluginSet:
+    """Load the selected plugins of group `nexus`.
+
+    `allow` lists entry-point or distribution names to load (None: all; empty: none), and
+    `always` names plugins loaded whatever the allow-list says (infrastructure such as
+    `quant-bnb`). Plugins left out are never imported. A plugin that fails is recorded in
+    `failed` and skipped, or raises `PluginError` when `strict`. `entry_points` replaces
+    discovery (tests); `builtins` are `(name, object)` pairs registered as kernel defaults.
+    """
+    manager = new_manager()
+    found = list(
+        metadata.entry_points(group=ENTRY_POINT_GROUP) if entry_points is None else entry_points
+    )
+    candidates = [(_describe_entry_point(ep), ep) for ep in found]
+    plugin_set = PluginSet(manager=manager, builtin_names=tuple(name for name, _ in builtins))
+    if allow is not None:
+        problem = _unknown_names_error(allow, [record for record, _ in candidates])
+        if problem:
+            raise PluginError(problem)
+    always_set = frozenset(always)
+    for record, entry_point in sorted(candidates, key=lambda pair: pair[0].name):
+        wanted = allow is None or any(record.matches(name) for name in allow | always_set)
+        if not wanted:
+            plugin_set.not_selected.append(record)
+            continue
+        try:
+            plugin_set.add(record, entry_point.load())
+        except Exception as exc:  # a third-party plugin may raise anything on import
+            reason = f"{type(exc).__name__}: {exc}"
+            if strict:
+                raise PluginError(
+                    f"plugin {record.name!r} from distribution {record.distribution} "
+                    f"failed to load: {reason}"
+                ) from exc
+            plugin_set.failed.append(
+                PluginRecord(record.name, record.distribution, record.version, record.target,
+                             error=reason)
+            )
+    for name, plugin in builtins:
+        manager.register(plugin, name=name)
+    manager.check_pending()
+    return plugin_set

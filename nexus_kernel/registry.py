@@ -1,0 +1,223 @@
+"""Stage 1: the teacher inventory CSV, bound to the capabilities that serve its categories.
+
+The CSV has columns `Model Name, Parameters, Category, Best Feature` and an optional `Path`.
+Every problem is a `RegistryError` shaped `<file>: row <n>, column '<column>': <problem>`, where
+row 1 is the header, as a spreadsheet numbers it.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from nexus_kernel.capability import Capability
+from nexus_kernel.errors import RegistryError
+
+REQUIRED_COLUMNS = ("Model Name", "Parameters", "Category", "Best Feature")
+OPTIONAL_COLUMNS = ("Path",)
+DEFAULT_CSV_NAME = "ModelName-Parameters-Category-BestFeature.csv"
+
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+_PARAMETERS = re.compile(
+    r"^(?P<number>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)\s*(?P<unit>[KMBT]?)$",
+    re.IGNORECASE,
+)
+
+
+def parse_parameter_count(text: str) -> int:
+    """`"7B"` to 7_000_000_000, `"1.5B"`, `"350M"`, `"22M"`, `"0.4M"`, `"1,450,000"` likewise.
+
+    Raises `ValueError` for anything else, including counts that are not whole numbers
+    (`"0.5K5"`, `"1.2345K"`) and zero.
+    """
+    match = _PARAMETERS.match(text.strip())
+    if match is None:
+        raise ValueError(f"cannot parse {text!r} as a parameter count (e.g. 7B, 1.5B, 350M, 0.4M)")
+    try:
+        count = Decimal(match["number"].replace(",", "")) * _UNITS[match["unit"].upper()]
+    except InvalidOperation:  # pragma: no cover - the pattern admits only valid decimals
+        raise ValueError(f"cannot parse {text!r} as a parameter count") from None
+    if count != count.to_integral_value():
+        raise ValueError(f"{text!r} is not a whole number of parameters ({count})")
+    if count <= 0:
+        raise ValueError(f"{text!r}: a teacher has at least one parameter")
+    return int(count)
+
+
+def format_parameter_count(count: int) -> str:
+    """The shortest exact suffixed form: 1_500_000_000 to `"1.5B"`, 400_000 to `"400K"`."""
+    if count <= 0:
+        raise ValueError("a parameter count is positive")
+    for unit in ("T", "B", "M", "K"):
+        if count >= _UNITS[unit]:
+            mantissa = Decimal(count) / _UNITS[unit]
+            text = format(mantissa.normalize(), "f")
+            return f"{text}{unit}"
+    return str(count)
+
+
+@dataclass(frozen=True)
+class TeacherEntry:
+    """One teacher of the registry, bound to its capability."""
+
+    name: str
+    parameters: int
+    category: str
+    best_feature: str
+    capability: str
+    plugin: str
+    benchmarks: tuple[str, ...]
+    path: str
+    row: int
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["benchmarks"] = list(self.benchmarks)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TeacherEntry:
+        return cls(**{**data, "benchmarks": tuple(data["benchmarks"])})
+
+
+def _canonical_column(name: str) -> str:
+    return " ".join(name.split()).casefold()
+
+
+def _map_header(source: Path, header: list[str]) -> dict[str, int]:
+    """Column name (as in REQUIRED/OPTIONAL_COLUMNS) to its index; errors for missing ones."""
+    found = {_canonical_column(cell): index for index, cell in enumerate(header)}
+    known = {*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS}
+    columns = {name: found[_canonical_column(name)] for name in known if _canonical_column(name) in found}
+    for name in REQUIRED_COLUMNS:
+        if name not in columns:
+            present = ", ".join(cell.strip() for cell in header if cell.strip()) or "none"
+            close = difflib.get_close_matches(name, [cell.strip() for cell in header], n=1)
+            hint = f"; is {close[0]!r} a misspelling?" if close else ""
+            raise RegistryError(
+                f"{source}: row 1, column '{name}': missing column (found: {present}){hint}"
+            )
+    return columns
+
+
+class _Binder:
+    """Finds the capability serving a category, with errors that say what would serve it."""
+
+    def __init__(
+        self, capabilities: Mapping[str, tuple[Capability, str]], selection_active: bool
+    ) -> None:
+        self.capabilities = capabilities
+        self.selection_active = selection_active
+
+    def bind(self, category: str) -> tuple[Capability, str] | str:
+        """`(capability, plugin distribution)`, or the problem as a message."""
+        for capability, plugin in self.capabilities.values():
+            if capability.serves(category):
+                return capability, plugin
+        served = sorted({c for cap, _ in self.capabilities.values() for c in cap.categories})
+        served_text = ", ".join(served) or "none"
+        if self.selection_active:
+            return (
+                f"category {category!r} is served by no selected plugin (the selected ones serve: "
+                f"{served_text}); add its plugin to --plugins or remove the row"
+            )
+        return f"unknown category {category!r} (known categories: {served_text})"
+
+
+def _teacher_folder(source: Path, row: int, name: str, explicit: str, models_dir: Path) -> Path:
+    if explicit:
+        return (source.parent / Path(explicit).expanduser()).resolve()
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise RegistryError(
+            f"{source}: row {row}, column 'Model Name': {name!r} would resolve outside the "
+            f"models directory; give the folder in a 'Path' column"
+        )
+    return (models_dir / relative).resolve()
+
+
+def read_registry(
+    source: Path,
+    capabilities: Mapping[str, tuple[Capability, str]],
+    models_dir: Path,
+    *,
+    selection_active: bool = False,
+) -> list[TeacherEntry]:
+    """Read and validate the teacher CSV at `source`.
+
+    `capabilities` maps capability name to (spec, owning distribution) for the selected
+    plugins; `selection_active` says whether an allow-list chose them (it changes the wording
+    of the error for a category nobody serves).
+    """
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise RegistryError(f"teacher CSV not found: {source}") from None
+    except UnicodeDecodeError as exc:
+        raise RegistryError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        rows = list(csv.reader(text.splitlines(keepends=True)))
+    except csv.Error as exc:
+        raise RegistryError(f"{source}: malformed CSV: {exc}") from None
+    numbered = [(index, cells) for index, cells in enumerate(rows, start=1) if any(c.strip() for c in cells)]
+    if not numbered:
+        raise RegistryError(f"{source}: row 1: the file is empty; expected a header row")
+    header_row, header = numbered[0]
+    columns = _map_header(source, header)
+    binder = _Binder(capabilities, selection_active)
+    entries: list[TeacherEntry] = []
+    first_seen: dict[str, int] = {}
+    for row, cells in numbered[1:]:
+        if len(cells) > len(header):
+            raise RegistryError(
+                f"{source}: row {row}: {len(cells)} cells but the header has {len(header)} columns"
+            )
+
+        def cell(column: str, row: int = row, cells: list[str] = cells) -> str:
+            index = columns.get(column)
+            return cells[index].strip() if index is not None and index < len(cells) else ""
+
+        def fail(column: str, problem: str, row: int = row) -> RegistryError:
+            return RegistryError(f"{source}: row {row}, column '{column}': {problem}")
+
+        name = cell("Model Name")
+        if not name:
+            raise fail("Model Name", "empty model name")
+        if name.casefold() in first_seen:
+            raise fail("Model Name", f"duplicate model name {name!r} (first in row {first_seen[name.casefold()]})")
+        first_seen[name.casefold()] = row
+        try:
+            parameters = parse_parameter_count(cell("Parameters"))
+        except ValueError as exc:
+            raise fail("Parameters", str(exc)) from None
+        category = cell("Category")
+        if not category:
+            raise fail("Category", "empty category")
+        bound = binder.bind(category)
+        if isinstance(bound, str):
+            raise fail("Category", bound)
+        capability, plugin = bound
+        folder = _teacher_folder(source, row, name, cell("Path"), models_dir)
+        entries.append(
+            TeacherEntry(
+                name=name,
+                parameters=parameters,
+                category=category,
+                best_feature=cell("Best Feature"),
+                capability=capability.name,
+                plugin=plugin,
+                benchmarks=capability.benchmarks,
+                path=str(folder),
+                row=row,
+            )
+        )
+    if not entries:
+        raise RegistryError(f"{source}: row {header_row + 1}: no teachers listed below the header")
+    return entries
+
