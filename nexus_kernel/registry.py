@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -162,7 +163,8 @@ def read_registry(
     except UnicodeDecodeError as exc:
         raise RegistryError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        rows = list(csv.reader(text.splitlines(keepends=True)))
+        # csv needs the raw newlines: str.splitlines would also split on \x85 and \u2028
+        rows = list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as exc:
         raise RegistryError(f"{source}: malformed CSV: {exc}") from None
     numbered = [(index, cells) for index, cells in enumerate(rows, start=1) if any(c.strip() for c in cells)]

@@ -9,6 +9,7 @@ reruns everything downstream. Once one stage runs, every later selected stage ru
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,12 +110,28 @@ def _output_hashes(run_dir: Path, stage: Stage) -> dict[str, str] | None:
     return hashes
 
 
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete temp files that a killed atomic write left in `run_dir` (and only there)."""
+    stale = [
+        Path(folder) / name
+        for folder, _, files in os.walk(run_dir, followlinks=False)
+        for name in files
+        if name.startswith(".") and name.endswith(".tmp") and not (Path(folder) / name).is_symlink()
+    ]
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 class StageRunner:
     """Runs a list of stages over one run directory."""
 
     def __init__(self, stages: list[Stage], context: RunContext) -> None:
         self.stages = sorted(stages, key=lambda stage: stage.number)
         self.context = context
+        context.run_dir.mkdir(parents=True, exist_ok=True)
+        for path in remove_stale_temp_files(context.run_dir):
+            log.info("removed a temp file left by an interrupted write", path=str(path))
         self.state = RunState.load(context.run_dir)
 
     def _input_hash(self, stage: Stage) -> str:

@@ -1,0 +1,39 @@
+"""Helpers for the kernel's tests: fake installed distributions and CLI runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def install_fake_distribution(
+    site: Path, distribution: str, module: str, source: str, entry_name: str | None = None
+) -> Path:
+    """Make `distribution` importable from `site` as if pip-installed: a module plus a
+    `.dist-info` with an entry point of group `nexus`. Put `site` on PYTHONPATH to use it."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{distribution.replace('-', '_')}-0.9.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.9\n")
+    (info / "entry_points.txt").write_text(f"[nexus]\n{entry_name or module} = {module}\n")
+    return site
+
+
+def nexus(*args: str, cwd: Path, extra_path: Path | None = None,
+          env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the installed `nexus` command in a subprocess."""
+    environment = {k: v for k, v in os.environ.items() if k != "NEXUS_PLUGINS"}
+    environment.update(env or {})
+    if extra_path is not None:
+        environment["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(extra_path), environment.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "nexus_kernel.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+

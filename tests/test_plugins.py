@@ -1,0 +1,194 @@
+"""Plugin discovery, selection, failure handling, ownership and the `nexus plugins` command."""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from kernel_helpers import install_fake_distribution, nexus
+
+from nexus_kernel import Capability, hookimpl
+from nexus_kernel.errors import CapabilityConflict, PluginError
+from nexus_kernel.plugins import choose_allow_list, load_plugins, parse_allow_list
+from nexus_kernel.testing import plugin_set_of
+
+CLAIMS_VISION = """
+from nexus_kernel import Capability, hookimpl
+
+@hookimpl
+def register_capabilities():
+    return [Capability("vision", "image", ("Images",), ("acme QA",))]
+"""
+
+RAISES_ON_IMPORT = "raise RuntimeError('acme is broken')\n"
+
+
+def _capability_plugin(name: str, category: str = "Cat") -> types.SimpleNamespace:
+    @hookimpl
+    def register_capabilities() -> list[Capability]:
+        return [Capability(name, "text", (category,), ("bench",))]
+
+    return types.SimpleNamespace(register_capabilities=register_capabilities)
+
+
+def _entry_points(site: Path, group: str = "nexus") -> list[metadata.EntryPoint]:
+    sys.path.insert(0, str(site))
+    try:
+        return [ep for dist in metadata.distributions(path=[str(site)]) for ep in dist.entry_points
+                if ep.group == group]
+    finally:
+        sys.path.remove(str(site))
+
+
+@pytest.fixture
+def fake_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    site = tmp_path / "site"
+    install_fake_distribution(site, "acme-vision", "acme_vision", CLAIMS_VISION, "acme")
+    install_fake_distribution(site, "acme-broken", "acme_broken", RAISES_ON_IMPORT)
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def test_allow_list_parsing_and_precedence() -> None:
+    assert parse_allow_list(" reasoning, voice ,") == frozenset({"reasoning", "voice"})
+    assert parse_allow_list("") == frozenset()
+    assert choose_allow_list("math", {"NEXUS_PLUGINS": "voice"}, ["vision"]) == {"math"}
+    assert choose_allow_list(None, {"NEXUS_PLUGINS": "voice"}, ["vision"]) == {"voice"}
+    assert choose_allow_list(None, {"NEXUS_PLUGINS": ""}, ["vision"]) == frozenset()
+    assert choose_allow_list(None, {}, ["vision"]) == {"vision"}
+    assert choose_allow_list(None, {}, []) is None
+
+
+def test_broken_plugin_is_reported_by_distribution_and_skipped(fake_site: Path) -> None:
+    plugin_set = load_plugins(None, entry_points=_entry_points(fake_site))
+    assert [r.distribution for r in plugin_set.loaded] == ["acme-vision"]
+    assert [(r.distribution, r.error) for r in plugin_set.failed] == [
+        ("acme-broken", "RuntimeError: acme is broken")]
+
+
+def test_strict_makes_a_broken_plugin_an_error(fake_site: Path) -> None:
+    with pytest.raises(PluginError, match=r"plugin 'acme_broken' from distribution acme-broken "
+                                          r"failed to load: RuntimeError: acme is broken"):
+        load_plugins(None, strict=True, entry_points=_entry_points(fake_site))
+
+
+def test_plugins_outside_the_allow_list_are_never_imported(fake_site: Path) -> None:
+    plugin_set = load_plugins(frozenset({"acme"}), entry_points=_entry_points(fake_site))
+    assert [r.name for r in plugin_set.loaded] == ["acme"]
+    assert [r.name for r in plugin_set.not_selected] == ["acme_broken"]
+    assert plugin_set.failed == []  # the broken one was never imported
+    by_distribution = load_plugins(frozenset({"acme-vision"}), entry_points=_entry_points(fake_site))
+    assert [r.name for r in by_distribution.loaded] == ["acme"]
+
+
+def test_an_empty_allow_list_loads_nothing_but_always_load(fake_site: Path) -> None:
+    plugin_set = load_plugins(frozenset(), always=["acme"], entry_points=_entry_points(fake_site))
+    assert [r.name for r in plugin_set.loaded] == ["acme"]
+
+
+def test_unknown_allow_list_name_suggests_the_nearest(fake_site: Path) -> None:
+    with pytest.raises(PluginError, match=r"names no installed plugin: 'acmee' \(did you mean 'acme'\?\)"):
+        load_plugins(frozenset({"acmee"}), entry_points=_entry_points(fake_site))
+
+
+def test_misspelt_hook_fails_check_pending() -> None:
+    @hookimpl
+    def register_capabilitys() -> list[Capability]:
+        return []
+
+    misspelt = types.SimpleNamespace(register_capabilitys=register_capabilitys)
+    with pytest.raises(Exception, match="unknown hook 'register_capabilitys'"):
+        plugin_set_of(("misspelt", misspelt))
+
+
+def test_plugin_declaring_a_capability_twice_is_rejected() -> None:
+    @hookimpl
+    def register_capabilities() -> list[Capability]:
+        return [Capability("twice", "text", ("A",), ("b",))] * 2
+
+    with pytest.raises(TypeError, match="declares capability 'twice' more than once"):
+        plugin_set_of(("twice", types.SimpleNamespace(register_capabilities=register_capabilities)))
+
+
+def test_conflict_names_both_distributions() -> None:
+    plugin_set = plugin_set_of(("one", _capability_plugin("vision")), ("two", _capability_plugin("vision")))
+    with pytest.raises(CapabilityConflict, match=r"capability 'vision' is claimed by test-one and "
+                                                 r"test-two; uninstall one or pick with --plugins"):
+        plugin_set.capabilities()
+
+
+def test_call_for_asks_only_the_owner_then_builtins() -> None:
+    calls: list[str] = []
+
+    def owner(name: str, answer: dict[str, str] | None) -> types.SimpleNamespace:
+        plugin = _capability_plugin(name)
+
+        @hookimpl
+        def resolve_datasets(capability: Capability, settings: dict) -> dict[str, str] | None:
+            calls.append(f"{name}:{capability.name}")
+            return answer
+
+        plugin.resolve_datasets = resolve_datasets
+        return plugin
+
+    plugin_set = plugin_set_of(("a", owner("alpha", {"test": "a.jsonl"})), ("b", owner("beta", None)))
+    capability = plugin_set.capabilities()["alpha"][0]
+    answer = plugin_set.call_for("alpha", "resolve_datasets", capability=capability, settings={})
+    assert answer == {"test": "a.jsonl"}
+    assert calls == ["alpha:alpha"]
+    beta = plugin_set.capabilities()["beta"][0]
+    assert plugin_set.call_for("beta", "resolve_datasets", capability=beta, settings={}) is None
+    with pytest.raises(PluginError, match="no loaded plugin provides capability 'gamma'"):
+        plugin_set.call_for("gamma", "resolve_datasets", capability=beta, settings={})
+
+
+def test_nexus_plugins_json_lists_the_four_capabilities_with_versions(tmp_path: Path) -> None:
+    result = nexus("plugins", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(result.stdout)
+    capabilities = {cap["name"]: (plugin["distribution"], plugin["version"])
+                    for plugin in listed["plugins"] for cap in plugin["capabilities"]}
+    assert capabilities == {
+        name: (f"nexus-cap-{name}", metadata.version(f"nexus-cap-{name}"))
+        for name in ("reasoning", "math", "voice", "vision")
+    }
+    hooks = {plugin["name"]: plugin["hooks"] for plugin in listed["plugins"]}
+    assert all(hooks[name] == ["register_capabilities"] for name in capabilities)
+    assert hooks["quant-bnb"] == ["quantize"]
+
+
+def test_cli_reports_a_broken_plugin_and_a_conflict(tmp_path: Path, project: Path) -> None:
+    site = tmp_path / "site"
+    install_fake_distribution(site, "acme-vision", "acme_vision", CLAIMS_VISION, "acme")
+    install_fake_distribution(site, "acme-broken", "acme_broken", RAISES_ON_IMPORT)
+    listing = nexus("plugins", cwd=project, extra_path=site)
+    assert listing.returncode == 0
+    assert ("warning: plugin 'acme_broken' from distribution acme-broken failed to load and was "
+            "skipped: RuntimeError: acme is broken") in listing.stderr
+    assert "CONFLICT: capability 'vision' is claimed by acme-vision and nexus-cap-vision" in listing.stdout
+    run = nexus("run", cwd=project, extra_path=site)
+    assert run.returncode == 2
+    assert ("error: capability 'vision' is claimed by acme-vision and nexus-cap-vision; "
+            "uninstall one or pick with --plugins") in run.stderr
+    assert not (project / "runs").exists()  # refused before anything was written
+    strict = nexus("plugins", "--strict", cwd=project, extra_path=site)
+    assert strict.returncode == 2 and "acme-broken failed to load" in strict.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--json"], ["run", "--help"]])
+def test_help_and_plugins_do_not_import_torch(tmp_path: Path, args: list[str]) -> None:
+    probe = (
+        "import sys\nfrom nexus_kernel.cli import cli\n"
+        f"code = cli.main(args={args!r}, standalone_mode=False)\n"
+        "print('TORCH-IMPORTED' if 'torch' in sys.modules else 'TORCH-ABSENT', file=sys.stderr)\n"
+    )
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "TORCH-ABSENT"
