@@ -1,0 +1,55 @@
+"""Every hookspec is documented, typed, and routes through the plugin manager as specified."""
+
+from __future__ import annotations
+
+import inspect
+import types
+from pathlib import Path
+
+import pytest
+
+from nexus_kernel import Capability, hookimpl, hookspecs
+from nexus_kernel.plugins import new_manager
+from nexus_kernel.testing import plugin_set_of
+
+REPO = Path(__file__).resolve().parents[1]
+CAPABILITY_HOOKS = ["resolve_datasets", "profile_capability", "build_adapter", "anchor_loss",
+                    "retention_metric"]
+
+
+def test_the_hooks_are_the_designed_ones() -> None:
+    assert hookspecs.hook_names() == [
+        "register_capabilities", "resolve_datasets", "load_teacher", "profile_capability",
+        "build_adapter", "anchor_loss", "retention_metric", "quantize"]
+    assert set(new_manager().hook.__dict__) >= set(hookspecs.hook_names())
+
+
+@pytest.mark.parametrize("name", hookspecs.hook_names())
+def test_every_hook_is_documented_and_typed(name: str) -> None:
+    spec = getattr(hookspecs, name)
+    assert "versionadded" in (spec.__doc__ or ""), f"{name} has no versionadded note"
+    assert spec.__annotations__.get("return"), f"{name} has no return type"
+    assert f"`{name}" in (REPO / "CONTRIBUTING.md").read_text(), f"{name} missing from CONTRIBUTING.md"
+
+
+@pytest.mark.parametrize("name", CAPABILITY_HOOKS)
+def test_capability_hooks_reach_only_the_owner(name: str) -> None:
+    arguments = list(inspect.signature(getattr(hookspecs, name)).parameters)
+
+    def plugin_for(capability: str) -> types.SimpleNamespace:
+        def register_capabilities() -> list[Capability]:
+            return [Capability(capability, "text", (capability.title(),), ("b",))]
+
+        def answer(**kwargs: object) -> str:
+            return f"{capability} answered {name}"
+
+        # pluggy reads the argument names from the signature, so give `answer` the spec's.
+        answer.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(a, inspect.Parameter.KEYWORD_ONLY) for a in arguments])
+        return types.SimpleNamespace(register_capabilities=hookimpl(register_capabilities),
+                                     **{name: hookimpl(answer)})
+
+    plugin_set = plugin_set_of(("first", plugin_for("alpha")), ("second", plugin_for("beta")))
+    kwargs = {argument: None for argument in arguments}
+    assert plugin_set.call_for("beta", name, **kwargs) == f"beta answered {name}"
+    assert plugin_set.call_for("alpha", name, **kwargs) == f"alpha answered {name}"
