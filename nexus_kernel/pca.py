@@ -3,9 +3,9 @@
 The state is the count, the mean and the centred second moment `M2 = sum((x - mean)(x - mean)^T)`,
 all in float64, so memory is O(dim^2) whatever the number of vectors. Two states merge exactly
 with Chan et al.'s parallel formula, written in its k-way form: each part contributes
-`M2_i + n_i (mean_i - mean)(mean_i - mean)^T` around the joint mean. The same arithmetic serves
-`update` (the batch is one part), `merge` and the distributed `all_reduce`, so a 2-process
-all-reduce gives bit for bit the single-process merge.
+`M2_i + n_i (mean_i - mean)(mean_i - mean)^T` around the joint mean. `merge` and the distributed
+`all_reduce` share that arithmetic, so a 2-process all-reduce gives bit for bit the
+single-process merge; `update` uses the equivalent pairwise form in place, which is faster.
 
 Per batch, the data are centred around the batch mean (computed with float64 accumulation) and
 the Gram matrix is taken in float32 for float16/bfloat16/float32 input (float64 for float64
@@ -114,7 +114,7 @@ def _batch_moments(
     centred = values - shift
     # The shift was rounded to `compute`; correct for the small residual mean exactly.
     residual = centred.mean(0, dtype=torch.float64)
-    m2 = _symmetric_gram(centred).to(torch.float64) - len(batch) * torch.outer(residual, residual)
+    m2 = _symmetric_gram(centred).to(torch.float64).addr_(residual, residual, alpha=-len(batch))
     return shift.to(torch.float64) + residual, m2
 
 
@@ -136,7 +136,8 @@ class StreamingPCA:
         self.m2 = torch.zeros(dim, dim, dtype=torch.float64)
 
     def _absorb(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
-        """Merge the part `(count, mean, m2)` into this state (the k-way Chan formula, k=2)."""
+        """Merge the part `(count, mean, m2)` into this state with the k-way form of Chan's
+        formula, the same arithmetic as `all_reduce`, so both give identical bits."""
         if count == 0:
             return
         if self.count == 0:
@@ -152,9 +153,19 @@ class StreamingPCA:
         """Add a batch `[n, dim]` (torch tensor or numpy array, any float dtype). A batch with
         NaN or Inf raises `ValueError` and leaves the state unchanged. Returns self."""
         tensor = _as_tensor(batch, self.dim)
-        if len(tensor):
-            mean, m2 = _batch_moments(tensor, self.compute_dtype)
-            self._absorb(len(tensor), mean, m2)
+        if not len(tensor):
+            return self
+        mean, m2 = _batch_moments(tensor, self.compute_dtype)
+        if self.count == 0:
+            self.count, self.mean, self.m2 = len(tensor), mean, m2
+            return self
+        # Chan's pairwise update, in place: the hot path, a few passes over the d x d state.
+        count = len(tensor)
+        total = self.count + count
+        delta = mean - self.mean
+        self.m2.add_(m2).addr_(delta, delta, alpha=self.count * count / total)
+        self.mean.add_(delta, alpha=count / total)
+        self.count = total
         return self
 
     def merge(self, other: StreamingPCA) -> StreamingPCA:
