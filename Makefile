@@ -7,7 +7,7 @@ PACKAGES := -e ".[test]" \
 	-e plugins/nexus-quant-bnb
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test clean
+.PHONY: install run test bench clean
 
 $(STAMP): pyproject.toml capabilities/*/pyproject.toml plugins/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/pca.py --json runs/benchmarks/pca.json
 
 clean:
 	rm -rf $(VENV) runs
