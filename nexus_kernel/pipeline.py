@@ -23,10 +23,8 @@ def build_scope(context: RunContext) -> dict[str, Any]:
     """What stage 0 locks: config, plugin versions and capability taxonomy (no file contents)."""
     config = context.config
     owned = context.plugins.capabilities()
-    unselected = [record.name for record in context.plugins.not_selected]
-    stray = [name for name in config.values["capabilities"] if name not in owned and name not in unselected]
-    if stray:
-        config.check_capability_names(list(owned))
+    # A table for an installed but unselected plugin is fine: its plugin was never imported.
+    config.check_capability_names([*owned, *(r.name for r in context.plugins.not_selected)])
     capabilities = {}
     for name, (capability, record) in owned.items():
         settings = config.capability_settings(name)

@@ -86,9 +86,6 @@ class RunState:
         self.stages[stage.name] = {"number": stage.number, **fields}
         atomic_write_json(self.path, {"format": 1, "stages": self.stages})
 
-    def status(self, stage: Stage) -> str | None:
-        return self.stages.get(stage.name, {}).get("status")
-
 
 def find_stage(stages: list[Stage], key: str) -> Stage:
     """A stage by name (`registry`) or number (`1`, `-1`)."""
