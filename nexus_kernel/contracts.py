@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -21,6 +22,22 @@ class Score:
     n: int
     chance: float
     per_item: Sequence[float] = field(default_factory=tuple)
+
+    @classmethod
+    def from_items(cls, benchmark: str, per_item: Sequence[float], chance: float) -> Score:
+        """The mean of `per_item` (an empty list is an error: nothing was measured)."""
+        if not per_item:
+            raise ValueError(f"{benchmark}: no items were scored")
+        values = tuple(float(value) for value in per_item)
+        return cls(benchmark, sum(values) / len(values), len(values), chance, values)
+
+    def to_json(self, with_items: bool = False) -> dict[str, Any]:
+        described: dict[str, Any] = {
+            "benchmark": self.benchmark, "value": self.value, "n": self.n, "chance": self.chance,
+        }
+        if with_items:
+            described["per_item"] = list(self.per_item)
+        return described
 
 
 @dataclass(frozen=True)
@@ -44,3 +61,27 @@ class ProbePlan:
 
     batches: Sequence[Any]
     candidate_layers: Sequence[str]
+
+
+DemoBuild = Callable[[Path, Mapping[str, Any], Callable[[int], None]], "Mapping[str, Score]"]
+"""`(folder, recipe, progress) -> held-out scores`: trains the teacher the recipe describes,
+saves it into the (empty) `folder` with `save_pretrained`, and scores it on held-out items."""
+
+
+@dataclass(frozen=True)
+class DemoTeacher:
+    """A small teacher a capability plugin can train locally, so a run needs no download.
+
+    `recipe` is everything that decides the weights (data seed, sizes, model shape, training
+    plan); its hash keys the cache, so the same recipe is never trained twice. `build` must be a
+    module-level function (it runs in a worker process). `steps` sizes the progress bar;
+    `minimum` is the held-out score the build must reach on `benchmark`, else it fails.
+    """
+
+    name: str
+    capability: str
+    recipe: Mapping[str, Any]
+    steps: int
+    build: DemoBuild
+    benchmark: str
+    minimum: float

@@ -37,3 +37,7 @@ class StageError(NexusError):
 
 class EnvironmentCheckError(StageError):
     """A required piece of the environment is missing (stage -1)."""
+
+
+class DatasetError(NexusError):
+    """A data file or folder is missing or malformed: the message names the file and row."""

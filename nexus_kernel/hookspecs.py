@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from nexus_kernel.capability import Capability
-    from nexus_kernel.contracts import AdapterSpec, ProbePlan, Score
+    from nexus_kernel.contracts import AdapterSpec, DemoTeacher, ProbePlan, Score
     from nexus_kernel.registry import TeacherEntry
 
 hookspec = pluggy.HookspecMarker("nexus")
@@ -39,6 +39,16 @@ def resolve_datasets(capability: Capability, settings: Mapping[str, Any]) -> dic
     """Name the datasets `capability` will read, split name to an absolute path or a
     `synthetic:<recipe>` label. `settings` is the capability's `[capabilities.<name>]` config
     table with defaults filled in. Called by stage 0, which records the answer in the lock.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def demo_teacher(capability: Capability, settings: Mapping[str, Any]) -> DemoTeacher | None:
+    """The small teacher the owner can train locally for `capability` (its name is the CSV's
+    `Model Name`), built by `nexus teachers build` or on first use by `nexus run` when that
+    folder is missing. `settings` as for `resolve_datasets`.
 
     .. versionadded:: 0.1
     """

@@ -1,8 +1,13 @@
-"""Nexus capability plugin `math`: grade-school arithmetic word problems, scored like GSM8K."""
+"""Nexus capability plugin `math`: grade-school arithmetic word problems, scored like GSM8K.
+
+Modules: `data` (GSM8K JSONL and the synthetic word problems), `benchmark` (the GSM8K scorer: strict and flexible exact match), `teacher` (the demo teacher).
+Only the declaration lives here; torch and transformers are imported inside the hooks.
+"""
 
 from __future__ import annotations
 
-from nexus_kernel import Capability, hookimpl
+from nexus_kernel import Capability
+from nexus_kernel.plugin_kit import standard_hooks
 
 CAPABILITY = Capability(
     name="math",
@@ -12,7 +17,6 @@ CAPABILITY = Capability(
     description="grade-school arithmetic word problems, scored like GSM8K",
 )
 
-
-@hookimpl
-def register_capabilities() -> list[Capability]:
-    return [CAPABILITY]
+register_capabilities, resolve_datasets, demo_teacher = standard_hooks(
+    CAPABILITY, synthetic="gsm8k-words-v1", teacher="nexus_cap_math.teacher",
+)

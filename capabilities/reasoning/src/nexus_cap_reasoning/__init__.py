@@ -1,8 +1,13 @@
-"""Nexus capability plugin `reasoning`: multiple-choice reasoning distilled from a language-model teacher, scored like MMLU."""
+"""Nexus capability plugin `reasoning`: multiple-choice reasoning distilled from a language-model teacher, scored like MMLU.
+
+Modules: `data` (MMLU CSV folders and the synthetic one-step questions), `benchmark` (the MMLU scorer: log-likelihood of ` A`..` D` with k-shot prompts), `teacher` (the demo teacher).
+Only the declaration lives here; torch and transformers are imported inside the hooks.
+"""
 
 from __future__ import annotations
 
-from nexus_kernel import Capability, hookimpl
+from nexus_kernel import Capability
+from nexus_kernel.plugin_kit import standard_hooks
 
 CAPABILITY = Capability(
     name="reasoning",
@@ -12,7 +17,6 @@ CAPABILITY = Capability(
     description="multiple-choice reasoning distilled from a language-model teacher, scored like MMLU",
 )
 
-
-@hookimpl
-def register_capabilities() -> list[Capability]:
-    return [CAPABILITY]
+register_capabilities, resolve_datasets, demo_teacher = standard_hooks(
+    CAPABILITY, synthetic="mmlu-steps-v1", teacher="nexus_cap_reasoning.teacher",
+)

@@ -1,8 +1,13 @@
-"""Nexus capability plugin `vision`: question answering about images, scored by accuracy."""
+"""Nexus capability plugin `vision`: question answering about images, scored by accuracy.
+
+Modules: `data` (image folders with question JSONL and the numpy scene painter), `benchmark` (exact-match VQA accuracy), `teacher` (the demo teacher).
+Only the declaration lives here; torch and transformers are imported inside the hooks.
+"""
 
 from __future__ import annotations
 
-from nexus_kernel import Capability, hookimpl
+from nexus_kernel import Capability
+from nexus_kernel.plugin_kit import standard_hooks
 
 CAPABILITY = Capability(
     name="vision",
@@ -12,7 +17,6 @@ CAPABILITY = Capability(
     description="question answering about images, scored by accuracy",
 )
 
-
-@hookimpl
-def register_capabilities() -> list[Capability]:
-    return [CAPABILITY]
+register_capabilities, resolve_datasets, demo_teacher = standard_hooks(
+    CAPABILITY, synthetic="shapes-qa-v1", teacher="nexus_cap_vision.teacher",
+)

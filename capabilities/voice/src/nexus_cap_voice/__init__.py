@@ -1,18 +1,22 @@
-"""Nexus capability plugin `voice`: spoken-word audio embeddings, scored by cosine similarity to the teacher."""
+"""Nexus capability plugin `voice`: spoken-word audio embeddings, scored by cosine similarity to the teacher.
+
+Modules: `data` (spoken-digit WAV folders and the numpy speech synthesizer; `features`: log-mel), `benchmark` (cosine to the teacher and nearest-centroid accuracy), `teacher` (the demo teacher).
+Only the declaration lives here; torch and transformers are imported inside the hooks.
+"""
 
 from __future__ import annotations
 
-from nexus_kernel import Capability, hookimpl
+from nexus_kernel import Capability
+from nexus_kernel.plugin_kit import standard_hooks
 
 CAPABILITY = Capability(
     name="voice",
     modality="audio",
     categories=("Voice",),
-    benchmarks=("voice cosine",),
+    benchmarks=("voice cosine", "voice centroid accuracy"),
     description="spoken-word audio embeddings, scored by cosine similarity to the teacher",
 )
 
-
-@hookimpl
-def register_capabilities() -> list[Capability]:
-    return [CAPABILITY]
+register_capabilities, resolve_datasets, demo_teacher = standard_hooks(
+    CAPABILITY, synthetic="spoken-digits-v1", teacher="nexus_cap_voice.teacher",
+)

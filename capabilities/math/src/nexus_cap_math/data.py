@@ -1,0 +1,118 @@
+"""GSM8K-format data: JSONL rows `{"question": ..., "answer": "... #### N"}`.
+
+The same loader reads the real GSM8K files and the synthetic word problems the demo teacher
+learns from; synthetic problems come from a seeded generator, and the held-out split is kept
+out of training by question text.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexus_kernel.datasets import DatasetError, files_for_split
+from nexus_kernel.fsio import atomic_write_text
+
+ANSWER_MARK = "#### "
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One GSM8K row: the question and the worked answer that ends in `#### N`."""
+
+    question: str
+    answer: str
+
+    @property
+    def final(self) -> str:
+        """The number after `#### `, as written (it may hold commas, e.g. `1,450,000`)."""
+        return self.answer.rsplit(ANSWER_MARK, 1)[1].strip()
+
+    def to_json(self) -> dict[str, str]:
+        return {"question": self.question, "answer": self.answer}
+
+
+def read_jsonl(path: Path) -> list[Problem]:
+    """Every row of a GSM8K JSONL file; a malformed row is an error naming the file and line."""
+    problems = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: line {number}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}: line {number}: expected an object with 'question' and 'answer'")
+        for key in ("question", "answer"):
+            if not isinstance(row.get(key), str):
+                raise DatasetError(f"{path}: line {number}: missing text field {key!r}")
+        if ANSWER_MARK not in row["answer"]:
+            raise DatasetError(f"{path}: line {number}: answer does not end in '{ANSWER_MARK}N'")
+        problems.append(Problem(row["question"], row["answer"]))
+    return problems
+
+
+def write_jsonl(path: Path, problems: Sequence[Problem]) -> None:
+    """Write `problems` as GSM8K JSONL (atomically)."""
+    atomic_write_text(path, "".join(json.dumps(p.to_json()) + "\n" for p in problems))
+
+
+def load_split(folder: Path, split: str) -> list[Problem]:
+    """Rows of `split` from a GSM8K folder: every `<split>*.jsonl` file (e.g. `test.jsonl`,
+    `test_sample.jsonl`), in name order."""
+    return [problem for path in files_for_split(folder, split, ".jsonl") for problem in read_jsonl(path)]
+
+
+_NAMES = ("Ann", "Tom", "Mia", "Leo", "Sam", "Zoe", "Max", "Eva", "Ben", "Ivy")
+_THINGS = ("apples", "pens", "coins", "books", "cards", "shells", "stamps", "marbles")
+TEMPLATE_WORDS = frozenset(
+    "Question Answer has and gets more gives away buys sells How many does have now".split()
+) | frozenset(_NAMES) | frozenset(_THINGS)
+
+
+@dataclass(frozen=True)
+class SyntheticRecipe:
+    """Grade-school word problems: add or take away two whole numbers in `[low, high]`."""
+
+    seed: int = 1234
+    low: int = 2
+    high: int = 49
+    test_size: int = 300
+
+    def problem(self, rng: random.Random) -> Problem:
+        name, things = rng.choice(_NAMES), rng.choice(_THINGS)
+        first, second = rng.randint(self.low, self.high), rng.randint(self.low, self.high)
+        if rng.random() < 0.5:
+            verb = rng.choice(("gets", "buys"))
+            question = (f"{name} has {first} {things} and {verb} {second} more. "
+                        f"How many {things} does {name} have now?")
+            work, result = f"{first} + {second}", first + second
+        else:
+            first, second = max(first, second), min(first, second)
+            verb = rng.choice(("gives away", "sells"))
+            question = (f"{name} has {first} {things} and {verb} {second}. "
+                        f"How many {things} does {name} have now?")
+            work, result = f"{first} - {second}", first - second
+        return Problem(question, f"{work} = {result}\n{ANSWER_MARK}{result}")
+
+    def test(self) -> list[Problem]:
+        """The held-out split: `test_size` distinct problems."""
+        rng = random.Random(f"{self.seed}:test")
+        seen: dict[str, Problem] = {}
+        while len(seen) < self.test_size:
+            problem = self.problem(rng)
+            seen.setdefault(problem.question, problem)
+        return list(seen.values())
+
+    def train(self, seed_offset: int = 0) -> Iterator[Problem]:
+        """An endless stream of training problems, none of them in the held-out split."""
+        held_out = {problem.question for problem in self.test()}
+        rng = random.Random(f"{self.seed}:train:{seed_offset}")
+        while True:
+            problem = self.problem(rng)
+            if problem.question not in held_out:
+                yield problem

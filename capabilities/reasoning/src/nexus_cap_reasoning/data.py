@@ -1,0 +1,143 @@
+"""MMLU-format data: CSV files without a header, six columns (question, A, B, C, D, answer
+letter), one file per subject named `<subject>_<split>.csv` under `dev/`, `val/` or `test/`.
+
+The same reader takes the real MMLU `data/` folder and the synthetic questions the demo teacher
+learns from (questions that need one small reasoning step: compare, order, check parity).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexus_kernel.datasets import DatasetError, files_for_split
+from nexus_kernel.fsio import atomic_write_text
+
+LETTERS = ("A", "B", "C", "D")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One MMLU row and the subject its file is about."""
+
+    subject: str
+    question: str
+    choices: tuple[str, str, str, str]
+    answer: str
+
+    def row(self) -> list[str]:
+        return [self.question, *self.choices, self.answer]
+
+
+def read_csv(path: Path, subject: str) -> list[Question]:
+    """Every row of one MMLU CSV file; a row without six fields or with an answer other than
+    A-D is an error naming the file and row."""
+    questions = []
+    text = path.read_text(encoding="utf-8")
+    for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+        if not row:
+            continue
+        if len(row) != 6:
+            raise DatasetError(f"{path}: row {number}: expected 6 fields "
+                               f"(question, A, B, C, D, answer), found {len(row)}")
+        answer = row[5].strip()
+        if answer not in LETTERS:
+            raise DatasetError(f"{path}: row {number}: answer {row[5]!r} is not one of A, B, C, D")
+        questions.append(Question(subject, row[0], (row[1], row[2], row[3], row[4]), answer))
+    return questions
+
+
+def write_csv(path: Path, questions: Sequence[Question]) -> None:
+    """Write `questions` as one MMLU CSV file (atomically)."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer, lineterminator="\n").writerows(q.row() for q in questions)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def subject_of(path: Path, split: str) -> str:
+    """`high_school_mathematics_test.csv` -> `high_school_mathematics`."""
+    suffix = f"_{split}"
+    return path.stem[: -len(suffix)] if path.stem.endswith(suffix) else path.stem
+
+
+def load_split(folder: Path, split: str) -> list[Question]:
+    """Every question of `split` (`dev`, `val`, `test`) in an MMLU `data/` folder."""
+    return [question for path in files_for_split(folder, split, ".csv")
+            for question in read_csv(path, subject_of(path, split))]
+
+
+_NAMES = ("Ann", "Tom", "Mia", "Leo", "Sam", "Zoe", "Max", "Eva", "Ben", "Ivy")
+TEMPLATE_WORDS = frozenset(
+    "The following are multiple choice questions with answers about reasoning Answer Which "
+    "number is the largest smallest even odd Who oldest youngest older than".split()
+) | frozenset(_NAMES)
+SUBJECT = "reasoning"
+
+
+@dataclass(frozen=True)
+class SyntheticRecipe:
+    """Four-choice questions that each need one step: pick the largest or smallest of four
+    numbers, the one even (or odd) number, or the oldest or youngest in a chain of two facts."""
+
+    seed: int = 1234
+    dev_size: int = 5
+    test_size: int = 300
+
+    def question(self, rng: random.Random) -> Question:
+        kind = rng.randrange(3)
+        if kind == 0:
+            numbers = rng.sample(range(10, 100), 4)
+            largest = rng.random() < 0.5
+            text = f"Which number is the {'largest' if largest else 'smallest'}?"
+            answer = max(numbers) if largest else min(numbers)
+            choices = [str(n) for n in numbers]
+            gold = str(answer)
+        elif kind == 1:
+            even = rng.random() < 0.5
+            odd_numbers = [n for n in range(10, 100) if n % 2 == 1]
+            even_numbers = [n for n in range(10, 100) if n % 2 == 0]
+            pick, rest = (even_numbers, odd_numbers) if even else (odd_numbers, even_numbers)
+            gold = str(rng.choice(pick))
+            choices = [gold, *(str(n) for n in rng.sample(rest, 3))]
+            rng.shuffle(choices)
+            text = f"Which number is {'even' if even else 'odd'}?"
+        else:
+            first, middle, last, other = rng.sample(_NAMES, 4)
+            oldest = rng.random() < 0.5
+            text = (f"{first} is older than {middle}. {middle} is older than {last}. "
+                    f"Who is the {'oldest' if oldest else 'youngest'}?")
+            gold = first if oldest else last
+            choices = [first, middle, last, other]
+            rng.shuffle(choices)
+        return Question(SUBJECT, text, tuple(choices), LETTERS[choices.index(gold)])  # type: ignore[arg-type]
+
+    def _distinct(self, label: str, size: int, avoid: set[str]) -> list[Question]:
+        rng = random.Random(f"{self.seed}:{label}")
+        found: dict[str, Question] = {}
+        while len(found) < size:
+            question = self.question(rng)
+            key = "|".join(question.row())
+            if key not in avoid:
+                found.setdefault(key, question)
+        return list(found.values())
+
+    def test(self) -> list[Question]:
+        """The held-out split."""
+        return self._distinct("test", self.test_size, set())
+
+    def dev(self) -> list[Question]:
+        """Few-shot examples, distinct from the held-out split."""
+        return self._distinct("dev", self.dev_size, {"|".join(q.row()) for q in self.test()})
+
+    def train(self) -> Iterator[Question]:
+        """An endless stream of training questions, none of them held out."""
+        held_out = {"|".join(q.row()) for q in self.test()}
+        rng = random.Random(f"{self.seed}:train")
+        while True:
+            question = self.question(rng)
+            if "|".join(question.row()) not in held_out:
+                yield question

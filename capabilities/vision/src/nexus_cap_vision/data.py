@@ -1,0 +1,164 @@
+"""Visual question answering data: a folder of images plus a JSONL file per split whose rows
+are `{"image": "<path relative to the folder>", "question": ..., "answer": ...}`.
+
+The synthetic scenes are drawn with numpy (shapes, colours, counts and positions on a 2x2
+grid); real folders are read with Pillow, so any format it knows works.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nexus_kernel.datasets import DatasetError, files_for_split
+from nexus_kernel.fsio import atomic_write_bytes, atomic_write_text
+
+IMAGE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class VisualQuestion:
+    """One image (H x W x 3 uint8) with a question and its short answer."""
+
+    image: np.ndarray
+    question: str
+    answer: str
+
+
+def read_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
+    """An image file as `size` x `size` RGB uint8 (resized bilinearly when needed)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable image ({exc})") from None
+
+
+def read_jsonl(path: Path, size: int = IMAGE_SIZE) -> list[VisualQuestion]:
+    """Every row of a questions JSONL file, images loaded; a bad row names the file and line."""
+    questions = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: line {number}: not JSON ({exc.msg})") from None
+        for key in ("image", "question", "answer"):
+            if not isinstance(row, dict) or not isinstance(row.get(key), str):
+                raise DatasetError(f"{path}: line {number}: missing text field {key!r}")
+        image_path = (path.parent / row["image"]).resolve()
+        if not image_path.is_relative_to(path.parent.resolve()):
+            raise DatasetError(f"{path}: line {number}: image {row['image']!r} is outside {path.parent}")
+        questions.append(VisualQuestion(read_image(image_path, size), row["question"], row["answer"]))
+    return questions
+
+
+def load_split(folder: Path, split: str, size: int = IMAGE_SIZE) -> list[VisualQuestion]:
+    """Every question of `split` in a folder holding `<split>*.jsonl` files and their images."""
+    return [q for path in files_for_split(folder, split, ".jsonl") for q in read_jsonl(path, size)]
+
+
+def write_split(folder: Path, split: str, questions: Sequence[VisualQuestion]) -> None:
+    """Write `questions` as PNG images plus `<split>.jsonl` (each file atomically)."""
+    from PIL import Image
+
+    rows = []
+    for index, question in enumerate(questions):
+        name = f"images/{split}_{index:05d}.png"
+        buffer = io.BytesIO()
+        Image.fromarray(question.image).save(buffer, format="PNG")
+        atomic_write_bytes(folder / name, buffer.getvalue())
+        rows.append(json.dumps({"image": name, "question": question.question, "answer": question.answer}))
+    atomic_write_text(folder / f"{split}.jsonl", "".join(row + "\n" for row in rows))
+
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), "yellow": (230, 200, 30)}
+SHAPES = ("circle", "square", "triangle")
+PLACES = {(0, 0): "top left", (0, 1): "top right", (1, 0): "bottom left", (1, 1): "bottom right"}
+TEMPLATE_WORDS = frozenset(
+    "How many shapes are there What colour is the shape Where Is a yes no top bottom left right "
+    "one two three four".split()
+) | frozenset(COLOURS) | frozenset(SHAPES)
+_NUMBERS = ("zero", "one", "two", "three", "four")
+
+
+@dataclass(frozen=True)
+class Thing:
+    shape: str
+    colour: str
+    cell: tuple[int, int]
+
+
+def draw(things: Sequence[Thing], rng: random.Random, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A light background with each thing drawn in its grid cell, jittered a little."""
+    image = np.full((size, size, 3), 245, dtype=np.uint8)
+    half = size // 2
+    rows, cols = np.mgrid[0:half, 0:half]
+    for thing in things:
+        cy, cx = half // 2 + rng.randint(-1, 1), half // 2 + rng.randint(-1, 1)
+        radius = rng.randint(half // 4 + 1, half // 3 + 1)
+        if thing.shape == "circle":
+            mask = (rows - cy) ** 2 + (cols - cx) ** 2 <= radius**2
+        elif thing.shape == "square":
+            mask = (abs(rows - cy) < radius) & (abs(cols - cx) < radius)
+        else:
+            mask = (rows >= cy - radius) & (rows <= cy + radius) & (abs(cols - cx) * 2 <= rows - cy + radius)
+        row, col = thing.cell
+        image[row * half : (row + 1) * half, col * half : (col + 1) * half][mask] = COLOURS[thing.colour]
+    return image
+
+
+@dataclass(frozen=True)
+class SyntheticRecipe:
+    """Scenes of one to four coloured shapes with a question about count, colour, shape,
+    position or presence."""
+
+    seed: int = 1234
+    test_size: int = 300
+
+    def question(self, rng: random.Random) -> VisualQuestion:
+        cells = rng.sample(sorted(PLACES), rng.randint(1, 4))
+        things = [Thing(rng.choice(SHAPES), rng.choice(list(COLOURS)), cell) for cell in cells]
+        image = draw(things, rng)
+        target = rng.choice(things)
+        kind = rng.randrange(5)
+        if kind == 0:
+            return VisualQuestion(image, "How many shapes are there?", _NUMBERS[len(things)])
+        if kind == 1:
+            return VisualQuestion(image, f"What colour is the shape at the {PLACES[target.cell]}?", target.colour)
+        if kind == 2:
+            return VisualQuestion(image, f"What shape is at the {PLACES[target.cell]}?", target.shape)
+        if kind == 3:
+            where = [t for t in things if (t.shape, t.colour) == (target.shape, target.colour)]
+            if len(where) == 1:
+                return VisualQuestion(image, f"Where is the {target.colour} {target.shape}?", PLACES[target.cell])
+            return VisualQuestion(image, "How many shapes are there?", _NUMBERS[len(things)])
+        shape, colour = (target.shape, target.colour) if rng.random() < 0.5 else (
+            rng.choice(SHAPES), rng.choice(list(COLOURS)))
+        present = any((t.shape, t.colour) == (shape, colour) for t in things)
+        return VisualQuestion(image, f"Is there a {colour} {shape}?", "yes" if present else "no")
+
+    def test(self) -> list[VisualQuestion]:
+        """The held-out split (its own random stream)."""
+        rng = random.Random(f"{self.seed}:test")
+        return [self.question(rng) for _ in range(self.test_size)]
+
+    def train(self) -> Iterator[VisualQuestion]:
+        """An endless stream of training questions, from a stream separate from the test one."""
+        rng = random.Random(f"{self.seed}:train")
+        while True:
+            yield self.question(rng)

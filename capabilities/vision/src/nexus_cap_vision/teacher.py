@@ -1,0 +1,108 @@
+"""The demo vision teacher: a small ViT encoder with a GPT-2 decoder that cross-attends to the
+image patches (a transformers `VisionEncoderDecoderModel`), trained on synthetic scenes."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nexus_kernel import Score
+from nexus_kernel.contracts import DemoTeacher
+from nexus_kernel.training import TrainingPlan
+
+from nexus_cap_vision import benchmark
+from nexus_cap_vision.data import IMAGE_SIZE, TEMPLATE_WORDS, SyntheticRecipe
+
+NAME = "nexus-demo-vision"
+MINIMUM = 0.90
+ENCODER = {"image_size": IMAGE_SIZE, "patch_size": 8, "hidden_size": 96, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "intermediate_size": 192}
+DECODER = {"n_embd": 96, "n_layer": 2, "n_head": 4, "n_positions": 64}
+PLAN = TrainingPlan(steps=1000, learning_rate=2e-3, batch_size=64)
+
+
+def pixels(images: Sequence[np.ndarray]) -> Any:
+    """`(batch, 3, H, W)` float pixels scaled to [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+class VisionAnswerer:
+    """A vision-encoder-decoder model behind `answer(images, prompts, max_new_tokens)`."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 64) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> VisionAnswerer:
+        from transformers import AutoTokenizer, VisionEncoderDecoderModel
+
+        return cls(VisionEncoderDecoderModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder))
+
+    def answer(self, images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        import torch
+
+        from nexus_kernel.text import greedy_decode, left_padded
+
+        answers: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            stop = start + self.batch_size
+            with torch.inference_mode():
+                encoded = self.model.encoder(pixel_values=pixels(images[start:stop]))
+
+            def logits_of(ids: Any, mask: Any, positions: Any) -> Any:
+                return self.model(encoder_outputs=encoded, decoder_input_ids=ids,
+                                  decoder_attention_mask=mask, decoder_position_ids=positions).logits
+
+            input_ids, mask = left_padded(self.tokenizer, prompts[start:stop])
+            answers += [self.tokenizer.decode(ids) for ids in greedy_decode(logits_of, input_ids, mask, max_new_tokens)]
+        return answers
+
+
+def demo() -> DemoTeacher:
+    recipe = {"seed": 42, "data": SyntheticRecipe().__dict__, "encoder": ENCODER, "decoder": DECODER,
+              "plan": PLAN.to_json()}
+    return DemoTeacher(NAME, "vision", recipe, PLAN.steps, build, benchmark.NAME, MINIMUM)
+
+
+def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> dict[str, Score]:
+    """Train the teacher `recipe` describes, save it to `folder`, return its held-out scores."""
+    import torch
+    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+
+    from nexus_kernel.text import BOS_ID, EOS_ID, IGNORE_INDEX, PAD_ID, build_tokenizer, completion_batch
+    from nexus_kernel.training import fit
+
+    data = SyntheticRecipe(**recipe["data"])
+    plan = TrainingPlan(**recipe["plan"])
+    tokenizer = build_tokenizer(TEMPLATE_WORDS)
+    decoder = GPT2Config(vocab_size=len(tokenizer), add_cross_attention=True, is_decoder=True,
+                         bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, **recipe["decoder"])
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(ViTConfig(**recipe["encoder"]), decoder)
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = BOS_ID, PAD_ID, EOS_ID
+    model = VisionEncoderDecoderModel(config=config)
+    stream = data.train()
+
+    def make_batch(_: int) -> Any:
+        questions = list(itertools.islice(stream, plan.batch_size))
+        text = completion_batch(tokenizer, [(benchmark.prompt_of(q), f" {q.answer}") for q in questions])
+        return pixels([q.image for q in questions]), *text
+
+    def loss_of(model: Any, batch: Any) -> Any:
+        images, input_ids, mask, labels = batch
+        logits = model(pixel_values=images, decoder_input_ids=input_ids[:, :-1],
+                       decoder_attention_mask=mask[:, :-1]).logits
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(),
+                                                 ignore_index=IGNORE_INDEX)
+
+    fit(model, plan, make_batch, loss_of, progress)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return benchmark.evaluate(VisionAnswerer(model, tokenizer), data.test())

@@ -1,0 +1,210 @@
+"""Demo teachers: find which registry entries need one, build them (in parallel, with a
+progress bar), and cache them by the hash of their recipe.
+
+A folder is ours only when it holds `nexus_demo.json`; a folder without it is a user's teacher
+and is never touched. A build writes into a hidden partial folder beside the target and renames
+it into place when complete, so an interrupted build leaves no half-written teacher.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nexus_kernel.contracts import DemoTeacher, Score
+from nexus_kernel.errors import RegistryError, StageError
+from nexus_kernel.fsio import atomic_write_json, canonical_json, sha256_bytes
+from nexus_kernel.logs import get_logger
+from nexus_kernel.plugins import PluginSet
+from nexus_kernel.registry import TeacherEntry
+
+RECIPE_FILE = "nexus_demo.json"
+PARTIAL_PREFIX = ".partial-"
+
+log = get_logger("teachers")
+
+
+def recipe_digest(demo: DemoTeacher) -> str:
+    """Hash of everything that decides the demo teacher's weights."""
+    return sha256_bytes(canonical_json(
+        {"name": demo.name, "capability": demo.capability, "recipe": dict(demo.recipe)}
+    ).encode())
+
+
+def read_marker(folder: Path) -> dict[str, Any] | None:
+    """The build record of a demo teacher folder, or None for a folder we did not build."""
+    try:
+        return json.loads((folder / RECIPE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class PlannedBuild:
+    """One demo teacher to build (or found cached) for one registry entry."""
+
+    entry: TeacherEntry
+    demo: DemoTeacher
+    digest: str
+    cached: bool
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.entry.path)
+
+
+def plan_builds(
+    entries: Sequence[TeacherEntry], plugins: PluginSet, settings: Mapping[str, Mapping[str, Any]],
+) -> list[PlannedBuild]:
+    """The demo builds behind `entries`. A user's folder (no marker) is used as it is; a missing
+    folder that no plugin can build is an error naming the teacher and the folder."""
+    planned = []
+    for entry in entries:
+        folder = Path(entry.path)
+        marker = read_marker(folder)
+        if folder.exists() and marker is None:
+            continue
+        capability, _ = plugins.capabilities()[entry.capability]
+        demo = plugins.call_for(entry.capability, "demo_teacher", capability=capability,
+                                settings=settings.get(entry.capability, {}))
+        if demo is None or demo.name != entry.name:
+            if folder.exists():
+                continue
+            offered = f"; its plugin builds {demo.name!r}" if demo is not None else ""
+            raise RegistryError(
+                f"teacher {entry.name!r} ({entry.capability}): folder {folder} does not exist and "
+                f"no plugin can build it{offered}. Put the model there or fix the CSV row."
+            )
+        digest = recipe_digest(demo)
+        planned.append(PlannedBuild(entry, demo, digest,
+                                    cached=marker is not None and marker.get("recipe_sha256") == digest))
+    return planned
+
+
+def _build_in_worker(demo: DemoTeacher, digest: str, folder: str, queue: Any) -> dict[str, Any]:
+    """Worker-process body: train into a partial folder, check the score, rename into place."""
+    from nexus_kernel.training import seed_everything
+
+    target = Path(folder)
+    partial = target.parent / f"{PARTIAL_PREFIX}{target.name}-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    seed_everything(int(demo.recipe.get("seed", 0)))
+    started = time.perf_counter()
+    try:
+        scores = demo.build(partial, demo.recipe, queue.put)
+        seconds = time.perf_counter() - started
+        headline = scores[demo.benchmark]
+        if headline.value < demo.minimum:
+            raise StageError(
+                f"demo teacher {demo.name!r} scored {headline.value:.3f} on held-out "
+                f"{demo.benchmark}, below its minimum {demo.minimum:.2f}; not saved"
+            )
+        record = {
+            "name": demo.name, "capability": demo.capability, "recipe_sha256": digest,
+            "recipe": dict(demo.recipe), "build_seconds": round(seconds, 1),
+            "scores": {name: score.to_json() for name, score in scores.items()},
+        }
+        atomic_write_json(partial / RECIPE_FILE, record)
+        _replace_folder(target, partial)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return record
+
+
+def _replace_folder(target: Path, partial: Path) -> None:
+    """Move `partial` to `target`, first moving aside an older demo build (never a user's folder)."""
+    if target.exists():
+        if read_marker(target) is None:
+            raise StageError(f"{target} appeared during the build and is not a demo teacher; "
+                             "left alone")
+        stale = target.parent / f"{PARTIAL_PREFIX}{target.name}-stale-{os.getpid()}"
+        target.rename(stale)
+        shutil.rmtree(stale)
+    partial.rename(target)
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What `build_teachers` did for one teacher."""
+
+    name: str
+    capability: str
+    folder: str
+    cached: bool
+    seconds: float
+    scores: dict[str, dict[str, Any]]
+
+    def headline(self) -> str:
+        figures = ", ".join(f"{name} {score['value']:.3f} (n={score['n']})"
+                            for name, score in self.scores.items())
+        how = "cached" if self.cached else f"built in {self.seconds:.0f} s"
+        return f"{self.name} [{self.capability}]: {how}; held-out {figures}"
+
+
+def _report_of(build: PlannedBuild, record: Mapping[str, Any], cached: bool) -> BuildReport:
+    return BuildReport(build.demo.name, build.demo.capability, str(build.folder), cached,
+                       float(record.get("build_seconds", 0.0)), dict(record.get("scores", {})))
+
+
+def build_teachers(
+    planned: Sequence[PlannedBuild], jobs: int = 2, force: bool = False, show_progress: bool = True,
+) -> list[BuildReport]:
+    """Build every planned teacher that is not cached (all of them with `force`), `jobs` at a
+    time in worker processes, with one progress bar over all their training steps."""
+    import concurrent.futures
+    import multiprocessing
+    import queue as queue_module
+
+    from tqdm import tqdm
+
+    reports: dict[str, BuildReport] = {}
+    todo = []
+    for build in planned:
+        if build.cached and not force:
+            reports[build.demo.name] = _report_of(build, read_marker(build.folder) or {}, True)
+        else:
+            todo.append(build)
+    if todo:
+        for build in todo:
+            build.folder.parent.mkdir(parents=True, exist_ok=True)
+        context = multiprocessing.get_context("spawn")
+        with context.Manager() as manager, concurrent.futures.ProcessPoolExecutor(
+            max_workers=max(1, min(jobs, len(todo))), mp_context=context,
+        ) as pool:
+            steps = manager.Queue()
+            futures = {
+                pool.submit(_build_in_worker, build.demo, build.digest, str(build.folder), steps): build
+                for build in todo
+            }
+            names = ", ".join(build.demo.name for build in todo)
+            bar = tqdm(total=sum(build.demo.steps for build in todo), unit="step",
+                       desc=f"training {names}", disable=not show_progress, dynamic_ncols=True)
+            pending = set(futures)
+            failures = []
+            while pending:
+                done, pending = concurrent.futures.wait(pending, timeout=0.5)
+                while True:
+                    try:
+                        bar.update(steps.get_nowait())
+                    except queue_module.Empty:
+                        break
+                for future in done:
+                    build = futures[future]
+                    try:
+                        record = future.result()
+                    except Exception as exc:  # reported together below, after the others finish
+                        failures.append(f"{build.demo.name}: {exc}")
+                        continue
+                    reports[build.demo.name] = _report_of(build, record, False)
+                    bar.write(reports[build.demo.name].headline())
+            bar.close()
+        if failures:
+            raise StageError("demo teacher build failed:\n  " + "\n  ".join(failures))
+    return [reports[build.demo.name] for build in planned]

@@ -1,0 +1,199 @@
+"""Text plumbing shared by text-producing demo teachers: a lossless word-and-character
+tokenizer, prompt/completion batches, greedy decoding and continuation log-likelihoods.
+
+The tokenizer keeps a fixed set of whole words (the words of a plugin's templates) as single
+tokens and spells everything else character by character, so sequences stay short on the demo
+tasks while any ASCII text still round-trips exactly. Digits are always single tokens: small
+models learn arithmetic far more easily that way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerFast
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+_CHARS = tuple(chr(code) for code in range(32, 127)) + ("\n",)
+# A pre-token is an optionally space-led word, digit or other character, or a lone space.
+_PIECE_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^A-Za-z0-9 ]| "
+
+IGNORE_INDEX = -100
+"""Label value the loss skips (prompt positions and padding)."""
+
+
+def build_tokenizer(words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
+    """A `PreTrainedTokenizerFast` whose vocabulary is the special tokens, every printable ASCII
+    character (alone, space-led and as a word continuation) and `words` (alone and space-led).
+    The same `words` always give the same ids; `save_pretrained` / `AutoTokenizer` round-trip it.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    word_list = sorted({word for word in words if word.isascii() and word.isalpha()})
+    pieces = [*SPECIAL_TOKENS, *_CHARS, *(" " + c for c in _CHARS if c not in " \n"),
+              *("##" + c for c in _CHARS if c != " "), *word_list, *(" " + w for w in word_list)]
+    vocab = {piece: index for index, piece in enumerate(dict.fromkeys(pieces))}
+    model = models.WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=1000)
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(_PIECE_PATTERN), behavior="isolated")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("##", ""), decoders.Fuse()])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
+    )
+
+
+def encode(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
+    """Token ids of `text`, without special tokens."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def completion_batch(
+    tokenizer: PreTrainedTokenizerFast, pairs: Sequence[tuple[str, str]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask, labels)` for `<s> prompt completion </s>`, right-padded;
+    labels are set on the completion and `</s>` only, so the loss teaches answers, not questions.
+    """
+    import torch
+
+    rows: list[list[int]] = []
+    labels: list[list[int]] = []
+    for prompt, completion in pairs:
+        prompt_ids = [BOS_ID, *encode(tokenizer, prompt)]
+        completion_ids = [*encode(tokenizer, completion), EOS_ID]
+        rows.append(prompt_ids + completion_ids)
+        labels.append([IGNORE_INDEX] * len(prompt_ids) + completion_ids)
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    label_ids = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for index, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        input_ids[index, : len(row)] = torch.tensor(row)
+        mask[index, : len(row)] = 1
+        label_ids[index, : len(label)] = torch.tensor(label)
+    return input_ids, mask, label_ids
+
+
+def left_padded(
+    tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` of `<s> prompt`, left-padded so every row ends together."""
+    import torch
+
+    rows = [[BOS_ID, *encode(tokenizer, prompt)] for prompt in prompts]
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, width - len(row):] = torch.tensor(row)
+        mask[index, width - len(row):] = 1
+    return input_ids, mask
+
+
+NextTokenLogits = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+"""`(input_ids, attention_mask, position_ids) -> logits (batch, seq, vocab)` of a causal decoder."""
+
+
+def greedy_decode(
+    logits_of: NextTokenLogits, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+) -> list[list[int]]:
+    """Greedy continuation of left-padded prompts until `</s>` or `max_new_tokens`; returns the
+    new token ids per row, without `</s>`. Position ids come from the mask so left padding does
+    not shift positions (the batch answer equals the one-by-one answer).
+    """
+    import torch
+
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+    generated: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            next_ids = logits_of(input_ids, mask, positions)[:, -1].argmax(dim=-1)
+            for row in torch.nonzero(~finished).flatten().tolist():
+                if next_ids[row].item() == EOS_ID:
+                    finished[row] = True
+                else:
+                    generated[row].append(int(next_ids[row]))
+            if bool(finished.all()):
+                break
+            input_ids = torch.cat([input_ids, next_ids[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return generated
+
+
+def continuation_logprobs(
+    logits_of: NextTokenLogits, tokenizer: PreTrainedTokenizerFast,
+    requests: Sequence[tuple[str, str]],
+) -> list[float]:
+    """Sum of log-probabilities of each `continuation` after its `prompt` (the lm-evaluation-
+    harness `loglikelihood` request), computed for the whole batch in one forward pass."""
+    import torch
+
+    rows: list[list[int]] = []
+    spans: list[tuple[int, int]] = []
+    for prompt, continuation in requests:
+        prompt_ids = [BOS_ID, *encode(tokenizer, prompt)]
+        continuation_ids = encode(tokenizer, continuation)
+        if not continuation_ids:
+            raise ValueError(f"empty continuation after prompt {prompt[-40:]!r}")
+        rows.append(prompt_ids + continuation_ids)
+        spans.append((len(prompt_ids), len(prompt_ids) + len(continuation_ids)))
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = torch.tensor(row)
+        mask[index, : len(row)] = 1
+    positions = torch.arange(width).expand(len(rows), width)
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(logits_of(input_ids, mask, positions).float(), dim=-1)
+    totals = []
+    for index, (start, end) in enumerate(spans):
+        targets = input_ids[index, start:end]
+        totals.append(float(logprobs[index, start - 1 : end - 1].gather(1, targets[:, None]).sum()))
+    return totals
+
+
+class CausalTextModel:
+    """A causal LM and its tokenizer behind the two calls text benchmarks make: greedy
+    `generate` and `loglikelihoods` (lm-evaluation-harness request types)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
+                 batch_size: int = 64) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> CausalTextModel:
+        """Load a `save_pretrained` folder (model and tokenizer) in float32."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        return cls(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder))
+
+    def _logits(self, input_ids: torch.Tensor, mask: torch.Tensor,
+                positions: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Greedy completions of `prompts`, without the prompt."""
+        answers: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            input_ids, mask = left_padded(self.tokenizer, prompts[start : start + self.batch_size])
+            for ids in greedy_decode(self._logits, input_ids, mask, max_new_tokens):
+                answers.append(self.tokenizer.decode(ids))
+        return answers
+
+    def loglikelihoods(self, requests: Sequence[tuple[str, str]]) -> list[float]:
+        """Log-probability of each `(prompt, continuation)` pair's continuation."""
+        totals: list[float] = []
+        for start in range(0, len(requests), self.batch_size):
+            totals += continuation_logprobs(self._logits, self.tokenizer,
+                                            requests[start : start + self.batch_size])
+        return totals
