@@ -146,6 +146,32 @@ def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | Non
         sys.exit(EXIT_INCOMPLETE)
 
 
+@cli.group("teachers")
+def teachers_group() -> None:
+    """Demo teachers the capability plugins train locally (no download)."""
+
+
+@teachers_group.command("build")
+@_config_option
+@_plugins_option
+@_strict_option
+@click.option("--force", is_flag=True, help="Rebuild even when a build with the same recipe exists.")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Teachers trained at once, one process (one thread) each.")
+def teachers_build_command(config_path: Path, plugins_text: str | None, strict: bool, force: bool,
+                           jobs: int) -> None:
+    """Build the demo teachers the CSV names whose folders are missing or out of date."""
+    from nexus_kernel.teachers import ensure_teachers
+
+    config = load_config(config_path)
+    plugin_set, selection_active = _load_selected_plugins(plugins_text, strict, config)
+    reports = ensure_teachers(config, plugin_set, selection_active, jobs=jobs, force=force)
+    if not reports:
+        click.echo("no demo teachers in the CSV; nothing to build")
+    for report in reports:
+        click.echo(report.headline())
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and an exit code."""
     try:

@@ -12,6 +12,7 @@ from nexus_kernel.lock import LOCK_FILE, LOCK_FORMAT, SEED_FILE, scope_hash
 from nexus_kernel.logs import get_logger
 from nexus_kernel.registry import read_registry
 from nexus_kernel.runner import RunContext, Stage
+from nexus_kernel.teachers import build_teachers, plan_builds
 
 ENV_FILE = "env.json"
 REGISTRY_FILE = "configs/teacher_registry.json"
@@ -91,7 +92,20 @@ def _registry_inputs(context: RunContext) -> dict[str, Any]:
         "csv": registry["csv"],
         "csv_sha256": sha256_file(csv_path) if csv_path.is_file() else None,
         "models_dir": registry["models_dir"],
+        "teacher_folders": _teacher_folders(Path(registry["models_dir"])),
     }
+
+
+def _teacher_folders(models_dir: Path) -> dict[str, str | None]:
+    """Each teacher folder and the recipe hash of its demo build (None for a user's folder), so
+    a deleted or rebuilt teacher reruns the registry stage."""
+    from nexus_kernel.teachers import PARTIAL_PREFIX, read_marker
+
+    if not models_dir.is_dir():
+        return {}
+    return {folder.name: (read_marker(folder) or {}).get("recipe_sha256")
+            for folder in sorted(models_dir.iterdir())
+            if folder.is_dir() and not folder.name.startswith(PARTIAL_PREFIX)}
 
 
 def run_registry(context: RunContext) -> str:
@@ -102,9 +116,11 @@ def run_registry(context: RunContext) -> str:
     }
     entries = read_registry(Path(registry["csv"]), owned, Path(registry["models_dir"]),
                             selection_active=context.selection_active)
-    for entry in entries:
-        if not Path(entry.path).is_dir():
-            log.warning("teacher folder not found yet", teacher=entry.name, path=entry.path)
+    settings = {name: context.config.capability_settings(name) for name in owned}
+    builds = build_teachers(plan_builds(entries, context.plugins, settings))
+    for report in builds:
+        log.info("demo teacher", teacher=report.name, cached=report.cached,
+                 seconds=report.seconds, scores={k: v["value"] for k, v in report.scores.items()})
     served = {entry.capability for entry in entries}
     for name in owned:
         if name not in served:
@@ -114,9 +130,12 @@ def run_registry(context: RunContext) -> str:
         "csv": registry["csv"],
         "models_dir": registry["models_dir"],
         "teachers": [entry.to_json() for entry in entries],
+        "demo_builds": {report.name: {"scores": report.scores, "seconds": report.seconds}
+                        for report in builds},
         "capabilities": {name: [e.name for e in entries if e.capability == name] for name in owned},
     })
-    return f"{len(entries)} teachers for {len(served)} capabilities"
+    built = sum(not report.cached for report in builds)
+    return f"{len(entries)} teachers for {len(served)} capabilities ({built} demo teachers built)"
 
 
 def stages() -> list[Stage]:

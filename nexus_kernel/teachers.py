@@ -208,3 +208,21 @@ def build_teachers(
         if failures:
             raise StageError("demo teacher build failed:\n  " + "\n  ".join(failures))
     return [reports[build.demo.name] for build in planned]
+
+
+def ensure_teachers(
+    config: Any, plugins: PluginSet, selection_active: bool, jobs: int = 2, force: bool = False,
+    show_progress: bool = True,
+) -> list[BuildReport]:
+    """Read the config's teacher CSV and build every demo teacher it names that is missing or
+    stale (every one with `force`); a user's teacher folder is left as it is."""
+    from nexus_kernel.registry import read_registry
+
+    registry = config.section("registry")
+    owned = {name: (capability, record.distribution)
+             for name, (capability, record) in plugins.capabilities().items()}
+    entries = read_registry(Path(registry["csv"]), owned, Path(registry["models_dir"]),
+                            selection_active=selection_active)
+    settings = {name: config.capability_settings(name) for name in owned}
+    return build_teachers(plan_builds(entries, plugins, settings), jobs=jobs, force=force,
+                          show_progress=show_progress)

@@ -8,12 +8,14 @@ any project that has the kernel installed:
   entry-point discovery, so a test never depends on what happens to be installed.
 
 and `check_capability_plugin(module)`, the conformance check every capability plugin runs
-against itself.
+against itself, and `shared_data(subfolder, __file__)`, which finds the real benchmark samples
+or skips the test with the reason.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import pickle
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,6 +25,8 @@ from types import ModuleType
 import pytest
 
 from nexus_kernel.capability import Capability
+from nexus_kernel.contracts import DemoTeacher
+from nexus_kernel.fsio import canonical_json
 from nexus_kernel.plugins import ENTRY_POINT_GROUP, PluginRecord, PluginSet
 
 
@@ -54,16 +58,58 @@ def _imports_torch(module_name: str) -> bool:
     return result.returncode == 3
 
 
+def _check_datasets(plugin_set: PluginSet, capability: Capability) -> None:
+    answer = plugin_set.call_for(capability.name, "resolve_datasets", capability=capability,
+                                 settings={"max_rank": None, "data_dir": None})
+    if answer is None:
+        return
+    if not answer or not all(isinstance(k, str) and isinstance(v, str) for k, v in answer.items()):
+        raise ConformanceError(f"{capability.name}: resolve_datasets must map split names to "
+                               f"paths or 'synthetic:<label>' strings, got {answer!r}")
+
+
+def _check_demo_teacher(plugin_set: PluginSet, capability: Capability) -> None:
+    demo = plugin_set.call_for(capability.name, "demo_teacher", capability=capability,
+                               settings={"max_rank": None, "data_dir": None})
+    if demo is None:
+        return
+    problems = []
+    if not isinstance(demo, DemoTeacher):
+        raise ConformanceError(f"{capability.name}: demo_teacher must return a DemoTeacher, got {demo!r}")
+    if demo.capability != capability.name:
+        problems.append(f"its capability is {demo.capability!r}")
+    if not demo.name or "/" in demo.name or demo.name.startswith("."):
+        problems.append(f"its name {demo.name!r} is not a plain folder name")
+    if demo.benchmark not in capability.benchmarks:
+        problems.append(f"its benchmark {demo.benchmark!r} is not one of {capability.benchmarks}")
+    if demo.steps < 1 or not 0 < demo.minimum <= 1:
+        problems.append("steps must be >= 1 and minimum in (0, 1]")
+    try:
+        canonical_json(dict(demo.recipe))
+    except (TypeError, ValueError) as exc:
+        problems.append(f"its recipe is not plain JSON ({exc})")
+    try:
+        pickle.dumps(demo.build)
+    except Exception as exc:  # any pickling failure means it cannot run in a worker process
+        problems.append(f"its build function cannot run in a worker process ({exc}); "
+                        "make it a module-level function")
+    if problems:
+        raise ConformanceError(f"{capability.name}: demo_teacher: " + "; ".join(problems))
+
+
 def check_capability_plugin(module: ModuleType, distribution: str | None = None) -> list[Capability]:
     """Check `module` against the plugin contract and return the capabilities it declares.
 
     Rules: every hookimpl names a real hook with valid arguments; `register_capabilities`
     returns `Capability` specs, at least one, none twice; importing the module does not import
-    torch (plugins import heavy modules lazily); and, when `distribution` is given, that
-    distribution is installed with an entry point of group `nexus` pointing at the module.
+    torch (plugins import heavy modules lazily); `resolve_datasets` maps split names to
+    strings; `demo_teacher` gives a recipe that is plain JSON, a benchmark the capability
+    declares and a build function a worker process can run; and, when `distribution` is given,
+    that distribution is installed with an entry point of group `nexus` pointing at the module.
     """
     try:
-        record = plugin_set_of((module.__name__, module)).loaded[0]
+        plugin_set = plugin_set_of((module.__name__, module))
+        record = plugin_set.loaded[0]
     except Exception as exc:
         raise ConformanceError(f"{module.__name__} does not register: {type(exc).__name__}: {exc}") from exc
     if not record.capabilities:
@@ -74,7 +120,28 @@ def check_capability_plugin(module: ModuleType, distribution: str | None = None)
         raise ConformanceError(
             f"{distribution} has no entry point of group {ENTRY_POINT_GROUP!r} for {module.__name__}"
         )
+    for capability in record.capabilities:
+        _check_datasets(plugin_set, capability)
+        _check_demo_teacher(plugin_set, capability)
     return list(record.capabilities)
+
+
+SHARED_DATA_ENV = "NEXUS_SHARED_DATA"
+
+
+def shared_data(subfolder: str, anchor: str | Path) -> Path:
+    """The folder `shared/data/<subfolder>` of real benchmark samples: under `$NEXUS_SHARED_DATA`
+    when set, else in the nearest `shared/data` beside a parent of `anchor` (pass `__file__`).
+    When it is absent, the calling test is skipped with the reason."""
+    import os
+
+    roots = [Path(os.environ[SHARED_DATA_ENV])] if os.environ.get(SHARED_DATA_ENV) else [
+        parent / "shared" / "data" for parent in Path(anchor).resolve().parents]
+    for root in roots:
+        if (root / subfolder).is_dir():
+            return root / subfolder
+    pytest.skip(f"real data sample shared/data/{subfolder} is absent (it sits beside the "
+                f"repository in CI; set {SHARED_DATA_ENV} to point at it)")
 
 
 @pytest.fixture

@@ -13,13 +13,13 @@ from nexus_kernel.plugins import new_manager
 from nexus_kernel.testing import plugin_set_of
 
 REPO = Path(__file__).resolve().parents[1]
-CAPABILITY_HOOKS = ["resolve_datasets", "profile_capability", "build_adapter", "anchor_loss",
+CAPABILITY_HOOKS = ["resolve_datasets", "demo_teacher", "profile_capability", "build_adapter", "anchor_loss",
                     "retention_metric"]
 
 
 def test_the_hooks_are_the_designed_ones() -> None:
     assert hookspecs.hook_names() == [
-        "register_capabilities", "resolve_datasets", "load_teacher", "profile_capability",
+        "register_capabilities", "resolve_datasets", "demo_teacher", "load_teacher", "profile_capability",
         "build_adapter", "anchor_loss", "retention_metric", "quantize"]
     assert set(new_manager().hook.__dict__) >= set(hookspecs.hook_names())
 

@@ -18,7 +18,7 @@ NAME = "nexus-demo-math"
 MINIMUM = 0.90
 MODEL = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
          "num_attention_heads": 4, "max_position_embeddings": 128}
-PLAN = TrainingPlan(steps=1500, learning_rate=3e-3, batch_size=32)
+PLAN = TrainingPlan(steps=2400, learning_rate=3e-3, batch_size=32)
 
 
 def demo() -> DemoTeacher:

@@ -2,7 +2,7 @@
 letter), one file per subject named `<subject>_<split>.csv` under `dev/`, `val/` or `test/`.
 
 The same reader takes the real MMLU `data/` folder and the synthetic questions the demo teacher
-learns from (questions that need one small reasoning step: compare, order, check parity).
+learns from (questions that need one small reasoning step: test each option, name the letter).
 """
 
 from __future__ import annotations
@@ -70,49 +70,38 @@ def load_split(folder: Path, split: str) -> list[Question]:
             for question in read_csv(path, subject_of(path, split))]
 
 
-_NAMES = ("Ann", "Tom", "Mia", "Leo", "Sam", "Zoe", "Max", "Eva", "Ben", "Ivy")
 TEMPLATE_WORDS = frozenset(
     "The following are multiple choice questions with answers about reasoning Answer Which "
-    "number is the largest smallest even odd Who oldest youngest older than".split()
-) | frozenset(_NAMES)
+    "number is even odd more less than fifty".split()
+)
 SUBJECT = "reasoning"
 
 
 @dataclass(frozen=True)
 class SyntheticRecipe:
-    """Four-choice questions that each need one step: pick the largest or smallest of four
-    numbers, the one even (or odd) number, or the oldest or youngest in a chain of two facts."""
+    """Four-choice questions that each need one step: find the one option with a property
+    (even, odd, more or less than fifty) among three that lack it, then name its letter."""
 
     seed: int = 1234
     dev_size: int = 5
     test_size: int = 300
 
     def question(self, rng: random.Random) -> Question:
-        kind = rng.randrange(3)
-        if kind == 0:
-            numbers = rng.sample(range(10, 100), 4)
-            largest = rng.random() < 0.5
-            text = f"Which number is the {'largest' if largest else 'smallest'}?"
-            answer = max(numbers) if largest else min(numbers)
-            choices = [str(n) for n in numbers]
-            gold = str(answer)
-        elif kind == 1:
-            even = rng.random() < 0.5
-            odd_numbers = [n for n in range(10, 100) if n % 2 == 1]
-            even_numbers = [n for n in range(10, 100) if n % 2 == 0]
-            pick, rest = (even_numbers, odd_numbers) if even else (odd_numbers, even_numbers)
-            gold = str(rng.choice(pick))
-            choices = [gold, *(str(n) for n in rng.sample(rest, 3))]
-            rng.shuffle(choices)
-            text = f"Which number is {'even' if even else 'odd'}?"
+        numbers = range(10, 100)
+        kind = rng.randrange(4)
+        if kind < 2:
+            wanted = "even" if kind == 0 else "odd"
+            text = f"Which number is {wanted}?"
+            matching = [n for n in numbers if (n % 2 == 0) == (kind == 0)]
+            others = [n for n in numbers if (n % 2 == 0) != (kind == 0)]
         else:
-            first, middle, last, other = rng.sample(_NAMES, 4)
-            oldest = rng.random() < 0.5
-            text = (f"{first} is older than {middle}. {middle} is older than {last}. "
-                    f"Who is the {'oldest' if oldest else 'youngest'}?")
-            gold = first if oldest else last
-            choices = [first, middle, last, other]
-            rng.shuffle(choices)
+            wanted = "more" if kind == 2 else "less"
+            text = f"Which number is {wanted} than fifty?"
+            matching = [n for n in numbers if (n > 50) == (kind == 2) and n != 50]
+            others = [n for n in numbers if (n > 50) != (kind == 2) and n != 50]
+        gold = str(rng.choice(matching))
+        choices = [gold, *(str(n) for n in rng.sample(others, 3))]
+        rng.shuffle(choices)
         return Question(SUBJECT, text, tuple(choices), LETTERS[choices.index(gold)])  # type: ignore[arg-type]
 
     def _distinct(self, label: str, size: int, avoid: set[str]) -> list[Question]:

@@ -27,7 +27,7 @@ def cosine_score(embeddings: np.ndarray, reference: np.ndarray) -> Score:
     """Mean per-utterance cosine similarity of `embeddings` to the teacher's `reference`."""
     if embeddings.shape != reference.shape:
         raise ValueError(f"embeddings {embeddings.shape} and teacher embeddings {reference.shape} differ in shape")
-    per_item = (_unit(embeddings) * _unit(reference)).sum(axis=1)
+    per_item = (_unit(embeddings.astype(np.float64)) * _unit(reference.astype(np.float64))).sum(axis=1)
     return Score.from_items(COSINE, per_item.tolist(), 0.0)
 
 
