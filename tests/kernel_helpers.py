@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,3 +38,14 @@ def nexus(*args: str, cwd: Path, extra_path: Path | None = None,
     return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True,
                           timeout=timeout, check=False)
 
+
+
+def fake_demo_build(folder: Path, recipe: dict, progress) -> dict:
+    """A demo-teacher build for tests: writes one file, reports every step, and scores the
+    recipe's `score` (so a test can make it fall below the minimum)."""
+    from nexus_kernel import Score
+
+    for _ in range(recipe["steps"]):
+        progress(1)
+    (folder / "config.json").write_text(json.dumps({"recipe": recipe}))
+    return {"toy": Score.from_items("toy", [recipe["score"]], 0.0)}

@@ -63,18 +63,38 @@ def test_prompt_follows_the_harness_format() -> None:
         "2+2?\nA. 4\nB. 3\nC. 2\nD. 1\nAnswer:")
 
 
+def _solve(question: Question) -> tuple[str, str]:
+    """An independent solver for the synthetic questions: (kind, gold letter)."""
+    words = question.question.replace("?", "").replace(".", "").split()
+    if words[0] == "In":
+        ranges = [tuple(map(int, choice.split(" to "))) for choice in question.choices]
+        number = int(words[-1])
+        return "range", LETTERS[[low <= number <= high for low, high in ranges].index(True)]
+    if words[0] == "Is":
+        first, second = int(words[1]), int(words[-1])
+        return "compare", "A" if first < second else "B" if first == second else "C"
+    older_first = words[2] == "older"
+    ages = {question.choices[0]: 2, question.choices[1]: 1, question.choices[2]: 0}
+    if not older_first:
+        ages = {name: -age for name, age in ages.items()}
+    if words[-1] == "middle":
+        target = sorted(ages, key=ages.get)[1]
+    else:
+        target = (max if words[-1] == "oldest" else min)(ages, key=ages.get)
+    return "order", LETTERS[question.choices.index(target)]
+
+
 def test_synthetic_questions_have_one_right_option_and_round_trip(tmp_path: Path) -> None:
     recipe = SyntheticRecipe(test_size=80)
     test = recipe.test()
     assert recipe.test() == test
     write_csv(tmp_path / "test" / "reasoning_test.csv", test)
     assert load_split(tmp_path, "test") == test
+    kinds = set()
     for question in test:
-        value = int(question.choices[LETTERS.index(question.answer)])
-        rule = {"even": lambda n: n % 2 == 0, "odd": lambda n: n % 2 == 1,
-                "more": lambda n: n > 50, "less": lambda n: n < 50}[question.question.split()[3].rstrip("?")]
-        assert rule(value)
-        assert sum(rule(int(choice)) for choice in question.choices) == 1
+        kinds.add(_solve(question)[0])
+        assert _solve(question)[1] == question.answer, question
+    assert kinds == {"range", "compare", "order"}
     held_out = {"|".join(q.row()) for q in test}
     assert {"|".join(q.row()) for q in recipe.dev()}.isdisjoint(held_out)
     stream = recipe.train()

@@ -70,39 +70,45 @@ def load_split(folder: Path, split: str) -> list[Question]:
             for question in read_csv(path, subject_of(path, split))]
 
 
+_NAMES = ("Ann", "Tom", "Mia", "Leo", "Sam", "Zoe", "Max", "Eva", "Ben", "Ivy")
 TEMPLATE_WORDS = frozenset(
-    "The following are multiple choice questions with answers about reasoning Answer Which "
-    "number is even odd more less than fifty".split()
-)
+    "The following are multiple choice questions with answers about reasoning Answer In which "
+    "range is to Is smaller than equal or larger cannot tell older younger Who the oldest "
+    "youngest middle".split()
+) | frozenset(_NAMES)
 SUBJECT = "reasoning"
 
 
 @dataclass(frozen=True)
 class SyntheticRecipe:
-    """Four-choice questions that each need one step: find the one option with a property
-    (even, odd, more or less than fifty) among three that lack it, then name its letter."""
+    """Four-choice questions that each need one step of reasoning: place a number in a range,
+    compare two numbers, or order three people from two comparisons. Options come in a fixed
+    natural order (ranges ascending, people in order of mention), as many MMLU items do."""
 
     seed: int = 1234
     dev_size: int = 5
     test_size: int = 300
 
     def question(self, rng: random.Random) -> Question:
-        numbers = range(10, 100)
-        kind = rng.randrange(4)
-        if kind < 2:
-            wanted = "even" if kind == 0 else "odd"
-            text = f"Which number is {wanted}?"
-            matching = [n for n in numbers if (n % 2 == 0) == (kind == 0)]
-            others = [n for n in numbers if (n % 2 == 0) != (kind == 0)]
-        else:
-            wanted = "more" if kind == 2 else "less"
-            text = f"Which number is {wanted} than fifty?"
-            matching = [n for n in numbers if (n > 50) == (kind == 2) and n != 50]
-            others = [n for n in numbers if (n > 50) != (kind == 2) and n != 50]
-        gold = str(rng.choice(matching))
-        choices = [gold, *(str(n) for n in rng.sample(others, 3))]
-        rng.shuffle(choices)
-        return Question(SUBJECT, text, tuple(choices), LETTERS[choices.index(gold)])  # type: ignore[arg-type]
+        kind = rng.randrange(3)
+        if kind == 0:
+            number = rng.randrange(0, 100)
+            choices = ("0 to 24", "25 to 49", "50 to 74", "75 to 99")
+            return Question(SUBJECT, f"In which range is {number}?", choices, LETTERS[number // 25])
+        if kind == 1:
+            first = rng.randrange(10, 100)
+            second = first if rng.random() < 0.25 else rng.randrange(10, 100)
+            choices = ("smaller", "equal", "larger", "cannot tell")
+            answer = 0 if first < second else 1 if first == second else 2
+            return Question(SUBJECT, f"Is {first} smaller than, equal to or larger than {second}?",
+                            choices, LETTERS[answer])
+        names = rng.sample(_NAMES, 3)
+        relation, asked = rng.choice(("older", "younger")), rng.choice(("oldest", "youngest", "middle"))
+        text = (f"{names[0]} is {relation} than {names[1]}. {names[1]} is {relation} than {names[2]}. "
+                + ("Who is in the middle?" if asked == "middle" else f"Who is the {asked}?"))
+        first_is_asked = (relation == "older") == (asked == "oldest")
+        answer = 1 if asked == "middle" else 0 if first_is_asked else 2
+        return Question(SUBJECT, text, (*names, "cannot tell"), LETTERS[answer])
 
     def _distinct(self, label: str, size: int, avoid: set[str]) -> list[Question]:
         rng = random.Random(f"{self.seed}:{label}")

@@ -124,33 +124,31 @@ def draw(things: Sequence[Thing], rng: random.Random, size: int = IMAGE_SIZE) ->
 
 @dataclass(frozen=True)
 class SyntheticRecipe:
-    """Scenes of one to four coloured shapes with a question about count, colour, shape,
-    position or presence."""
+    """Scenes of one to three shapes, each of its own kind and colour, with a question about
+    the count, a shape's colour, a colour's shape, a shape's position, or a shape's presence."""
 
     seed: int = 1234
     test_size: int = 300
 
     def question(self, rng: random.Random) -> VisualQuestion:
-        cells = rng.sample(sorted(PLACES), rng.randint(1, 4))
-        things = [Thing(rng.choice(SHAPES), rng.choice(list(COLOURS)), cell) for cell in cells]
+        count = rng.randint(1, len(SHAPES))
+        cells = rng.sample(sorted(PLACES), count)
+        things = [Thing(shape, colour, cell) for shape, colour, cell in
+                  zip(rng.sample(SHAPES, count), rng.sample(sorted(COLOURS), count), cells)]
         image = draw(things, rng)
         target = rng.choice(things)
         kind = rng.randrange(5)
         if kind == 0:
-            return VisualQuestion(image, "How many shapes are there?", _NUMBERS[len(things)])
+            return VisualQuestion(image, "How many shapes are there?", _NUMBERS[count])
         if kind == 1:
-            return VisualQuestion(image, f"What colour is the shape at the {PLACES[target.cell]}?", target.colour)
+            return VisualQuestion(image, f"What colour is the {target.shape}?", target.colour)
         if kind == 2:
-            return VisualQuestion(image, f"What shape is at the {PLACES[target.cell]}?", target.shape)
+            return VisualQuestion(image, f"What shape is {target.colour}?", target.shape)
         if kind == 3:
-            where = [t for t in things if (t.shape, t.colour) == (target.shape, target.colour)]
-            if len(where) == 1:
-                return VisualQuestion(image, f"Where is the {target.colour} {target.shape}?", PLACES[target.cell])
-            return VisualQuestion(image, "How many shapes are there?", _NUMBERS[len(things)])
-        shape, colour = (target.shape, target.colour) if rng.random() < 0.5 else (
-            rng.choice(SHAPES), rng.choice(list(COLOURS)))
-        present = any((t.shape, t.colour) == (shape, colour) for t in things)
-        return VisualQuestion(image, f"Is there a {colour} {shape}?", "yes" if present else "no")
+            return VisualQuestion(image, f"Where is the {target.colour} shape?", PLACES[target.cell])
+        shape = rng.choice(SHAPES)
+        present = any(thing.shape == shape for thing in things)
+        return VisualQuestion(image, f"Is there a {shape}?", "yes" if present else "no")
 
     def test(self) -> list[VisualQuestion]:
         """The held-out split (its own random stream)."""

@@ -1,0 +1,80 @@
+"""Demo teachers: planning, building in worker processes, caching by recipe, and never
+touching a user's teacher folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from kernel_helpers import fake_demo_build
+
+from nexus_kernel import Capability, hookimpl
+from nexus_kernel.contracts import DemoTeacher
+from nexus_kernel.errors import RegistryError, StageError
+from nexus_kernel.registry import TeacherEntry
+from nexus_kernel.teachers import PARTIAL_PREFIX, RECIPE_FILE, build_teachers, plan_builds
+from nexus_kernel.testing import plugin_set_of
+
+TOY = Capability("toy", "text", ("Toy",), ("toy",))
+
+
+class ToyPlugin:
+    def __init__(self, name: str = "toy-demo", score: float = 1.0, steps: int = 3) -> None:
+        self.recipe = {"seed": 1, "steps": steps, "score": score}
+        self.name = name
+
+    @hookimpl
+    def register_capabilities(self) -> list[Capability]:
+        return [TOY]
+
+    @hookimpl
+    def demo_teacher(self, capability: Capability, settings: dict) -> DemoTeacher:
+        return DemoTeacher(self.name, "toy", self.recipe, self.recipe["steps"], fake_demo_build,
+                           "toy", minimum=0.9)
+
+
+def _entry(models: Path, name: str = "toy-demo") -> TeacherEntry:
+    return TeacherEntry(name, 1000, "Toy", "", "toy", "test-toy", ("toy",), str(models / name), 2)
+
+
+def _plan(plugin: ToyPlugin, models: Path, name: str = "toy-demo") -> list:
+    return plan_builds([_entry(models, name)], plugin_set_of(("toy", plugin)), {})
+
+
+def test_build_then_cached_then_rebuilt_when_the_recipe_changes(tmp_path: Path) -> None:
+    plugin = ToyPlugin()
+    [first] = build_teachers(_plan(plugin, tmp_path), show_progress=False)
+    assert not first.cached and first.scores["toy"]["value"] == 1.0
+    marker = json.loads((tmp_path / "toy-demo" / RECIPE_FILE).read_text())
+    assert marker["recipe"] == plugin.recipe and marker["scores"]["toy"]["n"] == 1
+    [planned] = _plan(plugin, tmp_path)
+    assert planned.cached
+    [again] = build_teachers([planned], show_progress=False)
+    assert again.cached
+    plugin.recipe = {**plugin.recipe, "steps": 4}
+    [changed] = _plan(plugin, tmp_path)
+    assert not changed.cached
+    build_teachers([changed], show_progress=False)
+    assert json.loads((tmp_path / "toy-demo" / "config.json").read_text())["recipe"]["steps"] == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(PARTIAL_PREFIX)]
+
+
+def test_a_teacher_below_its_minimum_is_not_saved(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match=r"toy-demo.*scored 0.500 on held-out toy, below its minimum 0.90"):
+        build_teachers(_plan(ToyPlugin(score=0.5), tmp_path), show_progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_user_folder_is_never_planned_or_touched(tmp_path: Path) -> None:
+    folder = tmp_path / "toy-demo"
+    folder.mkdir()
+    (folder / "weights.safetensors").write_bytes(b"user data")
+    assert _plan(ToyPlugin(), tmp_path) == []
+    assert (folder / "weights.safetensors").read_bytes() == b"user data"
+
+
+def test_a_missing_teacher_no_plugin_builds_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match=r"teacher 'acme-7b' \(toy\): folder .*acme-7b does not "
+                                            r"exist and no plugin can build it; its plugin builds 'toy-demo'"):
+        _plan(ToyPlugin(), tmp_path, name="acme-7b")
