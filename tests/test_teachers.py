@@ -78,3 +78,13 @@ def test_a_missing_teacher_no_plugin_builds_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(RegistryError, match=r"teacher 'acme-7b' \(toy\): folder .*acme-7b does not "
                                             r"exist and no plugin can build it; its plugin builds 'toy-demo'"):
         _plan(ToyPlugin(), tmp_path, name="acme-7b")
+
+
+def test_shared_data_skips_with_the_reason_when_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nexus_kernel.testing import SHARED_DATA_ENV, shared_data
+
+    monkeypatch.delenv(SHARED_DATA_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"shared/data/gsm8k is absent"):
+        shared_data("gsm8k", tmp_path / "tests" / "test_x.py")
+    (tmp_path / "shared" / "data" / "gsm8k").mkdir(parents=True)
+    assert shared_data("gsm8k", tmp_path / "repo" / "tests" / "test_x.py") == tmp_path / "shared/data/gsm8k"

@@ -90,8 +90,8 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), 
 SHAPES = ("circle", "square", "triangle")
 PLACES = {(0, 0): "top left", (0, 1): "top right", (1, 0): "bottom left", (1, 1): "bottom right"}
 TEMPLATE_WORDS = frozenset(
-    "How many shapes are there What colour is the shape Where Is a yes no top bottom left right "
-    "one two three four".split()
+    "How many shapes are there What colour is the shape it Where Is a yes no top bottom left "
+    "right one two three four".split()
 ) | frozenset(COLOURS) | frozenset(SHAPES)
 _NUMBERS = ("zero", "one", "two", "three", "four")
 
@@ -124,28 +124,27 @@ def draw(things: Sequence[Thing], rng: random.Random, size: int = IMAGE_SIZE) ->
 
 @dataclass(frozen=True)
 class SyntheticRecipe:
-    """Scenes of one to three shapes, each of its own kind and colour, with a question about
-    the count, a shape's colour, a colour's shape, a shape's position, or a shape's presence."""
+    """Questions about one shape (its colour, kind, or place on a 2x2 grid) or about a scene of
+    one to three shapes of distinct kinds and colours (how many; is there a given kind)."""
 
     seed: int = 1234
     test_size: int = 300
 
     def question(self, rng: random.Random) -> VisualQuestion:
-        count = rng.randint(1, len(SHAPES))
+        kind = rng.randrange(5)
+        count = 1 if kind < 3 else rng.randint(1, len(SHAPES))
         cells = rng.sample(sorted(PLACES), count)
         things = [Thing(shape, colour, cell) for shape, colour, cell in
                   zip(rng.sample(SHAPES, count), rng.sample(sorted(COLOURS), count), cells)]
         image = draw(things, rng)
-        target = rng.choice(things)
-        kind = rng.randrange(5)
         if kind == 0:
-            return VisualQuestion(image, "How many shapes are there?", _NUMBERS[count])
+            return VisualQuestion(image, "What colour is the shape?", things[0].colour)
         if kind == 1:
-            return VisualQuestion(image, f"What colour is the {target.shape}?", target.colour)
+            return VisualQuestion(image, "What shape is it?", things[0].shape)
         if kind == 2:
-            return VisualQuestion(image, f"What shape is {target.colour}?", target.shape)
+            return VisualQuestion(image, "Where is the shape?", PLACES[things[0].cell])
         if kind == 3:
-            return VisualQuestion(image, f"Where is the {target.colour} shape?", PLACES[target.cell])
+            return VisualQuestion(image, "How many shapes are there?", _NUMBERS[count])
         shape = rng.choice(SHAPES)
         present = any(thing.shape == shape for thing in things)
         return VisualQuestion(image, f"Is there a {shape}?", "yes" if present else "no")

@@ -19,17 +19,25 @@ from nexus_cap_vision.data import IMAGE_SIZE, TEMPLATE_WORDS, SyntheticRecipe
 
 NAME = "nexus-demo-vision"
 MINIMUM = 0.90
-ENCODER = {"image_size": IMAGE_SIZE, "patch_size": 8, "hidden_size": 96, "num_hidden_layers": 2,
+CHANNELS = 5
+ENCODER = {"image_size": IMAGE_SIZE, "patch_size": 8, "num_channels": CHANNELS, "hidden_size": 96,
+           "num_hidden_layers": 2,
            "num_attention_heads": 4, "intermediate_size": 192}
 DECODER = {"n_embd": 96, "n_layer": 2, "n_head": 4, "n_positions": 64}
 PLAN = TrainingPlan(steps=1000, learning_rate=2e-3, batch_size=64)
 
 
 def pixels(images: Sequence[np.ndarray]) -> Any:
-    """`(batch, 3, H, W)` float pixels scaled to [-1, 1]."""
+    """`(batch, 5, H, W)`: RGB scaled to [-1, 1], then the row and column coordinate in [-1, 1].
+    The coordinate planes tell every patch where it is from the first step (a learned position
+    embedding starts near zero and takes thousands of steps to matter at this size)."""
     import torch
 
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    rgb = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    batch, _, height, width = rgb.shape
+    rows = torch.linspace(-1, 1, height)[:, None].expand(height, width)
+    cols = torch.linspace(-1, 1, width)[None, :].expand(height, width)
+    return torch.cat([rgb, torch.stack([rows, cols]).expand(batch, 2, height, width)], dim=1)
 
 
 class VisionAnswerer:
