@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +85,18 @@ class DemoTeacher:
     build: DemoBuild
     benchmark: str
     minimum: float
+
+    @classmethod
+    def of(cls, name: str, capability: str, build: DemoBuild, benchmark: str, plan: Any,
+           minimum: float = 0.9, seed: int = 42, **parts: Any) -> DemoTeacher:
+        """A demo teacher whose recipe is `seed`, the training `plan` and the named `parts`
+        (dataclasses or mappings: data recipe, model shape, feature settings)."""
+        recipe = {"seed": seed, "plan": _plain(plan),
+                  **{key: _plain(value) for key, value in parts.items()}}
+        return cls(name, capability, recipe, plan.steps, build, benchmark, minimum)
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return dict(value) if isinstance(value, Mapping) else value

@@ -3,7 +3,8 @@ plugin's seeded synthetic generator. Plugins own the formats; this module owns t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from nexus_kernel.errors import DatasetError
 
 SYNTHETIC_PREFIX = "synthetic:"
 
-__all__ = ["DatasetError", "SYNTHETIC_PREFIX", "files_for_split", "resolve_source"]
+__all__ = ["DatasetError", "SYNTHETIC_PREFIX", "files_for_split", "read_jsonl_rows", "resolve_source"]
 
 
 def files_for_split(folder: Path, split: str, suffix: str) -> list[Path]:
@@ -39,3 +40,25 @@ def resolve_source(settings: Mapping[str, Any], recipe_label: str) -> str:
     if not folder.is_dir():
         raise DatasetError(f"data_dir {data_dir} does not exist (set in [capabilities] of the config)")
     return str(folder)
+
+
+def read_jsonl_rows(path: Path, text_fields: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`(line number, row)` for every non-blank line of a JSONL file. Each row must be an object
+    whose `text_fields` hold strings; anything else is an error naming the file and line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}: line {number}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"{path}: line {number}: expected an object with {', '.join(text_fields)}")
+        for key in text_fields:
+            if not isinstance(row.get(key), str):
+                raise DatasetError(f"{path}: line {number}: missing text field {key!r}")
+        yield number, row

@@ -9,9 +9,9 @@ models learn arithmetic far more easily that way.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -127,6 +127,13 @@ def greedy_decode(
     return generated
 
 
+def complete(logits_of: NextTokenLogits, tokenizer: PreTrainedTokenizerFast,
+             prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy text completions of one batch of `prompts` (see `greedy_decode`)."""
+    input_ids, mask = left_padded(tokenizer, prompts)
+    return [tokenizer.decode(ids) for ids in greedy_decode(logits_of, input_ids, mask, max_new_tokens)]
+
+
 def continuation_logprobs(
     logits_of: NextTokenLogits, tokenizer: PreTrainedTokenizerFast,
     requests: Sequence[tuple[str, str]],
@@ -185,9 +192,8 @@ class CausalTextModel:
         """Greedy completions of `prompts`, without the prompt."""
         answers: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
-            input_ids, mask = left_padded(self.tokenizer, prompts[start : start + self.batch_size])
-            for ids in greedy_decode(self._logits, input_ids, mask, max_new_tokens):
-                answers.append(self.tokenizer.decode(ids))
+            answers += complete(self._logits, self.tokenizer, prompts[start : start + self.batch_size],
+                                max_new_tokens)
         return answers
 
     def loglikelihoods(self, requests: Sequence[tuple[str, str]]) -> list[float]:
@@ -197,3 +203,36 @@ class CausalTextModel:
             totals += continuation_logprobs(self._logits, self.tokenizer,
                                             requests[start : start + self.batch_size])
         return totals
+
+
+def train_causal_teacher(
+    folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None],
+    words: Iterable[str], pairs: Iterator[tuple[str, str]],
+) -> CausalTextModel:
+    """Train a LLaMA-style causal LM (shape `recipe["model"]`, plan `recipe["plan"]`) on
+    `(prompt, completion)` pairs with the loss on completions only, save it and its tokenizer
+    to `folder`, and return it ready to score."""
+    import itertools
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nexus_kernel.training import TrainingPlan, fit
+
+    plan = TrainingPlan(**recipe["plan"])
+    tokenizer = build_tokenizer(words)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+        **recipe["model"],
+    ))
+
+    def make_batch(_: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return completion_batch(tokenizer, list(itertools.islice(pairs, plan.batch_size)))
+
+    def loss_of(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        input_ids, mask, labels = batch
+        return model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+
+    fit(model, plan, make_batch, loss_of, progress)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return CausalTextModel(model, tokenizer)

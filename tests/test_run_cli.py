@@ -124,6 +124,7 @@ def test_sigkill_during_a_stage_then_rerun_matches_an_uninterrupted_run(
     site = install_fake_distribution(tmp_path / "site", "slowcap-plugin", "slowcap", SLOW_PLUGIN)
     csv_path = project / "configs/ModelName-Parameters-Category-BestFeature.csv"
     csv_path.write_text(csv_path.read_text() + "slow-teacher,22M,Slow,waits\n")
+    (project / "models/slow-teacher").mkdir()
     reference = nexus("run", "--run-dir", "runs/reference", cwd=project, extra_path=site)
     assert reference.returncode == 3, reference.stderr
 
@@ -154,3 +155,47 @@ def test_sigkill_during_a_stage_then_rerun_matches_an_uninterrupted_run(
     lock = json.loads((killed / "configs/global_config.json").read_text())
     assert lock["datasets"]["slowcap"] == {"test": "synthetic:slowcap-v1"}
     assert not list(killed.rglob("*.tmp"))
+
+
+TOY_PLUGIN = """
+import json
+from nexus_kernel import Capability, Score, hookimpl
+from nexus_kernel.contracts import DemoTeacher
+
+def build(folder, recipe, progress):
+    progress(recipe["steps"])
+    (folder / "config.json").write_text(json.dumps(recipe))
+    return {"toy bench": Score.from_items("toy bench", [1.0, 1.0], 0.0)}
+
+@hookimpl
+def register_capabilities():
+    return [Capability("toy", "text", ("Toy",), ("toy bench",))]
+
+@hookimpl
+def demo_teacher(capability, settings):
+    return DemoTeacher("toy-demo", "toy", {"seed": 3, "steps": 5}, 5, build, "toy bench", 0.9)
+"""
+
+
+def test_run_builds_a_missing_demo_teacher_on_first_use_and_fails_clearly_without_one(
+    project: Path, tmp_path: Path
+) -> None:
+    site = install_fake_distribution(tmp_path / "site", "toy-plugin", "toyplugin", TOY_PLUGIN, "toy")
+    csv_path = project / "configs/ModelName-Parameters-Category-BestFeature.csv"
+    csv_path.write_text("Model Name,Parameters,Category,Best Feature\ntoy-demo,1K,Toy,counting\n")
+    first = nexus("run", "--plugins", "toy", cwd=project, extra_path=site)
+    assert first.returncode == 3, first.stderr
+    assert "1 registry      passed" in first.stdout and "(1 demo teachers built)" in first.stdout
+    marker = json.loads((project / "models/toy-demo/nexus_demo.json").read_text())
+    assert marker["scores"]["toy bench"]["value"] == 1.0
+    registry = json.loads((project / "runs/demo/configs/teacher_registry.json").read_text())
+    assert registry["demo_builds"]["toy-demo"]["scores"]["toy bench"]["n"] == 2
+
+    cached = nexus("teachers", "build", "--plugins", "toy", cwd=project, extra_path=site)
+    assert cached.returncode == 0 and "toy-demo [toy]: cached" in cached.stdout
+
+    csv_path.write_text(csv_path.read_text() + "acme-toy-7b,7B,Toy,everything\n")
+    missing = nexus("run", "--plugins", "toy", cwd=project, extra_path=site)
+    assert missing.returncode == 2
+    assert ("teacher 'acme-toy-7b' (toy): folder " in missing.stderr
+            and "does not exist and no plugin can build it" in missing.stderr)

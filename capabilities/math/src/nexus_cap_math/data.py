@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nexus_kernel.datasets import DatasetError, files_for_split
+from nexus_kernel.datasets import DatasetError, files_for_split, read_jsonl_rows
 from nexus_kernel.fsio import atomic_write_text
 
 ANSWER_MARK = "#### "
@@ -38,18 +38,7 @@ class Problem:
 def read_jsonl(path: Path) -> list[Problem]:
     """Every row of a GSM8K JSONL file; a malformed row is an error naming the file and line."""
     problems = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}: line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DatasetError(f"{path}: line {number}: expected an object with 'question' and 'answer'")
-        for key in ("question", "answer"):
-            if not isinstance(row.get(key), str):
-                raise DatasetError(f"{path}: line {number}: missing text field {key!r}")
+    for number, row in read_jsonl_rows(path, ("question", "answer")):
         if ANSWER_MARK not in row["answer"]:
             raise DatasetError(f"{path}: line {number}: answer does not end in '{ANSWER_MARK}N'")
         problems.append(Problem(row["question"], row["answer"]))

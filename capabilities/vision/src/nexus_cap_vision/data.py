@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nexus_kernel.datasets import DatasetError, files_for_split
+from nexus_kernel.datasets import DatasetError, files_for_split, read_jsonl_rows
 from nexus_kernel.fsio import atomic_write_bytes, atomic_write_text
 
 IMAGE_SIZE = 32
@@ -50,18 +50,10 @@ def read_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
 def read_jsonl(path: Path, size: int = IMAGE_SIZE) -> list[VisualQuestion]:
     """Every row of a questions JSONL file, images loaded; a bad row names the file and line."""
     questions = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}: line {number}: not JSON ({exc.msg})") from None
-        for key in ("image", "question", "answer"):
-            if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                raise DatasetError(f"{path}: line {number}: missing text field {key!r}")
-        image_path = (path.parent / row["image"]).resolve()
-        if not image_path.is_relative_to(path.parent.resolve()):
+    folder = path.parent.resolve()
+    for number, row in read_jsonl_rows(path, ("image", "question", "answer")):
+        image_path = (folder / row["image"]).resolve()
+        if not image_path.is_relative_to(folder):
             raise DatasetError(f"{path}: line {number}: image {row['image']!r} is outside {path.parent}")
         questions.append(VisualQuestion(read_image(image_path, size), row["question"], row["answer"]))
     return questions

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +20,26 @@ from nexus_cap_voice.data import LABELS, SyntheticRecipe
 from nexus_cap_voice.features import LogMel
 
 NAME = "nexus-demo-voice"
-MINIMUM = 0.90
 FEATURES_KEY = "nexus_log_mel"
 MODEL = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
          "intermediate_size": 192, "patch_size": 8, "frequency_stride": 8, "time_stride": 8}
 PLAN = TrainingPlan(steps=600, learning_rate=2e-3, batch_size=32)
 
 
+@dataclass
 class VoiceEncoder:
-    """An AST audio model behind `embed(waveforms) -> (n, hidden) array`."""
+    """An AST audio model (in eval mode) behind `embed(waveforms) -> (n, hidden) array`."""
 
-    def __init__(self, model: Any, features: LogMel, batch_size: int = 64) -> None:
-        self.model = model.eval()
-        self.features = features
-        self.batch_size = batch_size
+    model: Any
+    features: LogMel
+    batch_size: int = 64
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> VoiceEncoder:
+        """Load a teacher folder; its log-mel settings travel in its config."""
         from transformers import ASTForAudioClassification
 
-        model = ASTForAudioClassification.from_pretrained(folder)
+        model = ASTForAudioClassification.from_pretrained(folder).eval()
         return cls(model, LogMel.from_json(getattr(model.config, FEATURES_KEY)))
 
     def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
@@ -53,9 +54,8 @@ class VoiceEncoder:
 
 
 def demo() -> DemoTeacher:
-    recipe = {"seed": 42, "data": SyntheticRecipe().__dict__, "features": LogMel().to_json(),
-              "model": MODEL, "plan": PLAN.to_json()}
-    return DemoTeacher(NAME, "voice", recipe, PLAN.steps, build, benchmark.CENTROID, MINIMUM)
+    return DemoTeacher.of(NAME, "voice", build, benchmark.CENTROID, PLAN,
+                          data=SyntheticRecipe(), features=LogMel(), model=MODEL)
 
 
 def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> dict[str, Score]:
@@ -87,5 +87,5 @@ def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], Non
     fit(model, plan, make_batch, loss_of, progress)
     model.save_pretrained(folder)
     test = data.test()
-    embeddings = VoiceEncoder(model, features).embed([u.samples for u in test])
+    embeddings = VoiceEncoder(model.eval(), features).embed([u.samples for u in test])
     return benchmark.score(embeddings, [u.label for u in test])
