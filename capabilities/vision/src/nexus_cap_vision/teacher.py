@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,12 @@ from nexus_cap_vision import benchmark
 from nexus_cap_vision.data import IMAGE_SIZE, TEMPLATE_WORDS, SyntheticRecipe
 
 NAME = "nexus-demo-vision"
-MINIMUM = 0.90
 CHANNELS = 5
 ENCODER = {"image_size": IMAGE_SIZE, "patch_size": 8, "num_channels": CHANNELS, "hidden_size": 96,
            "num_hidden_layers": 2,
            "num_attention_heads": 4, "intermediate_size": 192}
 DECODER = {"n_embd": 96, "n_layer": 2, "n_head": 4, "n_positions": 64}
-PLAN = TrainingPlan(steps=1000, learning_rate=2e-3, batch_size=64)
+PLAN = TrainingPlan(steps=2000, learning_rate=2e-3, batch_size=64)
 
 
 def pixels(images: Sequence[np.ndarray]) -> Any:
@@ -40,44 +40,44 @@ def pixels(images: Sequence[np.ndarray]) -> Any:
     return torch.cat([rgb, torch.stack([rows, cols]).expand(batch, 2, height, width)], dim=1)
 
 
+@dataclass
 class VisionAnswerer:
-    """A vision-encoder-decoder model behind `answer(images, prompts, max_new_tokens)`."""
+    """A vision-encoder-decoder model (in eval mode) and its tokenizer behind
+    `answer(images, prompts, max_new_tokens) -> answers`."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 64) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
+    model: Any
+    tokenizer: Any
+    batch_size: int = 64
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> VisionAnswerer:
         from transformers import AutoTokenizer, VisionEncoderDecoderModel
 
-        return cls(VisionEncoderDecoderModel.from_pretrained(folder), AutoTokenizer.from_pretrained(folder))
+        return cls(VisionEncoderDecoderModel.from_pretrained(folder).eval(),
+                   AutoTokenizer.from_pretrained(folder))
 
     def answer(self, images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         import torch
 
-        from nexus_kernel.text import greedy_decode, left_padded
+        from nexus_kernel.text import complete
 
         answers: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
-            stop = start + self.batch_size
             with torch.inference_mode():
-                encoded = self.model.encoder(pixel_values=pixels(images[start:stop]))
+                encoded = self.model.encoder(pixel_values=pixels(images[start : start + self.batch_size]))
 
-            def logits_of(ids: Any, mask: Any, positions: Any) -> Any:
+            def logits_of(ids: Any, mask: Any, positions: Any, encoded: Any = encoded) -> Any:
                 return self.model(encoder_outputs=encoded, decoder_input_ids=ids,
                                   decoder_attention_mask=mask, decoder_position_ids=positions).logits
 
-            input_ids, mask = left_padded(self.tokenizer, prompts[start:stop])
-            answers += [self.tokenizer.decode(ids) for ids in greedy_decode(logits_of, input_ids, mask, max_new_tokens)]
+            answers += complete(logits_of, self.tokenizer, prompts[start : start + self.batch_size],
+                                max_new_tokens)
         return answers
 
 
 def demo() -> DemoTeacher:
-    recipe = {"seed": 42, "data": SyntheticRecipe().__dict__, "encoder": ENCODER, "decoder": DECODER,
-              "plan": PLAN.to_json()}
-    return DemoTeacher(NAME, "vision", recipe, PLAN.steps, build, benchmark.NAME, MINIMUM)
+    return DemoTeacher.of(NAME, "vision", build, benchmark.NAME, PLAN,
+                          data=SyntheticRecipe(), encoder=ENCODER, decoder=DECODER)
 
 
 def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> dict[str, Score]:
@@ -113,4 +113,4 @@ def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], Non
     fit(model, plan, make_batch, loss_of, progress)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return benchmark.evaluate(VisionAnswerer(model, tokenizer), data.test())
+    return benchmark.evaluate(VisionAnswerer(model.eval(), tokenizer), data.test())
