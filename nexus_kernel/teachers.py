@@ -89,8 +89,13 @@ def plan_builds(
 
 def _build_in_worker(demo: DemoTeacher, digest: str, folder: str, queue: Any) -> dict[str, Any]:
     """Worker-process body: train into a partial folder, check the score, rename into place."""
+    from transformers.utils import logging as transformers_logging
+
     from nexus_kernel.training import seed_everything
 
+    # One progress bar (the parent's) is enough; transformers' save bars and hints would tear it.
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
     target = Path(folder)
     partial = target.parent / f"{PARTIAL_PREFIX}{target.name}-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
@@ -183,9 +188,9 @@ def build_teachers(
                 pool.submit(_build_in_worker, build.demo, build.digest, str(build.folder), steps): build
                 for build in todo
             }
-            names = ", ".join(build.demo.name for build in todo)
             bar = tqdm(total=sum(build.demo.steps for build in todo), unit="step",
-                       desc=f"training {names}", disable=not show_progress, dynamic_ncols=True)
+                       desc=f"training {len(todo)} demo teacher{'s' * (len(todo) > 1)}",
+                       disable=not show_progress, dynamic_ncols=True)
             pending = set(futures)
             failures = []
             while pending:

@@ -92,14 +92,14 @@ class SyntheticRecipe:
     def question(self, rng: random.Random) -> Question:
         kind = rng.randrange(3)
         if kind == 0:
-            number = rng.randrange(0, 100)
-            choices = ("0 to 24", "25 to 49", "50 to 74", "75 to 99")
-            return Question(SUBJECT, f"In which range is {number}?", choices, LETTERS[number // 25])
+            number = rng.randrange(10, 100)
+            choices = ("10 to 29", "30 to 49", "50 to 69", "70 to 99")
+            answer = min(3, (number - 10) // 20)
+            return Question(SUBJECT, f"In which range is {number}?", choices, LETTERS[answer])
         if kind == 1:
-            first = rng.randrange(10, 100)
-            second = first if rng.random() < 0.25 else rng.randrange(10, 100)
+            first, second = rng.sample(range(10, 100), 2)
             choices = ("smaller", "equal", "larger", "cannot tell")
-            answer = 0 if first < second else 1 if first == second else 2
+            answer = 0 if first < second else 2
             return Question(SUBJECT, f"Is {first} smaller than, equal to or larger than {second}?",
                             choices, LETTERS[answer])
         names = rng.sample(_NAMES, 3)
