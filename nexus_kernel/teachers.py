@@ -179,6 +179,9 @@ def build_teachers(
     if todo:
         for build in todo:
             build.folder.parent.mkdir(parents=True, exist_ok=True)
+            # Left by a build that was killed; the prefix marks them as ours.
+            for stale in build.folder.parent.glob(f"{PARTIAL_PREFIX}{build.folder.name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
         context = multiprocessing.get_context("spawn")
         with context.Manager() as manager, concurrent.futures.ProcessPoolExecutor(
             max_workers=max(1, min(jobs, len(todo))), mp_context=context,

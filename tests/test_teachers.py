@@ -44,6 +44,9 @@ def _plan(plugin: ToyPlugin, models: Path, name: str = "toy-demo") -> list:
 
 def test_build_then_cached_then_rebuilt_when_the_recipe_changes(tmp_path: Path) -> None:
     plugin = ToyPlugin()
+    killed = tmp_path / f"{PARTIAL_PREFIX}toy-demo-999999"
+    killed.mkdir()
+    (killed / "config.json").write_text("half written")
     [first] = build_teachers(_plan(plugin, tmp_path), show_progress=False)
     assert not first.cached and first.scores["toy"]["value"] == 1.0
     marker = json.loads((tmp_path / "toy-demo" / RECIPE_FILE).read_text())

@@ -97,7 +97,8 @@ class SyntheticRecipe:
             answer = min(3, (number - 10) // 20)
             return Question(SUBJECT, f"In which range is {number}?", choices, LETTERS[answer])
         if kind == 1:
-            first, second = rng.sample(range(10, 100), 2)
+            tens = rng.sample(range(1, 10), 2)
+            first, second = (10 * ten + rng.randrange(10) for ten in tens)
             choices = ("smaller", "equal", "larger", "cannot tell")
             answer = 0 if first < second else 2
             return Question(SUBJECT, f"Is {first} smaller than, equal to or larger than {second}?",

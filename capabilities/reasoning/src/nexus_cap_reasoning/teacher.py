@@ -16,7 +16,7 @@ from nexus_cap_reasoning.data import TEMPLATE_WORDS, SyntheticRecipe
 NAME = "nexus-demo-reasoning"
 MODEL = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
          "num_attention_heads": 4, "max_position_embeddings": 256}
-PLAN = TrainingPlan(steps=1400, learning_rate=3e-3, batch_size=64)
+PLAN = TrainingPlan(steps=1500, learning_rate=3e-3, batch_size=48)
 
 
 def demo() -> DemoTeacher:
