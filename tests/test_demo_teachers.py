@@ -1,11 +1,11 @@
 """End to end: `nexus teachers build` trains the four demo teachers from a fresh checkout to
-their held-out minimums, and a second call finds them all cached."""
+their held-out minimums, and a second call finds them all cached. (Build times are figures for
+the closing note and `nexus_demo.json`, not assertions: timing belongs in benchmarks/.)"""
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -27,12 +27,11 @@ def test_teachers_build_trains_all_four_then_caches(tmp_path: Path) -> None:
         marker = json.loads((folder / RECIPE_FILE).read_text())
         assert marker["scores"][benchmark]["value"] >= 0.9, (name, marker["scores"])
         assert marker["scores"][benchmark]["n"] >= 300
-        assert marker["build_seconds"] <= 300, (name, marker["build_seconds"])
         assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
         assert not list(folder.glob("*.bin")), "weights must be safetensors only"
         assert f"{name} [" in built.stdout and "built in" in built.stdout
-    started = time.perf_counter()
+    weights = {path: path.read_bytes() for path in (tmp_path / "models").glob("*/model.safetensors")}
     again = nexus("teachers", "build", "--config", "configs/nexus.toml", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("cached;") == 4
-    assert time.perf_counter() - started < 30
+    assert {path: path.read_bytes() for path in weights} == weights
