@@ -27,6 +27,10 @@ _PIECE_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^A-Za-z0-9 ]| "
 IGNORE_INDEX = -100
 """Label value the loss skips (prompt positions and padding)."""
 
+SMALL_DECODER = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
+                 "num_attention_heads": 4}
+"""The LLaMA-style shape of the text demo teachers (about 0.5M parameters with their vocabulary)."""
+
 
 def build_tokenizer(words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
     """A `PreTrainedTokenizerFast` whose vocabulary is the special tokens, every printable ASCII

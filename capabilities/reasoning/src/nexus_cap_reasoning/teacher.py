@@ -8,14 +8,14 @@ from typing import Any
 
 from nexus_kernel import Score
 from nexus_kernel.contracts import DemoTeacher
+from nexus_kernel.text import SMALL_DECODER
 from nexus_kernel.training import TrainingPlan
 
 from nexus_cap_reasoning import benchmark
 from nexus_cap_reasoning.data import TEMPLATE_WORDS, SyntheticRecipe
 
 NAME = "nexus-demo-reasoning"
-MODEL = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "max_position_embeddings": 256}
+MODEL = {**SMALL_DECODER, "max_position_embeddings": 256}
 PLAN = TrainingPlan(steps=1500, learning_rate=3e-3, batch_size=48)
 
 
