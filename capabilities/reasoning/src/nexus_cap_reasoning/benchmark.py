@@ -50,6 +50,13 @@ def requests_for(questions: Sequence[Question], dev: Sequence[Question], shots: 
     return requests
 
 
+def chance_of(questions: Sequence[Question]) -> float:
+    """What a guesser scores: one in four, or always answering the most common gold letter
+    when that does better (a set whose options come in a natural order is skewed)."""
+    counts = [sum(q.answer == letter for q in questions) for letter in LETTERS]
+    return max(CHANCE, max(counts) / len(questions)) if questions else CHANCE
+
+
 def score(questions: Sequence[Question], loglikelihoods: Sequence[float]) -> dict[str, Score]:
     """Accuracy from four log-likelihoods per question (the order of `requests_for`)."""
     if len(loglikelihoods) != len(LETTERS) * len(questions):
@@ -60,7 +67,7 @@ def score(questions: Sequence[Question], loglikelihoods: Sequence[float]) -> dic
         options = loglikelihoods[len(LETTERS) * index : len(LETTERS) * (index + 1)]
         chosen = LETTERS[max(range(len(LETTERS)), key=options.__getitem__)]
         correct.append(float(chosen == question.answer))
-    return {NAME: Score.from_items(NAME, correct, CHANCE)}
+    return {NAME: Score.from_items(NAME, correct, chance_of(questions))}
 
 
 def evaluate(model: object, questions: Sequence[Question], dev: Sequence[Question] = (),
