@@ -165,7 +165,7 @@ def teachers_build_command(config_path: Path, plugins_text: str | None, strict: 
 
     config = load_config(config_path)
     plugin_set, selection_active = _load_selected_plugins(plugins_text, strict, config)
-    reports = ensure_teachers(config, plugin_set, selection_active, jobs=jobs, force=force)
+    _, reports = ensure_teachers(config, plugin_set, selection_active, jobs=jobs, force=force)
     if not reports:
         click.echo("no demo teachers in the CSV; nothing to build")
     for report in reports:

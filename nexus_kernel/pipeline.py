@@ -10,9 +10,8 @@ from nexus_kernel.errors import EnvironmentCheckError
 from nexus_kernel.fsio import atomic_write_json, atomic_write_text, sha256_file
 from nexus_kernel.lock import LOCK_FILE, LOCK_FORMAT, SEED_FILE, scope_hash
 from nexus_kernel.logs import get_logger
-from nexus_kernel.registry import read_registry
 from nexus_kernel.runner import RunContext, Stage
-from nexus_kernel.teachers import build_teachers, plan_builds
+from nexus_kernel.teachers import PARTIAL_PREFIX, ensure_teachers, read_marker
 
 ENV_FILE = "env.json"
 REGISTRY_FILE = "configs/teacher_registry.json"
@@ -99,8 +98,6 @@ def _registry_inputs(context: RunContext) -> dict[str, Any]:
 def _teacher_folders(models_dir: Path) -> dict[str, str | None]:
     """Each teacher folder and the recipe hash of its demo build (None for a user's folder), so
     a deleted or rebuilt teacher reruns the registry stage."""
-    from nexus_kernel.teachers import PARTIAL_PREFIX, read_marker
-
     if not models_dir.is_dir():
         return {}
     return {folder.name: (read_marker(folder) or {}).get("recipe_sha256")
@@ -110,14 +107,8 @@ def _teacher_folders(models_dir: Path) -> dict[str, str | None]:
 
 def run_registry(context: RunContext) -> str:
     registry = context.config.section("registry")
-    owned = {
-        name: (capability, record.distribution)
-        for name, (capability, record) in context.plugins.capabilities().items()
-    }
-    entries = read_registry(Path(registry["csv"]), owned, Path(registry["models_dir"]),
-                            selection_active=context.selection_active)
-    settings = {name: context.config.capability_settings(name) for name in owned}
-    builds = build_teachers(plan_builds(entries, context.plugins, settings))
+    owned = context.plugins.capabilities()
+    entries, builds = ensure_teachers(context.config, context.plugins, context.selection_active)
     for report in builds:
         log.info("demo teacher", teacher=report.name, cached=report.cached,
                  seconds=report.seconds, scores={k: v["value"] for k, v in report.scores.items()})

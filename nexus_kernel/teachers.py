@@ -221,9 +221,10 @@ def build_teachers(
 def ensure_teachers(
     config: Any, plugins: PluginSet, selection_active: bool, jobs: int = 2, force: bool = False,
     show_progress: bool = True,
-) -> list[BuildReport]:
+) -> tuple[list[TeacherEntry], list[BuildReport]]:
     """Read the config's teacher CSV and build every demo teacher it names that is missing or
-    stale (every one with `force`); a user's teacher folder is left as it is."""
+    stale (every one with `force`); a user's teacher folder is left as it is. Returns the
+    registry entries and what was done for each demo teacher."""
     from nexus_kernel.registry import read_registry
 
     registry = config.section("registry")
@@ -232,5 +233,6 @@ def ensure_teachers(
     entries = read_registry(Path(registry["csv"]), owned, Path(registry["models_dir"]),
                             selection_active=selection_active)
     settings = {name: config.capability_settings(name) for name in owned}
-    return build_teachers(plan_builds(entries, plugins, settings), jobs=jobs, force=force,
-                          show_progress=show_progress)
+    reports = build_teachers(plan_builds(entries, plugins, settings), jobs=jobs, force=force,
+                             show_progress=show_progress)
+    return entries, reports
