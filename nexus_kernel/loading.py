@@ -1,0 +1,123 @@
+"""Loading a teacher from a local Hugging Face folder, quantized as far as the device allows.
+
+The order tried is NF4 (bitsandbytes 4-bit), INT8 (bitsandbytes 8-bit), torch dynamic INT8
+(`nn.Linear` only), bf16, fp32; each option that fails is recorded with the reason, so
+`profile.json` can say what was used and why. The model class is the one the folder's
+`config.json` names in `architectures`, so any transformers model saved with `save_pretrained`
+loads, whatever its task.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nexus_kernel.errors import NexusError
+
+QUANTIZATION_ORDER = ("nf4", "int8", "dynamic-int8", "bf16", "fp32")
+_WEIGHT_SUFFIXES = (".safetensors",)
+
+
+class TeacherLoadError(NexusError):
+    """A teacher folder is missing, corrupt, or holds a model transformers cannot build."""
+
+
+@dataclass
+class LoadedTeacher:
+    """A teacher in memory and how it got there."""
+
+    name: str
+    model: Any
+    quantization: str
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"teacher": self.name, "quantization": self.quantization,
+                "skipped": dict(self.skipped)}
+
+
+def _architecture(name: str, folder: Path) -> Any:
+    import transformers
+
+    config_path = folder / "config.json"
+    if not folder.is_dir():
+        raise TeacherLoadError(f"teacher {name!r}: folder {folder} does not exist")
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise TeacherLoadError(f"teacher {name!r}: {config_path} is missing (not a "
+                               "save_pretrained folder)") from None
+    except ValueError as exc:
+        raise TeacherLoadError(f"teacher {name!r}: {config_path} is not valid JSON ({exc})") from None
+    architectures = config.get("architectures") or []
+    for architecture in architectures:
+        model_class = getattr(transformers, architecture, None)
+        if model_class is not None:
+            return model_class
+    raise TeacherLoadError(f"teacher {name!r}: {config_path} names architectures {architectures}, "
+                           f"none of which this transformers {transformers.__version__} provides")
+
+
+def _check_weights(name: str, folder: Path) -> None:
+    """Open every safetensors file's header, so a corrupt file is reported by name."""
+    from safetensors import safe_open
+
+    files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+    if not files:
+        raise TeacherLoadError(f"teacher {name!r}: no .safetensors weights in {folder} "
+                               "(pickle weights are never loaded)")
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                list(handle.keys())
+        except Exception as exc:  # safetensors raises its own error types per failure
+            raise TeacherLoadError(f"teacher {name!r}: {path} is not a readable safetensors file "
+                                   f"({type(exc).__name__}: {exc})") from None
+
+
+def _load(model_class: Any, folder: Path, scheme: str, device: str) -> Any:
+    import torch
+
+    if scheme in ("nf4", "int8"):
+        from transformers import BitsAndBytesConfig
+
+        # bitsandbytes warns on every 8-bit matmul that it casts float32 inputs to float16.
+        warnings.filterwarnings("ignore", message=".*MatMul8bitLt.*")
+        config = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                     bnb_4bit_compute_dtype=torch.float32)
+                  if scheme == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
+        return model_class.from_pretrained(folder, quantization_config=config, device_map=device)
+    if scheme == "dynamic-int8":
+        if device != "cpu":
+            raise RuntimeError("torch dynamic INT8 runs on CPU only")
+        model = model_class.from_pretrained(folder, dtype=torch.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecation notices from torch.ao about itself
+            quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        if not any("quantized" in type(module).__module__ for module in quantized.modules()):
+            raise RuntimeError("the model has no nn.Linear layer to quantize")
+        return quantized
+    dtype = torch.bfloat16 if scheme == "bf16" else torch.float32
+    return model_class.from_pretrained(folder, dtype=dtype).to(device)
+
+
+def load_teacher_folder(name: str, folder: Path, preferred: str = "nf4", device: str = "cpu"
+                        ) -> LoadedTeacher:
+    """Load the teacher in `folder`, trying `QUANTIZATION_ORDER` from `preferred` on; errors
+    that are about the folder itself (missing, corrupt, unknown architecture) stop at once."""
+    if preferred not in QUANTIZATION_ORDER:
+        raise TeacherLoadError(f"unknown quantization {preferred!r}; use one of {QUANTIZATION_ORDER}")
+    model_class = _architecture(name, folder)
+    _check_weights(name, folder)
+    skipped: dict[str, str] = {}
+    for scheme in QUANTIZATION_ORDER[QUANTIZATION_ORDER.index(preferred):]:
+        try:
+            model = _load(model_class, folder, scheme, device)
+        except Exception as exc:  # each backend fails in its own way; the next option is tried
+            skipped[scheme] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            continue
+        return LoadedTeacher(name, model.eval(), scheme, skipped)
+    raise TeacherLoadError(f"teacher {name!r}: no quantization option could load {folder}: {skipped}")
