@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -55,12 +55,18 @@ class AdapterSpec:
 class ProbePlan:
     """What a capability plugin gives the profiling stage: probe batches and where to look.
 
-    `batches` are ready-to-forward inputs for the teacher; `candidate_layers` are module names
-    (as in `teacher.named_modules()`) that the kernel may ablate and profile.
+    `batches` hold the `n_probe` samples used to rank layers by ablation; `stream(samples,
+    batch_size)` yields fresh batches for the streaming PCA; `candidate_layers` are module
+    names (as in `teacher.named_modules()`) that may be ablated and profiled; `loss(model,
+    batch)` is the teacher's loss on its own task; `mask_of(batch)` marks real tokens
+    (None: every position counts).
     """
 
     batches: Sequence[Any]
     candidate_layers: Sequence[str]
+    loss: Callable[[Any, Any], Any]
+    stream: Callable[[int, int], Iterator[Any]]
+    mask_of: Callable[[Any], Any] | None = None
 
 
 DemoBuild = Callable[[Path, Mapping[str, Any], Callable[[int], None]], "Mapping[str, Score]"]

@@ -4,7 +4,7 @@ plugin's seeded synthetic generator. Plugins own the formats; this module owns t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,8 @@ from nexus_kernel.errors import DatasetError
 
 SYNTHETIC_PREFIX = "synthetic:"
 
-__all__ = ["DatasetError", "SYNTHETIC_PREFIX", "files_for_split", "read_jsonl_rows", "resolve_source"]
+__all__ = ["DatasetError", "SYNTHETIC_PREFIX", "files_for_split", "items_of", "read_jsonl_rows",
+           "resolve_source"]
 
 
 def files_for_split(folder: Path, split: str, suffix: str) -> list[Path]:
@@ -62,3 +63,12 @@ def read_jsonl_rows(path: Path, text_fields: Sequence[str]) -> Iterator[tuple[in
             if not isinstance(row.get(key), str):
                 raise DatasetError(f"{path}: line {number}: missing text field {key!r}")
         yield number, row
+
+
+def items_of(source: str, split: str, synthetic: Callable[[str], Iterable[Any]],
+             folder: Callable[[Path, str], Iterable[Any]]) -> Iterable[Any]:
+    """The items of `split` from a locked `source`: `synthetic(split)` for a `synthetic:` label,
+    else `folder(path, split)` reading the real files."""
+    if source.startswith(SYNTHETIC_PREFIX):
+        return synthetic(split)
+    return folder(Path(source), split)

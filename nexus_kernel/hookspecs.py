@@ -65,9 +65,13 @@ def load_teacher(entry: TeacherEntry, quantization: str) -> Any | None:
 
 
 @hookspec
-def profile_capability(capability: Capability, teacher: Any, n_probe: int) -> ProbePlan | None:
-    """Give stage 2 `n_probe` probe samples in batches and the teacher's candidate layers.
-    The kernel does the hooking, ablation and streaming PCA.
+def profile_capability(
+    capability: Capability, teacher: Any, n_probe: int, datasets: Mapping[str, str],
+) -> ProbePlan | None:
+    """Give stage 2 `n_probe` probe samples in batches, a stream of further samples, the
+    teacher's candidate layers and its loss. `teacher` is a `LoadedTeacher` (name, folder,
+    model, quantization); `datasets` is the capability's locked split-to-source map. The
+    kernel does the hooking, ablation and streaming PCA.
 
     .. versionadded:: 0.1
     """

@@ -30,6 +30,7 @@ class LoadedTeacher:
     """A teacher in memory and how it got there."""
 
     name: str
+    folder: Path
     model: Any
     quantization: str
     skipped: dict[str, str] = field(default_factory=dict)
@@ -119,5 +120,5 @@ def load_teacher_folder(name: str, folder: Path, preferred: str = "nf4", device:
         except Exception as exc:  # each backend fails in its own way; the next option is tried
             skipped[scheme] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             continue
-        return LoadedTeacher(name, model.eval(), scheme, skipped)
+        return LoadedTeacher(name, folder, model.eval(), scheme, skipped)
     raise TeacherLoadError(f"teacher {name!r}: no quantization option could load {folder}: {skipped}")

@@ -2,11 +2,12 @@
 
 A capability package's `__init__.py` declares its `Capability` and binds the standard hooks:
 
-    register_capabilities, resolve_datasets, demo_teacher = standard_hooks(
+    register_capabilities, resolve_datasets, demo_teacher, profile_capability = standard_hooks(
         CAPABILITY, synthetic="gsm8k-words-v1", teacher="nexus_cap_math.teacher")
 
-`teacher` names a module with a `demo() -> DemoTeacher` function; it is imported only when a
-demo teacher is asked for, so importing the plugin stays light.
+`teacher` names a module with `demo() -> DemoTeacher` and `probe_plan(teacher, n_probe,
+datasets) -> ProbePlan`; it is imported only when one of them is asked for, so importing the
+plugin stays light.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ from typing import Any
 import pluggy
 
 from nexus_kernel.capability import Capability
-from nexus_kernel.contracts import DemoTeacher
+from nexus_kernel.contracts import DemoTeacher, ProbePlan
 
 hookimpl = pluggy.HookimplMarker("nexus")
 
 
 def standard_hooks(capability: Capability, synthetic: str, teacher: str
-                   ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-    """`register_capabilities`, `resolve_datasets` and `demo_teacher` for one capability whose
-    data is its `data_dir` when configured, else the `synthetic` generator of that label."""
+                   ) -> tuple[Callable[..., Any], ...]:
+    """`register_capabilities`, `resolve_datasets`, `demo_teacher` and `profile_capability` for
+    one capability whose data is its `data_dir` when configured, else the `synthetic` generator
+    of that label. The `teacher` module answers `demo()` and `probe_plan(teacher, n_probe,
+    datasets)`."""
+    module = teacher  # the hooks below take an argument named `teacher` too
 
     @hookimpl
     def register_capabilities() -> list[Capability]:
@@ -41,6 +45,11 @@ def standard_hooks(capability: Capability, synthetic: str, teacher: str
 
     @hookimpl
     def demo_teacher(capability: Capability, settings: Mapping[str, Any]) -> DemoTeacher:
-        return importlib.import_module(teacher).demo()
+        return importlib.import_module(module).demo()
 
-    return register_capabilities, resolve_datasets, demo_teacher
+    @hookimpl
+    def profile_capability(capability: Capability, teacher: Any, n_probe: int,
+                           datasets: Mapping[str, str]) -> ProbePlan:
+        return importlib.import_module(module).probe_plan(teacher, n_probe, datasets)
+
+    return register_capabilities, resolve_datasets, demo_teacher, profile_capability

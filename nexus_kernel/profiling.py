@@ -13,7 +13,7 @@ when the batch carries a mask.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -174,3 +174,33 @@ def profile_layers(model: nn.Module, layers: Sequence[str], batches: Iterable[An
             if on_batch is not None:
                 on_batch()
     return states
+
+
+def repeated_blocks(model: nn.Module, prefix: str = "") -> list[str]:
+    """Names of the blocks of the model's longest `nn.ModuleList` (its transformer layers, in
+    most architectures): the default candidate layers. `prefix` is prepended, for a sub-model
+    (`repeated_blocks(model.encoder, "encoder")`)."""
+    lists = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
+    if not lists:
+        return []
+    name, blocks = max(lists, key=lambda item: len(item[1]))
+    path = ".".join(part for part in (prefix, name) if part)
+    return [f"{path}.{index}" for index in range(len(blocks))]
+
+
+def plan_from_items(items: Callable[[], Iterable[Any]], make_batch: Callable[[list[Any]], Any],
+                    loss: LossOf, candidate_layers: Sequence[str], n_probe: int,
+                    mask_of: MaskOf | None = None) -> Any:
+    """A `ProbePlan` over a task's items: `items()` starts a fresh iteration, `make_batch`
+    turns a list of items into one model input; the probe batch is the first `n_probe` items."""
+    import itertools
+
+    from nexus_kernel.contracts import ProbePlan
+
+    def stream(samples: int, batch_size: int) -> Iterator[Any]:
+        source = itertools.islice(items(), samples)
+        while chunk := list(itertools.islice(source, batch_size)):
+            yield make_batch(chunk)
+
+    return ProbePlan(batches=list(stream(n_probe, n_probe)), candidate_layers=list(candidate_layers),
+                     loss=loss, stream=stream, mask_of=mask_of)

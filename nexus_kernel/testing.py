@@ -15,17 +15,19 @@ or skips the test with the reason.
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import math
 import pickle
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
 from nexus_kernel.capability import Capability
-from nexus_kernel.contracts import DemoTeacher
+from nexus_kernel.contracts import DemoTeacher, ProbePlan
 from nexus_kernel.fsio import canonical_json
 from nexus_kernel.plugins import ENTRY_POINT_GROUP, PluginRecord, PluginSet
 
@@ -156,3 +158,46 @@ def nexus_run_dir(tmp_path: Path) -> Path:
 def nexus_plugin_set() -> Callable[..., PluginSet]:
     """`nexus_plugin_set(("name", plugin), ...)` builds a PluginSet from those plugins only."""
     return plugin_set_of
+
+
+def tiny_causal_teacher(folder: Path, words: Iterable[str] = ()) -> Path:
+    """Save an untrained two-block LLaMA-style teacher and its tokenizer (the kernel's word and
+    character tokenizer over `words`) into `folder`, for tests of hooks that need a teacher."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nexus_kernel.text import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(words)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=2,
+                                 max_position_embeddings=256)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def check_probe_plan(model: Any, plan: ProbePlan, n_probe: int, stream_samples: int = 24) -> dict[str, Any]:
+    """Drive a plugin's `ProbePlan` through the kernel's ablation and streaming profile and
+    check what stage 2 relies on: the probe batches hold `n_probe` samples, every candidate
+    layer exists and gets a finite ablated loss, and each layer's streamed PCA counts one row per
+    real token (per position when the plan has no mask). Returns the PCA states by layer."""
+    from nexus_kernel.profiling import profile_layers, rank_layers_by_ablation
+
+    def samples(batch: Any) -> int:
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return int(first.shape[0])
+
+    if sum(samples(batch) for batch in plan.batches) != n_probe:
+        raise ConformanceError(f"probe batches hold {sum(samples(b) for b in plan.batches)} samples, not {n_probe}")
+    if not plan.candidate_layers:
+        raise ConformanceError("the plan names no candidate layer")
+    ablation = rank_layers_by_ablation(model, plan.candidate_layers, plan.batches, plan.loss)
+    if sorted(ablation.ranking()) != sorted(plan.candidate_layers):
+        raise ConformanceError("ablation did not rank every candidate layer")
+    if not all(math.isfinite(loss) for loss in [ablation.baseline, *ablation.ablated.values()]):
+        raise ConformanceError(f"non-finite loss under ablation: {ablation}")
+    streamed = list(plan.stream(stream_samples, 8))
+    if sum(samples(batch) for batch in streamed) != stream_samples:
+        raise ConformanceError(f"stream({stream_samples}, 8) did not yield {stream_samples} samples")
+    return profile_layers(model, plan.candidate_layers, streamed, plan.loss, plan.mask_of)

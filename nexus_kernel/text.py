@@ -240,3 +240,33 @@ def train_causal_teacher(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return CausalTextModel(model, tokenizer)
+
+
+def causal_probe_plan(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
+                      pairs: Callable[[], Iterator[tuple[str, str]]], n_probe: int) -> Any:
+    """A `ProbePlan` for a causal LM whose task is `(prompt, completion)` pairs: `pairs()`
+    starts a fresh stream; the loss is the completion loss, the mask the attention mask, the
+    candidates the decoder blocks."""
+    from nexus_kernel.profiling import plan_from_items, repeated_blocks
+
+    def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        input_ids, mask, labels = batch
+        return model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+
+    return plan_from_items(pairs, lambda chunk: completion_batch(tokenizer, chunk), loss,
+                           repeated_blocks(model), n_probe, mask_of=lambda batch: batch[1])
+
+
+def text_probe_plan(teacher: Any, n_probe: int, source: str, split: str,
+                    synthetic: Callable[[], Iterable[Any]], read_folder: Callable[[Path, str], Iterable[Any]],
+                    to_pair: Callable[[Any], tuple[str, str]]) -> Any:
+    """`causal_probe_plan` for a loaded text teacher (`teacher.model`, `teacher.folder`) whose
+    items come from a locked `source`: the `synthetic()` stream, or `split` of a real folder."""
+    from transformers import AutoTokenizer
+
+    from nexus_kernel.datasets import items_of
+
+    def pairs() -> Iterator[tuple[str, str]]:
+        return map(to_pair, items_of(source, split, lambda _: synthetic(), read_folder))
+
+    return causal_probe_plan(teacher.model, AutoTokenizer.from_pretrained(teacher.folder), pairs, n_probe)

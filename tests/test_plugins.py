@@ -157,7 +157,7 @@ def test_nexus_plugins_json_lists_the_four_capabilities_with_versions(tmp_path: 
         for name in ("reasoning", "math", "voice", "vision")
     }
     hooks = {plugin["name"]: plugin["hooks"] for plugin in listed["plugins"]}
-    assert all(hooks[name] == ["demo_teacher", "register_capabilities", "resolve_datasets"]
+    assert all(hooks[name] == ["demo_teacher", "profile_capability", "register_capabilities", "resolve_datasets"]
                for name in capabilities)
     assert hooks["quant-bnb"] == ["quantize"]
 

@@ -17,6 +17,6 @@ CAPABILITY = Capability(
     description="grade-school arithmetic word problems, scored like GSM8K",
 )
 
-register_capabilities, resolve_datasets, demo_teacher = standard_hooks(
+register_capabilities, resolve_datasets, demo_teacher, profile_capability = standard_hooks(
     CAPABILITY, synthetic="gsm8k-words-v1", teacher="nexus_cap_math.teacher",
 )

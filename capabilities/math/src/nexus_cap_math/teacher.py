@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from nexus_kernel import Score
-from nexus_kernel.contracts import DemoTeacher
+from nexus_kernel.contracts import DemoTeacher, ProbePlan
 from nexus_kernel.text import SMALL_DECODER
 from nexus_kernel.training import TrainingPlan
 
 from nexus_cap_math import benchmark
-from nexus_cap_math.data import TEMPLATE_WORDS, SyntheticRecipe
+from nexus_cap_math.data import TEMPLATE_WORDS, SyntheticRecipe, load_split
 
 NAME = "nexus-demo-math"
 MODEL = {**SMALL_DECODER, "max_position_embeddings": 128}
@@ -29,6 +29,19 @@ def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], Non
     from nexus_kernel.text import train_causal_teacher
 
     data = SyntheticRecipe(**recipe["data"])
-    pairs = ((benchmark.prompt_of(p), " " + p.answer) for p in data.train())
-    model = train_causal_teacher(folder, recipe, progress, TEMPLATE_WORDS, pairs)
+    model = train_causal_teacher(folder, recipe, progress, TEMPLATE_WORDS, map(_pair, data.train()))
     return benchmark.evaluate(model, data.test())
+
+
+def _pair(p: Any) -> tuple[str, str]:
+    """The `(prompt, completion)` the teacher learns: the completion as it should write it."""
+    return benchmark.prompt_of(p), " " + p.answer
+
+
+def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> ProbePlan:
+    """Probe and profile the teacher on its training split (the synthetic stream, or a GSM8K
+    folder's `train*.jsonl`)."""
+    from nexus_kernel.text import text_probe_plan
+
+    return text_probe_plan(teacher, n_probe, datasets["train"], "train", lambda: SyntheticRecipe().train(),
+                           load_split, _pair)

@@ -17,6 +17,6 @@ CAPABILITY = Capability(
     description="multiple-choice reasoning distilled from a language-model teacher, scored like MMLU",
 )
 
-register_capabilities, resolve_datasets, demo_teacher = standard_hooks(
+register_capabilities, resolve_datasets, demo_teacher, profile_capability = standard_hooks(
     CAPABILITY, synthetic="mmlu-steps-v1", teacher="nexus_cap_reasoning.teacher",
 )

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from nexus_kernel import Score
-from nexus_kernel.contracts import DemoTeacher
+from nexus_kernel.contracts import DemoTeacher, ProbePlan
 from nexus_kernel.text import SMALL_DECODER
 from nexus_kernel.training import TrainingPlan
 
 from nexus_cap_reasoning import benchmark
-from nexus_cap_reasoning.data import TEMPLATE_WORDS, SyntheticRecipe
+from nexus_cap_reasoning.data import TEMPLATE_WORDS, SyntheticRecipe, load_split
 
 NAME = "nexus-demo-reasoning"
 MODEL = {**SMALL_DECODER, "max_position_embeddings": 256}
@@ -29,6 +29,18 @@ def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], Non
     from nexus_kernel.text import train_causal_teacher
 
     data = SyntheticRecipe(**recipe["data"])
-    pairs = ((benchmark.prompt_of(q), f" {q.answer}") for q in data.train())
-    model = train_causal_teacher(folder, recipe, progress, TEMPLATE_WORDS, pairs)
+    model = train_causal_teacher(folder, recipe, progress, TEMPLATE_WORDS, map(_pair, data.train()))
     return benchmark.evaluate(model, data.test())
+
+
+def _pair(q: Any) -> tuple[str, str]:
+    """The `(prompt, completion)` the teacher learns: the completion as it should write it."""
+    return benchmark.prompt_of(q), f" {q.answer}"
+
+
+def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> ProbePlan:
+    """Probe and profile the teacher on the synthetic training stream, or the `dev` split of a real MMLU folder (MMLU has no training split)."""
+    from nexus_kernel.text import text_probe_plan
+
+    return text_probe_plan(teacher, n_probe, datasets["train"], "dev", lambda: SyntheticRecipe().train(),
+                           load_split, _pair)

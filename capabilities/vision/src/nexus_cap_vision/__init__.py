@@ -17,6 +17,6 @@ CAPABILITY = Capability(
     description="question answering about images, scored by accuracy",
 )
 
-register_capabilities, resolve_datasets, demo_teacher = standard_hooks(
+register_capabilities, resolve_datasets, demo_teacher, profile_capability = standard_hooks(
     CAPABILITY, synthetic="shapes-qa-v1", teacher="nexus_cap_vision.teacher",
 )

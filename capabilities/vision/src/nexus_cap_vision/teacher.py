@@ -4,7 +4,7 @@ image patches (a transformers `VisionEncoderDecoderModel`), trained on synthetic
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 
 from nexus_kernel import Score
-from nexus_kernel.contracts import DemoTeacher
+from nexus_kernel.contracts import DemoTeacher, ProbePlan
 from nexus_kernel.training import TrainingPlan
 
 from nexus_cap_vision import benchmark
-from nexus_cap_vision.data import IMAGE_SIZE, TEMPLATE_WORDS, SyntheticRecipe
+from nexus_cap_vision.data import IMAGE_SIZE, TEMPLATE_WORDS, SyntheticRecipe, VisualQuestion, load_split
 
 NAME = "nexus-demo-vision"
 CHANNELS = 5
@@ -80,12 +80,51 @@ def demo() -> DemoTeacher:
                           data=SyntheticRecipe(), encoder=ENCODER, decoder=DECODER)
 
 
+def _batch(questions: Sequence[VisualQuestion], tokenizer: Any) -> Any:
+    """`(pixels, input_ids, mask, labels)`: the image, and the prompt with its answer."""
+    from nexus_kernel.text import completion_batch
+
+    text = completion_batch(tokenizer, [(benchmark.prompt_of(q), f" {q.answer}") for q in questions])
+    return pixels([q.image for q in questions]), *text
+
+
+def _loss(model: Any, batch: Any) -> Any:
+    """Cross-entropy of the answer tokens, the decoder reading the prompt and the image."""
+    import torch
+
+    from nexus_kernel.text import IGNORE_INDEX
+
+    images, input_ids, mask, labels = batch
+    logits = model(pixel_values=images, decoder_input_ids=input_ids[:, :-1],
+                   decoder_attention_mask=mask[:, :-1]).logits
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(),
+                                             ignore_index=IGNORE_INDEX)
+
+
+def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> ProbePlan:
+    """Probe and profile the teacher on training questions (synthetic or a real folder). The
+    candidates are the image encoder's blocks and the text decoder's blocks."""
+    from transformers import AutoTokenizer
+
+    from nexus_kernel.datasets import items_of
+    from nexus_kernel.profiling import plan_from_items, repeated_blocks
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher.folder)
+    layers = [*repeated_blocks(teacher.model.encoder, "encoder"),
+              *repeated_blocks(teacher.model.decoder, "decoder")]
+
+    def items() -> Iterable[VisualQuestion]:
+        return items_of(datasets["train"], "train", lambda _: SyntheticRecipe().train(), load_split)
+
+    return plan_from_items(items, lambda chunk: _batch(chunk, tokenizer), _loss, layers, n_probe,
+                           mask_of=lambda batch: batch[2])
+
+
 def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> dict[str, Score]:
     """Train the teacher `recipe` describes, save it to `folder`, return its held-out scores."""
-    import torch
     from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
-    from nexus_kernel.text import BOS_ID, EOS_ID, IGNORE_INDEX, PAD_ID, build_tokenizer, completion_batch
+    from nexus_kernel.text import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
     from nexus_kernel.training import fit
 
     data = SyntheticRecipe(**recipe["data"])
@@ -99,18 +138,9 @@ def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], Non
     stream = data.train()
 
     def make_batch(_: int) -> Any:
-        questions = list(itertools.islice(stream, plan.batch_size))
-        text = completion_batch(tokenizer, [(benchmark.prompt_of(q), f" {q.answer}") for q in questions])
-        return pixels([q.image for q in questions]), *text
+        return _batch(list(itertools.islice(stream, plan.batch_size)), tokenizer)
 
-    def loss_of(model: Any, batch: Any) -> Any:
-        images, input_ids, mask, labels = batch
-        logits = model(pixel_values=images, decoder_input_ids=input_ids[:, :-1],
-                       decoder_attention_mask=mask[:, :-1]).logits
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten(),
-                                                 ignore_index=IGNORE_INDEX)
-
-    fit(model, plan, make_batch, loss_of, progress)
+    fit(model, plan, make_batch, _loss, progress)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return benchmark.evaluate(VisionAnswerer(model.eval(), tokenizer), data.test())

@@ -17,6 +17,6 @@ CAPABILITY = Capability(
     description="spoken-word audio embeddings, scored by cosine similarity to the teacher",
 )
 
-register_capabilities, resolve_datasets, demo_teacher = standard_hooks(
+register_capabilities, resolve_datasets, demo_teacher, profile_capability = standard_hooks(
     CAPABILITY, synthetic="spoken-digits-v1", teacher="nexus_cap_voice.teacher",
 )

@@ -4,7 +4,7 @@ digits apart; its utterance embedding (the pooled output) is what the student mu
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 from nexus_kernel import Score
-from nexus_kernel.contracts import DemoTeacher
+from nexus_kernel.contracts import DemoTeacher, ProbePlan
+from nexus_kernel.datasets import DatasetError
 from nexus_kernel.training import TrainingPlan
 
 from nexus_cap_voice import benchmark
-from nexus_cap_voice.data import LABELS, SyntheticRecipe
+from nexus_cap_voice.data import LABELS, SyntheticRecipe, Utterance, load_folder
 from nexus_cap_voice.features import LogMel
 
 NAME = "nexus-demo-voice"
@@ -58,9 +59,38 @@ def demo() -> DemoTeacher:
                           data=SyntheticRecipe(), features=LogMel(), model=MODEL)
 
 
+def _batch(utterances: Sequence[Utterance], features: LogMel, label_ids: Mapping[str, int]) -> Any:
+    """`(log-mel features, label ids)` of utterances whose labels the teacher knows."""
+    import torch
+
+    unknown = sorted({u.label for u in utterances} - set(label_ids))
+    if unknown:
+        raise DatasetError(f"labels {unknown} are not among the teacher's labels {sorted(label_ids)}")
+    return features([u.samples for u in utterances]), torch.tensor([label_ids[u.label] for u in utterances])
+
+
+def _loss(model: Any, batch: Any) -> Any:
+    inputs, labels = batch
+    return model(input_values=inputs, labels=labels).loss
+
+
+def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> ProbePlan:
+    """Probe and profile the teacher on training utterances (synthetic or a real folder)."""
+    from nexus_kernel.datasets import items_of
+    from nexus_kernel.profiling import plan_from_items, repeated_blocks
+
+    config = teacher.model.config
+    features = LogMel.from_json(getattr(config, FEATURES_KEY))
+
+    def items() -> Iterable[Utterance]:
+        return items_of(datasets["train"], "train", lambda _: SyntheticRecipe().train(), load_folder)
+
+    return plan_from_items(items, lambda chunk: _batch(chunk, features, config.label2id), _loss,
+                           repeated_blocks(teacher.model), n_probe)
+
+
 def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> dict[str, Score]:
     """Train the teacher `recipe` describes, save it to `folder`, return its held-out scores."""
-    import torch
     from transformers import ASTConfig, ASTForAudioClassification
 
     from nexus_kernel.training import fit
@@ -76,15 +106,9 @@ def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], Non
     stream = data.train()
 
     def make_batch(_: int) -> Any:
-        utterances = list(itertools.islice(stream, plan.batch_size))
-        labels = torch.tensor([LABELS.index(u.label) for u in utterances])
-        return features([u.samples for u in utterances]), labels
+        return _batch(list(itertools.islice(stream, plan.batch_size)), features, config.label2id)
 
-    def loss_of(model: Any, batch: Any) -> Any:
-        inputs, labels = batch
-        return model(input_values=inputs, labels=labels).loss
-
-    fit(model, plan, make_batch, loss_of, progress)
+    fit(model, plan, make_batch, _loss, progress)
     model.save_pretrained(folder)
     test = data.test()
     embeddings = VoiceEncoder(model.eval(), features).embed([u.samples for u in test])
