@@ -201,3 +201,18 @@ def check_probe_plan(model: Any, plan: ProbePlan, n_probe: int, stream_samples: 
     if sum(samples(batch) for batch in streamed) != stream_samples:
         raise ConformanceError(f"stream({stream_samples}, 8) did not yield {stream_samples} samples")
     return profile_layers(model, plan.candidate_layers, streamed, plan.loss, plan.mask_of)
+
+
+def check_text_probe_plan(teacher_module: ModuleType, words: Iterable[str], folder: Path) -> dict[str, Any]:
+    """`check_probe_plan` for a text plugin: builds `tiny_causal_teacher(folder, words)`, asks
+    `teacher_module.probe_plan` for a plan over the synthetic data, and checks that each layer's
+    PCA counted exactly the real (unpadded) tokens."""
+    from nexus_kernel.loading import load_teacher_folder
+
+    loaded = load_teacher_folder("tiny", tiny_causal_teacher(folder, words), "fp32")
+    plan = teacher_module.probe_plan(loaded, 20, {"train": "synthetic:any", "test": "synthetic:any"})
+    states = check_probe_plan(loaded.model, plan, 20)
+    tokens = sum(int(plan.mask_of(batch).sum()) for batch in plan.stream(24, 8))
+    if any(state.count != tokens for state in states.values()):
+        raise ConformanceError(f"streamed rows {[s.count for s in states.values()]} != {tokens} real tokens")
+    return states

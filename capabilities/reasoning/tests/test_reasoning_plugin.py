@@ -12,12 +12,6 @@ def test_reasoning_plugin_conforms() -> None:
 def test_probe_plan_drives_ablation_and_profiling(tmp_path) -> None:
     from nexus_cap_reasoning import teacher
     from nexus_cap_reasoning.data import TEMPLATE_WORDS
-    from nexus_kernel.loading import load_teacher_folder
-    from nexus_kernel.testing import check_probe_plan, tiny_causal_teacher
+    from nexus_kernel.testing import check_text_probe_plan
 
-    loaded = load_teacher_folder("tiny", tiny_causal_teacher(tmp_path / "teacher", TEMPLATE_WORDS), "fp32")
-    plan = teacher.probe_plan(loaded, 20, {"train": "synthetic:any", "test": "synthetic:any"})
-    states = check_probe_plan(loaded.model, plan, 20)
-    assert list(states) == ["model.layers.0", "model.layers.1"]
-    tokens = sum(int(batch[1].sum()) for batch in plan.stream(24, 8))
-    assert states["model.layers.0"].count == tokens
+    assert list(check_text_probe_plan(teacher, TEMPLATE_WORDS, tmp_path)) == ["model.layers.0", "model.layers.1"]
