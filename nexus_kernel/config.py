@@ -55,6 +55,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "memory_budget_gb": Key("float", 16.0, "memory the run may use, in GB", minimum=0.5),
         "device": Key("str", "auto", "where to compute", choices=("auto", "cpu", "cuda")),
     },
+    "profiling": {
+        "probe_samples": Key("int", 20, "samples per capability for the layer ablation", minimum=1),
+        "key_layers": Key("int", 3, "layers kept (largest loss increase) and profiled", minimum=1),
+        "samples": Key("int", 512, "samples streamed through the key layers' PCA", minimum=1),
+        "variance_threshold": Key("float", 0.95, "explained variance that defines the intrinsic "
+                                  "dimension", minimum=0.01),
+        "quantization": Key("str", "nf4", "first quantization tried when loading a teacher",
+                            choices=("nf4", "int8", "dynamic-int8", "bf16", "fp32")),
+        "batch_size": Key("int", 0, "profiling batch size; 0 chooses it from the memory budget "
+                          "by measuring one trial batch", minimum=0),
+    },
     "registry": {
         "csv": Key("path", "ModelName-Parameters-Category-BestFeature.csv",
                    "teacher inventory CSV (Model Name, Parameters, Category, Best Feature)"),

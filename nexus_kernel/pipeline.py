@@ -11,6 +11,8 @@ from nexus_kernel.fsio import atomic_write_json, atomic_write_text, sha256_file
 from nexus_kernel.lock import LOCK_FILE, LOCK_FORMAT, SEED_FILE, scope_hash
 from nexus_kernel.logs import get_logger
 from nexus_kernel.runner import RunContext, Stage
+
+SUMMARY_FILE = "niwt_stage2_output/summary.json"
 from nexus_kernel.teachers import PARTIAL_PREFIX, ensure_teachers, read_marker
 
 ENV_FILE = "env.json"
@@ -129,13 +131,24 @@ def run_registry(context: RunContext) -> str:
     return f"{len(entries)} teachers for {len(served)} capabilities ({built} demo teachers built)"
 
 
+def _profile_inputs(context: RunContext) -> dict[str, Any]:
+    return {"profiling": context.config.section("profiling"),
+            "memory_budget_gb": context.config.section("hardware")["memory_budget_gb"]}
+
+
+def run_profile(context: RunContext) -> str:
+    from nexus_kernel.stage_profile import run_profile as profile
+
+    return profile(context)
+
+
 def stages() -> list[Stage]:
     """Every stage of the pipeline, in order; `action=None` marks one not built yet."""
     return [
         Stage(-1, "doctor", "environment check", (ENV_FILE,), run_doctor, _doctor_inputs),
         Stage(0, "lock", "config lock", (str(LOCK_FILE), str(SEED_FILE)), run_lock, build_scope),
         Stage(1, "registry", "teacher registry", (REGISTRY_FILE,), run_registry, _registry_inputs),
-        Stage(2, "profile", "profiling (NIWT)", (), None),
+        Stage(2, "profile", "profiling (NIWT)", (SUMMARY_FILE,), run_profile, _profile_inputs),
         Stage(3, "architecture", "architecture", (), None),
         Stage(4, "distill", "distillation", (), None),
         Stage(5, "validate", "teacher removal and retention", (), None),

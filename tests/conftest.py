@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import os
 import shutil
 from pathlib import Path
@@ -16,15 +17,38 @@ settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+# Two training steps and a handful of held-out items: real architectures, built in seconds.
+_TINY_RECIPES = {
+    "math": {"plan": {"steps": 2}, "data": {"test_size": 4}},
+    "reasoning": {"plan": {"steps": 2}, "data": {"test_size": 4, "dev_size": 1}},
+    "voice": {"plan": {"steps": 2}, "data": {"train_speakers": 2, "test_speakers": 1, "takes": 1}},
+    "vision": {"plan": {"steps": 2}, "data": {"test_size": 4}},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_teachers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The four demo teachers' architectures, trained for two steps (once per session)."""
+    root = tmp_path_factory.mktemp("tiny-teachers")
+    for capability, overrides in _TINY_RECIPES.items():
+        demo = importlib.import_module(f"nexus_cap_{capability}.teacher").demo()
+        recipe = {key: {**value, **overrides.get(key, {})} if isinstance(value, dict) else value
+                  for key, value in demo.recipe.items()}
+        folder = root / demo.name
+        folder.mkdir()
+        demo.build(folder, recipe, lambda steps: None)
+    return root
+
+
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
+def project(tmp_path: Path, tiny_demo_teachers: Path) -> Path:
     """A copy of the default configs in a temporary project folder; returns its root.
 
-    Each teacher the CSV names gets an empty stand-in folder (a user's folder: no demo build
-    marker), so runs in kernel tests never train the demo teachers.
+    Each teacher the CSV names is a copy of a tiny (two-step) build of its demo teacher, as a
+    user's folder (no demo marker), so kernel tests run real stages but never train for long.
     """
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     csv_path = tmp_path / "configs/ModelName-Parameters-Category-BestFeature.csv"
     for row in csv.DictReader(csv_path.read_text().splitlines()):
-        (tmp_path / "models" / row["Model Name"]).mkdir(parents=True)
+        shutil.copytree(tiny_demo_teachers / row["Model Name"], tmp_path / "models" / row["Model Name"])
     return tmp_path

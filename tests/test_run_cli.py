@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,11 @@ def resolve_datasets(capability, settings):
         pathlib.Path(marker).write_text("in stage 0")
         time.sleep(120)
     return {"test": "synthetic:slowcap-v1"}
+
+@hookimpl
+def profile_capability(capability, teacher, n_probe, datasets):
+    from nexus_cap_math import teacher as math_teacher  # the slow teacher is a copy of the math one
+    return math_teacher.probe_plan(teacher, n_probe, {"train": "synthetic:gsm8k-words-v1"})
 """
 
 
@@ -43,8 +49,9 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def test_run_writes_artifacts_and_refuses_a_changed_config(project: Path) -> None:
     first = nexus("run", cwd=project)
-    assert first.returncode == 3, first.stderr  # stages 2-7 are not implemented yet
-    assert "2 profile       not implemented" in first.stdout
+    assert first.returncode == 3, first.stderr  # stages 3-7 are not implemented yet
+    assert "2 profile       passed" in first.stdout
+    assert "3 architecture  not implemented" in first.stdout
     run_dir = project / "runs" / "demo"
     lock = json.loads((run_dir / "configs/global_config.json").read_text())
     assert sorted(lock["scope"]["capabilities"]) == ["math", "reasoning", "vision", "voice"]
@@ -56,7 +63,11 @@ def test_run_writes_artifacts_and_refuses_a_changed_config(project: Path) -> Non
     assert json.loads((run_dir / "env.json").read_text())["ok"] is True
     events = [json.loads(line) for line in (run_dir / "logs/events.jsonl").read_text().splitlines()]
     assert [e["stage"] for e in events if e["event"] == "stage passed"] == [
-        "stage -1 (doctor)", "stage 0 (lock)", "stage 1 (registry)"]
+        "stage -1 (doctor)", "stage 0 (lock)", "stage 1 (registry)", "stage 2 (profile)"]
+    for capability in ("math", "reasoning", "vision", "voice"):
+        profile = json.loads((run_dir / f"niwt_stage2_output/{capability}/profile.json").read_text())
+        assert profile["rank_audit"]["chosen_rank"] >= 1
+        assert (run_dir / f"niwt_stage2_output/{capability}/basis.safetensors").is_file()
 
     _edit(project / "configs/nexus.toml", "memory_budget_gb = 16", "memory_budget_gb = 8")
     refused = nexus("run", cwd=project)
@@ -124,7 +135,7 @@ def test_sigkill_during_a_stage_then_rerun_matches_an_uninterrupted_run(
     site = install_fake_distribution(tmp_path / "site", "slowcap-plugin", "slowcap", SLOW_PLUGIN)
     csv_path = project / "configs/ModelName-Parameters-Category-BestFeature.csv"
     csv_path.write_text(csv_path.read_text() + "slow-teacher,22M,Slow,waits\n")
-    (project / "models/slow-teacher").mkdir()
+    shutil.copytree(project / "models/nexus-demo-math", project / "models/slow-teacher")
     reference = nexus("run", "--run-dir", "runs/reference", cwd=project, extra_path=site)
     assert reference.returncode == 3, reference.stderr
 
@@ -184,8 +195,10 @@ def test_run_builds_a_missing_demo_teacher_on_first_use_and_fails_clearly_withou
     csv_path = project / "configs/ModelName-Parameters-Category-BestFeature.csv"
     csv_path.write_text("Model Name,Parameters,Category,Best Feature\ntoy-demo,1K,Toy,counting\n")
     first = nexus("run", "--plugins", "toy", cwd=project, extra_path=site)
-    assert first.returncode == 3, first.stderr
-    assert "1 registry      passed" in first.stdout and "(1 demo teachers built)" in first.stdout
+    # Stage 1 builds the toy teacher; stage 2 cannot load it (not a transformers folder) and says so.
+    assert first.returncode == 2, first.stderr
+    assert "(1 demo teachers built)" in first.stderr
+    assert "error: teacher 'toy-demo': " in first.stderr and "names architectures []" in first.stderr
     marker = json.loads((project / "models/toy-demo/nexus_demo.json").read_text())
     assert marker["scores"]["toy bench"]["value"] == 1.0
     registry = json.loads((project / "runs/demo/configs/teacher_registry.json").read_text())
