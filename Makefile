@@ -27,6 +27,7 @@ test: install
 bench: install
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/pca.py --json runs/benchmarks/pca.json
+	$(BIN)/python benchmarks/profiling.py --json runs/benchmarks/profiling.json
 
 clean:
 	rm -rf $(VENV) runs

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from nexus_kernel.errors import StageError
@@ -139,8 +140,16 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
         key_layers = ablation.ranking()[: settings["key_layers"]]
         batching = choose_batch_size(teacher.model, plan, context.config.section("hardware")["memory_budget_gb"],
                                      settings["batch_size"])
+        process = psutil.Process()
+        peak = [process.memory_info().rss]
+
+        def sample_memory() -> None:
+            peak[0] = max(peak[0], process.memory_info().rss)
+
         states = profile_layers(teacher.model, key_layers, plan.stream(settings["samples"], batching["batch_size"]),
-                                plan.loss, plan.mask_of, teacher=entry.name)
+                                plan.loss, plan.mask_of, teacher=entry.name, on_batch=sample_memory)
+        batching["peak_rss_mb"] = round(peak[0] / 2**20, 1)
+        log.info("profiling batches", capability=name, **batching)
     finally:
         model_quantization = teacher.describe()
         del teacher
