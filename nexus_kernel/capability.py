@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MODALITIES = ("text", "audio", "image")
+OUTPUTS = ("text", "embedding")
 DEFAULT_MAX_RANK = 64
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -19,7 +20,10 @@ class Capability:
     """One capability a plugin brings: the student gets exactly one adapter for it.
 
     `categories` are the values of the teacher CSV's `Category` column this capability serves
-    (matched case-insensitively); `benchmarks` name the scores its `retention_metric` reports.
+    (matched case-insensitively); `benchmarks` name the scores its `retention_metric` reports,
+    the headline (the one retention is judged on) first. `output` is what the student gives
+    for it: `text` (through the backbone's LM head) or `embedding` (a vector the size of the
+    teacher's hidden state).
     """
 
     name: str
@@ -28,6 +32,7 @@ class Capability:
     benchmarks: tuple[str, ...]
     max_rank: int = DEFAULT_MAX_RANK
     description: str = ""
+    output: str = "text"
     rank_policy: RankPolicy | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -38,6 +43,10 @@ class Capability:
         if self.modality not in MODALITIES:
             raise ValueError(
                 f"capability {self.name!r}: modality {self.modality!r} is not one of {MODALITIES}"
+            )
+        if self.output not in OUTPUTS:
+            raise ValueError(
+                f"capability {self.name!r}: output {self.output!r} is not one of {OUTPUTS}"
             )
         if not self.categories:
             raise ValueError(f"capability {self.name!r} serves no CSV category")
@@ -67,5 +76,6 @@ class Capability:
             "categories": list(self.categories),
             "benchmarks": list(self.benchmarks),
             "max_rank": self.max_rank,
+            "output": self.output,
             "description": self.description,
         }

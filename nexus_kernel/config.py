@@ -66,6 +66,33 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "batch_size": Key("int", 0, "profiling batch size; 0 chooses it from the memory budget "
                           "by measuring one trial batch", minimum=0),
     },
+    "student": {
+        "backbone": Key("str", "config", "`config` builds a LLaMA-style backbone from the keys below; "
+                        "otherwise a local Hugging Face causal-LM folder"),
+        "hidden_size": Key("int", 128, "backbone hidden size (backbone = config)", minimum=8),
+        "layers": Key("int", 4, "backbone decoder blocks (backbone = config)", minimum=1),
+        "heads": Key("int", 4, "attention heads (backbone = config)", minimum=1),
+        "intermediate_size": Key("int", 384, "MLP width (backbone = config)", minimum=8),
+        "max_positions": Key("int", 512, "longest sequence, prefix included (backbone = config)", minimum=16),
+    },
+    "distill": {
+        "alpha": Key("float", 0.1, "weight of the anchor loss: L = L_output + alpha * L_anchor", minimum=0.0),
+        "adapter_steps": Key("int", 300, "adapter-first steps per capability (backbone frozen)", minimum=1),
+        "joint_steps": Key("int", 0, "joint steps over every capability with the backbone unfrozen; "
+                           "0 skips the joint phase", minimum=0),
+        "batch_size": Key("int", 32, "items per capability per step", minimum=1),
+        "learning_rate": Key("float", 3e-3, "peak learning rate of the adapter phase", minimum=0.0),
+        "joint_learning_rate": Key("float", 1e-3, "peak learning rate of the joint phase", minimum=0.0),
+        "pool_size": Key("int", 4096, "training items per capability answered by its teacher", minimum=8),
+        "eval_samples": Key("int", 300, "held-out items scored per capability after training", minimum=1),
+        "checkpoint_every": Key("int", 100, "steps between checkpoints", minimum=1),
+        "check_every": Key("int", 50, "steps between reconstruction checks", minimum=1),
+        "spike_factor": Key("float", 3.0, "a loss above this times its running mean is a spike", minimum=1.0),
+        "drift_threshold": Key("float", 0.3, "a reconstruction this far below its best rolls back", minimum=0.0),
+        "alpha_escalation": Key("float", 2.0, "alpha is multiplied by this at each rollback", minimum=1.0),
+        "lr_backoff": Key("float", 0.5, "the learning rate is multiplied by this at each rollback", minimum=0.0),
+        "max_rollbacks": Key("int", 8, "rollbacks allowed per phase before the stage fails", minimum=0),
+    },
     "registry": {
         "csv": Key("path", "ModelName-Parameters-Category-BestFeature.csv",
                    "teacher inventory CSV (Model Name, Parameters, Category, Best Feature)"),

@@ -42,13 +42,57 @@ class Score:
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """What stage 3 decided for one capability's adapter; read from `architecture.json`."""
+    """What stage 3 decided for one capability's adapter; read back from `architecture.json`.
+
+    `targets` maps each backbone `nn.Linear` that gets a rank-`rank` delta to its
+    `(in_features, out_features)`;
+    `anchored_layers` the student blocks whose output is anchored to the teacher's key
+    layers; `output` is `text` (the backbone's LM head) or `embedding` (a head of
+    `output_dim`); `input_projector` names the modality's projector (`patch`, `audio-frames`,
+    or None for text).
+    """
 
     capability: str
     rank: int
     hidden_size: int
-    target_layers: tuple[int, ...]
+    targets: Mapping[str, tuple[int, int]]
+    anchored_layers: tuple[int, ...] = ()
     input_projector: str | None = None
+    output: str = "text"
+    output_dim: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "targets": {name: list(shape) for name, shape in self.targets.items()},
+                "anchored_layers": list(self.anchored_layers)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AdapterSpec:
+        return cls(**{**data, "targets": {name: (int(shape[0]), int(shape[1]))
+                                          for name, shape in data["targets"].items()},
+                      "anchored_layers": tuple(data["anchored_layers"])})
+
+
+@dataclass(frozen=True)
+class DistillPlan:
+    """What a capability plugin gives stage 4 (hook `distill_capability`).
+
+    `items()` starts a fresh, deterministic iteration over training items;
+    `teacher_outputs(items)` is what the teacher answers (completion texts, or embedding
+    rows as tensors); `teacher_batch(items, outputs)` and `teacher_forward(model, batch)` run
+    the teacher on them (the kernel hooks its key layers there, as in profiling; `mask_of`
+    marks real positions); `student_batch(items, outputs)` turns items and the teacher's
+    answers into a `nexus_kernel.student.StudentBatch`.
+    `objective` is `sequence` (cross-entropy on the teacher's completions, for teachers
+    whose vocabulary differs from the student's) or `cosine` (embedding teachers).
+    """
+
+    items: Callable[[], Iterator[Any]]
+    teacher_batch: Callable[[list[Any], list[Any]], Any]
+    teacher_forward: Callable[[Any, Any], Any]
+    teacher_outputs: Callable[[list[Any]], list[Any]]
+    student_batch: Callable[[list[Any], list[Any]], Any]
+    objective: str
+    mask_of: Callable[[Any], Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -72,3 +72,13 @@ def items_of(source: str, split: str, synthetic: Callable[[str], Iterable[Any]],
     if source.startswith(SYNTHETIC_PREFIX):
         return synthetic(split)
     return folder(Path(source), split)
+
+
+def split_items(datasets: Mapping[str, str], split: str, recipe: Any,
+                read_folder: Callable[[Path, str], Iterable[Any]], folder_split: str | None = None) -> Iterable[Any]:
+    """Items of `split` ("train" or "test") from a capability's locked `datasets`: the
+    synthetic `recipe`'s `train()` stream or `test()` list, or `read_folder(path,
+    folder_split or split)` for real files."""
+    if datasets[split].startswith(SYNTHETIC_PREFIX):
+        return recipe.train() if split == "train" else recipe.test()
+    return read_folder(Path(datasets[split]), folder_split or split)

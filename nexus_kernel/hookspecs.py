@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from nexus_kernel.capability import Capability
-    from nexus_kernel.contracts import AdapterSpec, DemoTeacher, ProbePlan, Score
+    from nexus_kernel.contracts import AdapterSpec, DemoTeacher, DistillPlan, ProbePlan, Score
     from nexus_kernel.registry import TeacherEntry
 
 hookspec = pluggy.HookspecMarker("nexus")
@@ -79,8 +79,22 @@ def profile_capability(
 
 @hookspec
 def build_adapter(capability: Capability, spec: AdapterSpec) -> nn.Module | None:
-    """Build the adapter for `capability` as stage 3 specified it: low-rank deltas on the
-    chosen backbone layers plus any input projector the modality needs.
+    """Build the adapter for `capability` as stage 3 specified it: a
+    `nexus_kernel.student.CapabilityAdapter` with low-rank deltas on `spec.target_modules`
+    plus the input projector its modality needs. The kernel answers for text capabilities
+    (no projector); image and audio plugins answer with their projector.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def distill_capability(
+    capability: Capability, teacher: Any, student: Any, datasets: Mapping[str, str],
+) -> DistillPlan | None:
+    """Give stage 4 a `DistillPlan`: training items, how to run the teacher on them and read
+    its answers, and how to turn both into student batches. `teacher` is a `LoadedTeacher`,
+    `student` the `NexusStudent` (its tokenizer is `student.tokenizer`).
 
     .. versionadded:: 0.1
     """
@@ -93,17 +107,21 @@ def anchor_loss(
     teacher_coefficients: torch.Tensor,
     eigenvalues: torch.Tensor,
 ) -> torch.Tensor | None:
-    """The activation-anchor loss between the student's projected hidden state and the teacher's
-    PCA coefficients. The kernel gives the default (whitened MSE); an owner may override it.
+    """The activation-anchor loss between the student's projected hidden state `(batch,
+    rank)` and the teacher's whitened PCA coefficients `(batch, rank)`. The kernel gives the
+    default (mean squared error); an owner may override it.
 
     .. versionadded:: 0.1
     """
 
 
 @hookspec
-def retention_metric(capability: Capability, model: Any, split: str) -> Score | None:
-    """Score `model` (teacher or student: the same scorer, items and prompts for both) on
-    `split` of the capability's benchmark.
+def retention_metric(
+    capability: Capability, model: Any, split: str, datasets: Mapping[str, str], limit: int | None,
+) -> dict[str, Score] | None:
+    """Score `model` on the first `limit` items (all when None) of `split` of the capability's
+    benchmark, with the same scorer, items and prompts for teacher and student. `model` is a `LoadedTeacher` or a
+    `nexus_kernel.student.StudentCapability`; the first score is the headline retention uses.
 
     .. versionadded:: 0.1
     """

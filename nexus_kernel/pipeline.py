@@ -12,8 +12,9 @@ from nexus_kernel.lock import LOCK_FILE, LOCK_FORMAT, SEED_FILE, scope_hash
 from nexus_kernel.logs import get_logger
 from nexus_kernel.runner import RunContext, Stage
 
-SUMMARY_FILE = "niwt_stage2_output/summary.json"
 from nexus_kernel.teachers import PARTIAL_PREFIX, ensure_teachers, read_marker
+
+SUMMARY_FILE = "niwt_stage2_output/summary.json"
 
 ENV_FILE = "env.json"
 REGISTRY_FILE = "configs/teacher_registry.json"
@@ -142,6 +143,18 @@ def run_profile(context: RunContext) -> str:
     return profile(context)
 
 
+def run_architecture(context: RunContext) -> str:
+    from nexus_kernel.stage_architecture import run_architecture as architecture
+
+    return architecture(context)
+
+
+def run_distill(context: RunContext) -> str:
+    from nexus_kernel.stage_distill import run_distill as distill
+
+    return distill(context)
+
+
 def stages() -> list[Stage]:
     """Every stage of the pipeline, in order; `action=None` marks one not built yet."""
     return [
@@ -149,8 +162,10 @@ def stages() -> list[Stage]:
         Stage(0, "lock", "config lock", (str(LOCK_FILE), str(SEED_FILE)), run_lock, build_scope),
         Stage(1, "registry", "teacher registry", (REGISTRY_FILE,), run_registry, _registry_inputs),
         Stage(2, "profile", "profiling (NIWT)", (SUMMARY_FILE,), run_profile, _profile_inputs),
-        Stage(3, "architecture", "architecture", (), None),
-        Stage(4, "distill", "distillation", (), None),
+        Stage(3, "architecture", "architecture", ("architecture.json",), run_architecture,
+              lambda context: context.config.section("student")),
+        Stage(4, "distill", "distillation", ("checkpoints/student.safetensors", "distill_report.json"),
+              run_distill, lambda context: context.config.section("distill")),
         Stage(5, "validate", "teacher removal and retention", (), None),
         Stage(6, "package", "quantization and bundle", (), None),
         Stage(7, "cleanup", "archive and cleanup", (), None),

@@ -2,12 +2,16 @@
 
 A capability package's `__init__.py` declares its `Capability` and binds the standard hooks:
 
-    register_capabilities, resolve_datasets, demo_teacher, profile_capability = standard_hooks(
-        CAPABILITY, synthetic="gsm8k-words-v1", teacher="nexus_cap_math.teacher")
+    (register_capabilities, resolve_datasets, demo_teacher, profile_capability, build_adapter,
+     distill_capability, retention_metric) = standard_hooks(
+        CAPABILITY, synthetic="gsm8k-words-v1", teacher="nexus_cap_math.teacher",
+        student="nexus_cap_math.student")
 
 `teacher` names a module with `demo() -> DemoTeacher` and `probe_plan(teacher, n_probe,
-datasets) -> ProbePlan`; it is imported only when one of them is asked for, so importing the
-plugin stays light.
+datasets) -> ProbePlan`; `student` a module with `distill_plan(teacher, student, datasets) ->
+DistillPlan`, `score(model, split, datasets, limit) -> dict[str, Score]` and, for image and
+audio capabilities, `projector(spec) -> nn.Module`. Both are imported only when a hook needs
+them, so importing the plugin stays light.
 """
 
 from __future__ import annotations
@@ -19,18 +23,17 @@ from typing import Any
 import pluggy
 
 from nexus_kernel.capability import Capability
-from nexus_kernel.contracts import DemoTeacher, ProbePlan
+from nexus_kernel.contracts import AdapterSpec, DemoTeacher, DistillPlan, ProbePlan, Score
 
 hookimpl = pluggy.HookimplMarker("nexus")
 
 
-def standard_hooks(capability: Capability, synthetic: str, teacher: str
+def standard_hooks(capability: Capability, synthetic: str, teacher: str, student: str
                    ) -> tuple[Callable[..., Any], ...]:
-    """`register_capabilities`, `resolve_datasets`, `demo_teacher` and `profile_capability` for
-    one capability whose data is its `data_dir` when configured, else the `synthetic` generator
-    of that label. The `teacher` module answers `demo()` and `probe_plan(teacher, n_probe,
-    datasets)`."""
-    module = teacher  # the hooks below take an argument named `teacher` too
+    """The seven hooks of one capability whose data is its `data_dir` when configured, else the
+    `synthetic` generator of that label (see the module docstring for the two modules)."""
+    module = teacher  # the hooks below take arguments named `teacher` and `student` too
+    student_module = student
 
     @hookimpl
     def register_capabilities() -> list[Capability]:
@@ -52,4 +55,22 @@ def standard_hooks(capability: Capability, synthetic: str, teacher: str
                            datasets: Mapping[str, str]) -> ProbePlan:
         return importlib.import_module(module).probe_plan(teacher, n_probe, datasets)
 
-    return register_capabilities, resolve_datasets, demo_teacher, profile_capability
+    @hookimpl
+    def build_adapter(capability: Capability, spec: AdapterSpec) -> Any:
+        from nexus_kernel.student import CapabilityAdapter
+
+        make_projector = getattr(importlib.import_module(student_module), "projector", None)
+        return CapabilityAdapter(spec, make_projector(spec) if make_projector is not None else None)
+
+    @hookimpl
+    def distill_capability(capability: Capability, teacher: Any, student: Any,
+                           datasets: Mapping[str, str]) -> DistillPlan:
+        return importlib.import_module(student_module).distill_plan(teacher, student, datasets)
+
+    @hookimpl
+    def retention_metric(capability: Capability, model: Any, split: str, datasets: Mapping[str, str],
+                         limit: int | None) -> dict[str, Score]:
+        return importlib.import_module(student_module).score(model, split, datasets, limit)
+
+    return (register_capabilities, resolve_datasets, demo_teacher, profile_capability, build_adapter,
+            distill_capability, retention_metric)

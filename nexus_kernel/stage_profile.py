@@ -36,12 +36,13 @@ _MAX_BATCH = 256
 log = get_logger("profile")
 
 
-def _device(context: RunContext) -> str:
+def run_device(context: RunContext) -> str:
     env = json.loads((context.run_dir / "env.json").read_text())
     return str(env.get("device", "cpu"))
 
 
-def _load(context: RunContext, entry: TeacherEntry, preferred: str, device: str) -> LoadedTeacher:
+def load_teacher(context: RunContext, entry: TeacherEntry, preferred: str, device: str) -> LoadedTeacher:
+    """The owner's `load_teacher` answer, else the kernel's loader for local Hugging Face folders."""
     answer = context.plugins.call_for(entry.capability, "load_teacher", entry=entry, quantization=preferred)
     if answer is not None:
         return answer
@@ -52,11 +53,11 @@ def _load_working(context: RunContext, name: str, capability: Any, entry: Teache
                   datasets: dict[str, str], settings: dict[str, Any]) -> tuple[LoadedTeacher, Any]:
     """The teacher, loaded with the first quantization whose forward pass on a probe batch
     works (bitsandbytes can load a layer shape its CPU kernels then refuse), and its plan."""
-    device = _device(context)
+    device = run_device(context)
     skipped: dict[str, str] = {}
     preferred = settings["quantization"]
     while True:
-        teacher = _load(context, entry, preferred, device)
+        teacher = load_teacher(context, entry, preferred, device)
         skipped.update(teacher.skipped)
         plan = context.plugins.call_for(name, "profile_capability", capability=capability, teacher=teacher,
                                         n_probe=settings["probe_samples"], datasets=datasets)

@@ -270,3 +270,54 @@ def text_probe_plan(teacher: Any, n_probe: int, source: str, split: str,
         return map(to_pair, items_of(source, split, lambda _: synthetic(), read_folder))
 
     return causal_probe_plan(teacher.model, AutoTokenizer.from_pretrained(teacher.folder), pairs, n_probe)
+
+
+def text_model_of(model: Any) -> Any:
+    """What text benchmarks score: a `StudentCapability` as a `StudentTextModel`, a loaded
+    teacher (`.model`, `.folder`) as a `CausalTextModel` with its own tokenizer."""
+    from transformers import AutoTokenizer
+
+    from nexus_kernel.student import StudentCapability, StudentTextModel
+
+    if isinstance(model, StudentCapability):
+        return StudentTextModel(model.student, model.capability)
+    return CausalTextModel(model.model, AutoTokenizer.from_pretrained(model.folder))
+
+
+TeacherAnswers = Callable[[Any, list[str]], list[str]]
+"""`(text model, prompts) -> completions`: how a text teacher answers (greedy generation, or
+the best of a few log-likelihood choices)."""
+
+
+def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[Any]],
+                      to_pair: Callable[[Any], tuple[str, str]], answer: TeacherAnswers) -> Any:
+    """A sequence-level `DistillPlan` for a text teacher: the teacher `answer`s each item's
+    prompt; the student learns `(prompt, teacher's completion)` with its own tokenizer; the
+    anchor activations are the teacher's on that same text. `teacher` may be None when only
+    items and student batches are asked for (the joint phase)."""
+    from nexus_kernel.contracts import DistillPlan
+    from nexus_kernel.student import StudentBatch
+
+    teacher_model = text_model_of(teacher) if teacher is not None else None
+
+    def prompts(chunk: list[Any]) -> list[str]:
+        return [to_pair(item)[0] for item in chunk]
+
+    def teacher_outputs(chunk: list[Any]) -> list[str]:
+        assert teacher_model is not None, "the teacher is not loaded"
+        return answer(teacher_model, prompts(chunk))
+
+    def teacher_batch(chunk: list[Any], outputs: list[str]) -> Any:
+        assert teacher_model is not None, "the teacher is not loaded"
+        return completion_batch(teacher_model.tokenizer, list(zip(prompts(chunk), outputs, strict=True)))
+
+    def teacher_forward(model: Any, batch: Any) -> Any:
+        return model(input_ids=batch[0], attention_mask=batch[1])
+
+    def student_batch(chunk: list[Any], outputs: list[str]) -> StudentBatch:
+        input_ids, mask, labels = completion_batch(student.tokenizer, list(zip(prompts(chunk), outputs, strict=True)))
+        return StudentBatch(input_ids=input_ids, attention_mask=mask, labels=labels)
+
+    return DistillPlan(items=items, teacher_batch=teacher_batch, teacher_forward=teacher_forward,
+                       teacher_outputs=teacher_outputs, student_batch=student_batch, objective="sequence",
+                       mask_of=lambda batch: batch[1])

@@ -1,6 +1,6 @@
 """Nexus capability plugin `math`: grade-school arithmetic word problems, scored like GSM8K.
 
-Modules: `data` (GSM8K JSONL and the synthetic word problems), `benchmark` (the GSM8K scorer: strict and flexible exact match), `teacher` (the demo teacher).
+Modules: `student` (distillation plan and scoring), `data` (GSM8K JSONL and the synthetic word problems), `benchmark` (the GSM8K scorer: strict and flexible exact match), `teacher` (the demo teacher).
 Only the declaration lives here; torch and transformers are imported inside the hooks.
 """
 
@@ -17,6 +17,7 @@ CAPABILITY = Capability(
     description="grade-school arithmetic word problems, scored like GSM8K",
 )
 
-register_capabilities, resolve_datasets, demo_teacher, profile_capability = standard_hooks(
-    CAPABILITY, synthetic="gsm8k-words-v1", teacher="nexus_cap_math.teacher",
+(register_capabilities, resolve_datasets, demo_teacher, profile_capability, build_adapter,
+ distill_capability, retention_metric) = standard_hooks(
+    CAPABILITY, synthetic="gsm8k-words-v1", teacher="nexus_cap_math.teacher", student="nexus_cap_math.student",
 )

@@ -1,6 +1,6 @@
 """Nexus capability plugin `vision`: question answering about images, scored by accuracy.
 
-Modules: `data` (image folders with question JSONL and the numpy scene painter), `benchmark` (exact-match VQA accuracy), `teacher` (the demo teacher).
+Modules: `student` (distillation plan and scoring), `data` (image folders with question JSONL and the numpy scene painter), `benchmark` (exact-match VQA accuracy), `teacher` (the demo teacher).
 Only the declaration lives here; torch and transformers are imported inside the hooks.
 """
 
@@ -17,6 +17,7 @@ CAPABILITY = Capability(
     description="question answering about images, scored by accuracy",
 )
 
-register_capabilities, resolve_datasets, demo_teacher, profile_capability = standard_hooks(
-    CAPABILITY, synthetic="shapes-qa-v1", teacher="nexus_cap_vision.teacher",
+(register_capabilities, resolve_datasets, demo_teacher, profile_capability, build_adapter,
+ distill_capability, retention_metric) = standard_hooks(
+    CAPABILITY, synthetic="shapes-qa-v1", teacher="nexus_cap_vision.teacher", student="nexus_cap_vision.student",
 )

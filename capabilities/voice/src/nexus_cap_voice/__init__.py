@@ -1,6 +1,6 @@
 """Nexus capability plugin `voice`: spoken-word audio embeddings, scored by cosine similarity to the teacher.
 
-Modules: `data` (spoken-digit WAV folders and the numpy speech synthesizer; `features`: log-mel), `benchmark` (cosine to the teacher and nearest-centroid accuracy), `teacher` (the demo teacher).
+Modules: `student` (distillation plan and scoring), `data` (spoken-digit WAV folders and the numpy speech synthesizer; `features`: log-mel), `benchmark` (cosine to the teacher and nearest-centroid accuracy), `teacher` (the demo teacher).
 Only the declaration lives here; torch and transformers are imported inside the hooks.
 """
 
@@ -13,10 +13,12 @@ CAPABILITY = Capability(
     name="voice",
     modality="audio",
     categories=("Voice",),
-    benchmarks=("voice cosine", "voice centroid accuracy"),
+    benchmarks=("voice centroid accuracy", "voice cosine"),
+    output="embedding",
     description="spoken-word audio embeddings, scored by cosine similarity to the teacher",
 )
 
-register_capabilities, resolve_datasets, demo_teacher, profile_capability = standard_hooks(
-    CAPABILITY, synthetic="spoken-digits-v1", teacher="nexus_cap_voice.teacher",
+(register_capabilities, resolve_datasets, demo_teacher, profile_capability, build_adapter,
+ distill_capability, retention_metric) = standard_hooks(
+    CAPABILITY, synthetic="spoken-digits-v1", teacher="nexus_cap_voice.teacher", student="nexus_cap_voice.student",
 )

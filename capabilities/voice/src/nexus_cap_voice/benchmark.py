@@ -1,10 +1,10 @@
 """Voice scoring, one scorer for teacher and student.
 
-The headline, `voice cosine`, is the mean cosine similarity between the model's utterance
-embedding and the teacher's for the same utterance (a teacher scores 1.0 against itself). The
-second figure, `voice centroid accuracy`, asks whether the embeddings still separate the words:
-each utterance is assigned the label of the nearest class centroid, computed leave-one-out
-from the other utterances.
+The headline, `voice centroid accuracy`, asks whether the embeddings separate the words: each
+utterance is assigned the label of the nearest class centroid, computed leave-one-out from the
+other utterances. The second figure, `voice cosine`, is the mean cosine similarity between the
+model's utterance embedding and the teacher's for the same utterance (a teacher scores 1.0
+against itself); it needs the teacher's embeddings, so it is reported where they are at hand.
 """
 
 from __future__ import annotations

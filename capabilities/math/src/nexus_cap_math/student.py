@@ -1,0 +1,43 @@
+"""How the math teacher is distilled and how either model is scored.
+
+Sequence-level distillation: the teacher writes its worked answer to each training question
+and the student learns to write the same text with its own tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from nexus_kernel import Score
+from nexus_kernel.contracts import DistillPlan
+
+from nexus_cap_math import benchmark
+from nexus_cap_math.data import Problem, SyntheticRecipe, load_split
+
+
+def _items(datasets: Mapping[str, str], split: str) -> Any:
+    from nexus_kernel.datasets import split_items
+
+    return split_items(datasets, split, SyntheticRecipe(), load_split)
+
+
+def _prompt(problem: Problem) -> tuple[str, str]:
+    return benchmark.prompt_of(problem), " " + problem.answer
+
+
+def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> DistillPlan:
+    """Train on the training split (synthetic stream or `train*.jsonl`); the teacher answers by
+    greedy generation."""
+    from nexus_kernel.text import text_distill_plan
+
+    return text_distill_plan(teacher, student, lambda: iter(_items(datasets, "train")), _prompt,
+                             lambda model, prompts: model.generate(prompts, benchmark.MAX_ANSWER_TOKENS))
+
+
+def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None) -> dict[str, Score]:
+    """GSM8K strict and flexible exact match of a teacher or student on `split`."""
+    from nexus_kernel.text import text_model_of
+
+    problems = list(_items(datasets, split))[:limit]
+    return benchmark.evaluate(text_model_of(model), problems)

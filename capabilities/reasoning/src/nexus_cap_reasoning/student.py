@@ -1,0 +1,50 @@
+"""How the reasoning teacher is distilled and how either model is scored.
+
+Sequence-level distillation: the teacher's answer to a training question is the option letter
+it finds most likely (as the MMLU scorer asks it); the student learns to write that letter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from nexus_kernel import Score
+from nexus_kernel.contracts import DistillPlan
+
+from nexus_cap_reasoning import benchmark
+from nexus_cap_reasoning.data import LETTERS, Question, SyntheticRecipe, load_split
+
+_SPLITS = {"train": "dev", "test": "test"}  # MMLU has no training split: train on dev
+
+
+def _items(datasets: Mapping[str, str], split: str) -> Any:
+    from nexus_kernel.datasets import split_items
+
+    return split_items(datasets, split, SyntheticRecipe(), load_split, _SPLITS[split])
+
+
+def _pair(question: Question) -> tuple[str, str]:
+    return benchmark.prompt_of(question), f" {question.answer}"
+
+
+def _choose(model: Any, prompts: list[str]) -> list[str]:
+    """The continuation ` A`..` D` the model finds most likely after each prompt."""
+    likelihoods = model.loglikelihoods([(prompt, option) for prompt in prompts for option in benchmark.CONTINUATIONS])
+    width = len(LETTERS)
+    return [benchmark.CONTINUATIONS[max(range(width), key=likelihoods[i * width : (i + 1) * width].__getitem__)]
+            for i in range(len(prompts))]
+
+
+def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> DistillPlan:
+    from nexus_kernel.text import text_distill_plan
+
+    return text_distill_plan(teacher, student, lambda: iter(_items(datasets, "train")), _pair, _choose)
+
+
+def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None) -> dict[str, Score]:
+    """MMLU accuracy of a teacher or student on `split` (zero-shot, as the teacher learned)."""
+    from nexus_kernel.text import text_model_of
+
+    questions = list(_items(datasets, split))[:limit]
+    return benchmark.evaluate(text_model_of(model), questions)

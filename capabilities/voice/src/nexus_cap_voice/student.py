@@ -1,0 +1,94 @@
+"""How the voice teacher is distilled and how either model is scored.
+
+Cosine distillation: the student hears the same utterance (as its own log-mel frames, four
+frames per token) and its embedding head learns the teacher's utterance embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from nexus_kernel import Score
+from nexus_kernel.contracts import AdapterSpec, DistillPlan
+
+from nexus_cap_voice import benchmark
+from nexus_cap_voice.data import SyntheticRecipe, Utterance, load_folder
+from nexus_cap_voice.features import LogMel
+
+FEATURES = LogMel()
+FRAMES_PER_TOKEN = 4
+_BATCH = 64
+
+
+def _items(datasets: Mapping[str, str], split: str) -> Any:
+    from nexus_kernel.datasets import split_items
+
+    return split_items(datasets, split, SyntheticRecipe(), load_folder)
+
+
+def projector(spec: AdapterSpec) -> Any:
+    """Log-mel frames into the backbone: four frames per token."""
+    from nexus_kernel.student import FrameProjector
+
+    return FrameProjector(FEATURES.n_mels, FRAMES_PER_TOKEN, FEATURES.frames, spec.hidden_size)
+
+
+def _teacher_features(teacher: Any) -> LogMel:
+    from nexus_cap_voice.teacher import FEATURES_KEY
+
+    return LogMel.from_json(getattr(teacher.model.config, FEATURES_KEY))
+
+
+def embeddings(model: Any, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+    """Utterance embeddings `(n, dim)` of a loaded teacher or a `StudentCapability`."""
+    import torch
+
+    from nexus_kernel.student import StudentCapability
+
+    if not isinstance(model, StudentCapability):
+        from nexus_cap_voice.teacher import VoiceEncoder
+
+        return VoiceEncoder(model.model, _teacher_features(model)).embed(waveforms)
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(waveforms), _BATCH):
+            rows.append(model.student.embed(model.capability, FEATURES(waveforms[start : start + _BATCH])).numpy())
+    return np.concatenate(rows)
+
+
+def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> DistillPlan:
+    """Train on training utterances (synthetic or a real folder) against the teacher's
+    embeddings; the anchors read the teacher's encoder blocks on the same audio."""
+    import torch
+
+    from nexus_kernel.student import StudentBatch
+
+    features = _teacher_features(teacher) if teacher is not None else None
+
+    def teacher_outputs(chunk: list[Utterance]) -> list[Any]:
+        return list(torch.from_numpy(embeddings(teacher, [u.samples for u in chunk])))
+
+    def teacher_batch(chunk: list[Utterance], _outputs: list[Any]) -> Any:
+        assert features is not None, "the teacher is not loaded"
+        return features([u.samples for u in chunk])
+
+    def teacher_forward(model: Any, batch: Any) -> Any:
+        return model.audio_spectrogram_transformer(batch)
+
+    def student_batch(chunk: list[Utterance], outputs: list[Any]) -> StudentBatch:
+        return StudentBatch(prefix=FEATURES([u.samples for u in chunk]), target=torch.stack(outputs).float())
+
+    return DistillPlan(items=lambda: iter(_items(datasets, "train")), teacher_batch=teacher_batch,
+                       teacher_forward=teacher_forward, teacher_outputs=teacher_outputs,
+                       student_batch=student_batch, objective="cosine")
+
+
+def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None) -> dict[str, Score]:
+    """Nearest-centroid accuracy of the model's embeddings on `split` (reference-free, so
+    teacher and student are scored alike)."""
+    utterances = list(_items(datasets, split))[:limit]
+    found = embeddings(model, [u.samples for u in utterances])
+    return {benchmark.CENTROID: benchmark.centroid_score(found, [u.label for u in utterances])}

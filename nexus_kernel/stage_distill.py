@@ -1,0 +1,461 @@
+"""Stage 4, distillation: adapter-first, then (optionally) joint, with anchoring and recovery.
+
+Per capability, with only its teacher loaded: the teacher answers `pool_size` training items
+(completion texts or embeddings) and gives, per item, its key layers' mean activation in the
+profiled PCA basis, whitened by the eigenvalues (the anchor targets); both are cached in
+`checkpoints/<capability>/pool.*` and the teacher is unloaded. Its adapter is then trained
+with the backbone frozen on `L = L_output + alpha * L_anchor`. The optional joint phase
+unfreezes the backbone at a lower learning rate and trains every capability at once, each
+capability's anchor protecting its subspace. Training runs under `RecoveringTrainer`
+(checkpoints, rollback on spikes and drift, resume). At the end every capability's student
+is scored on held-out items next to its teacher (`distill_report.json`).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nexus_kernel.errors import StageError
+from nexus_kernel.fsio import atomic_write_bytes, atomic_write_json, sha256_file, sha256_json
+from nexus_kernel.logs import get_logger
+from nexus_kernel.recovery import Journal, RecoveringTrainer, RecoverySettings, named_trainable, summarise
+from nexus_kernel.runner import RunContext
+from nexus_kernel.student import CapabilityAdapter, NexusStudent, StudentBatch, StudentCapability, masked_mean
+
+CHECKPOINT_DIR = "checkpoints"
+JOURNAL_FILE = "training.jsonl"
+REPORT_FILE = "distill_report.json"
+STUDENT_FILE = f"{CHECKPOINT_DIR}/student.safetensors"
+_TEACHER_BATCH = 64
+_CHECK_ITEMS = 64
+_EIGEN_FLOOR = 1e-6
+
+log = get_logger("distill")
+
+
+@dataclass
+class Pool:
+    """One capability's training items with the teacher's answers and anchor targets."""
+
+    items: list[Any]
+    outputs: list[Any]
+    coefficients: torch.Tensor  # (items, key layers, rank)
+    eigenvalues: torch.Tensor  # (key layers, rank)
+    teacher_scores: dict[str, Any]
+
+
+# anchors -------------------------------------------------------------------------------------
+
+
+def whiten(pooled: torch.Tensor, mean: torch.Tensor, components: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
+    """Coefficients of `pooled` rows in the PCA basis, divided by the square root of each
+    component's eigenvalue (floored at a millionth of the largest, so a flat direction does
+    not blow up)."""
+    floor = max(float(eigenvalues.max()) * _EIGEN_FLOOR, 1e-12)
+    return ((pooled.double() - mean.double()) @ components.double().T / eigenvalues.double().clamp(min=floor).sqrt()).float()
+
+
+def read_basis(run_dir: Path, name: str, key_layers: list[str], rank: int) -> dict[str, tuple[torch.Tensor, ...]]:
+    from safetensors.torch import load_file
+
+    from nexus_kernel.stage_profile import OUTPUT_DIR
+
+    tensors = load_file(str(run_dir / OUTPUT_DIR / name / "basis.safetensors"))
+    return {layer: (tensors[f"{layer}.mean"], tensors[f"{layer}.components"][:rank], tensors[f"{layer}.eigenvalues"][:rank])
+            for layer in key_layers}
+
+
+def pooled_activations(model: nn.Module, layers: list[str], batch: Any, forward: Callable[[Any, Any], Any],
+                       mask: torch.Tensor | None, teacher: str) -> dict[str, torch.Tensor]:
+    """Each layer's output on `batch`, averaged over real positions: `(batch, width)`."""
+    from nexus_kernel.profiling import _first_tensor, _hooks, modules_named
+
+    found: dict[str, torch.Tensor] = {}
+
+    def grab(name: str, output: Any) -> None:
+        tensor = _first_tensor(output)
+        found[name] = masked_mean(tensor.detach().float(), mask)  # type: ignore[union-attr]
+
+    with torch.inference_mode(), _hooks(modules_named(model, layers, teacher), grab):
+        forward(model, batch)
+    return found
+
+
+# pools ---------------------------------------------------------------------------------------
+
+
+def _serialise_outputs(outputs: list[Any]) -> tuple[list[str] | None, torch.Tensor | None]:
+    if all(isinstance(output, str) for output in outputs):
+        return list(outputs), None
+    return None, torch.stack([torch.as_tensor(output).float() for output in outputs])
+
+
+def build_pool(context: RunContext, student: NexusStudent, name: str, architecture: Mapping[str, Any],
+               settings: Mapping[str, Any], folder: Path) -> Pool:
+    """Load the capability's teacher, collect its answers and anchor targets on the training
+    pool and its held-out score, cache them in `folder`, unload it. A cached pool with the
+    same fingerprint is reused."""
+    from safetensors.torch import load_file, save
+
+    from nexus_kernel.lock import LOCK_FILE
+    from nexus_kernel.pipeline import REGISTRY_FILE
+    from nexus_kernel.registry import TeacherEntry
+    from nexus_kernel.stage_profile import OUTPUT_DIR, load_teacher, run_device
+
+    capability, _ = context.plugins.capabilities()[name]
+    entry_data = architecture["capabilities"][name]
+    datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"][name]
+    profile = json.loads((context.run_dir / OUTPUT_DIR / name / "profile.json").read_text())
+    key_layers = list(entry_data["layer_map"])
+    rank = int(entry_data["rank"])
+    fingerprint = sha256_json({"entry": entry_data, "pool_size": settings["pool_size"],
+                               "eval_samples": settings["eval_samples"], "datasets": datasets,
+                               "basis": sha256_file(context.run_dir / OUTPUT_DIR / name / "basis.safetensors")})
+    meta_path, tensor_path = folder / "pool.json", folder / "pool.safetensors"
+    plan_without_teacher = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=None,
+                                                    student=student, datasets=datasets)
+    items = list(itertools.islice(plan_without_teacher.items(), settings["pool_size"]))
+    if len(items) < settings["batch_size"]:
+        raise StageError(f"{name}: only {len(items)} training items, fewer than one batch of {settings['batch_size']}")
+    if meta_path.is_file() and tensor_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta["fingerprint"] == fingerprint:
+            tensors = load_file(str(tensor_path))
+            outputs = meta["texts"] if meta["texts"] is not None else list(tensors["outputs"])
+            return Pool(items, outputs, tensors["coefficients"], tensors["eigenvalues"], meta["teacher_scores"])
+    registry = {e["name"]: e for e in json.loads((context.run_dir / REGISTRY_FILE).read_text())["teachers"]}
+    entry = TeacherEntry.from_json(registry[entry_data["teacher"]])
+    started = time.perf_counter()
+    teacher = load_teacher(context, entry, profile["load"]["quantization"], run_device(context))
+    try:
+        plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=teacher,
+                                        student=student, datasets=datasets)
+        basis = read_basis(context.run_dir, name, key_layers, rank)
+        outputs: list[Any] = []
+        coefficients: list[torch.Tensor] = []
+        with _bar(len(items), f"{name}: teacher answers") as bar:
+            for start in range(0, len(items), _TEACHER_BATCH):
+                chunk = items[start : start + _TEACHER_BATCH]
+                with torch.inference_mode():
+                    answers = plan.teacher_outputs(chunk)
+                    batch = plan.teacher_batch(chunk, answers)
+                mask = plan.mask_of(batch) if plan.mask_of is not None else None
+                pooled = pooled_activations(teacher.model, key_layers, batch, plan.teacher_forward, mask, entry.name)
+                coefficients.append(torch.stack([whiten(pooled[layer], *basis[layer]) for layer in key_layers], dim=1))
+                outputs += answers
+                bar.update(len(chunk))
+        teacher_scores = context.plugins.call_for(name, "retention_metric", capability=capability,
+                                                  model=teacher, split="test", datasets=datasets,
+                                                  limit=settings["eval_samples"])
+    finally:
+        del teacher
+        gc.collect()
+    if teacher_scores is None:
+        raise StageError(f"{name}: its plugin gives no retention_metric")
+    texts, rows = _serialise_outputs(outputs)
+    eigenvalues = torch.stack([basis[layer][2] for layer in key_layers])
+    tensors = {"coefficients": torch.cat(coefficients).contiguous(), "eigenvalues": eigenvalues.contiguous()}
+    if rows is not None:
+        tensors["outputs"] = rows.contiguous()
+    scores = {key: score.to_json() for key, score in teacher_scores.items()}
+    atomic_write_bytes(tensor_path, save(tensors))
+    atomic_write_json(meta_path, {"fingerprint": fingerprint, "texts": texts, "teacher_scores": scores,
+                                  "teacher": entry.name, "seconds": round(time.perf_counter() - started, 2)})
+    log.info("teacher answered the pool", capability=name, items=len(items),
+             seconds=round(time.perf_counter() - started, 1))
+    return Pool(items, outputs if texts is not None else list(rows), tensors["coefficients"],  # type: ignore[arg-type]
+                eigenvalues, scores)
+
+
+def _bar(total: int, description: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="item", dynamic_ncols=True, leave=False)
+
+
+# losses --------------------------------------------------------------------------------------
+
+
+def default_anchor_loss(projected: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between the projected student state and the whitened coefficients."""
+    return nn.functional.mse_loss(projected, coefficients)
+
+
+@dataclass
+class CapabilityTask:
+    """Everything one capability's training steps need."""
+
+    name: str
+    capability: Any
+    plan: Any
+    pool: Pool
+    order_seed: int
+
+    def batch(self, step: int, size: int) -> StudentBatch:
+        """The batch of `step`: a seeded permutation of the pool per epoch, so the batch
+        depends on the step number alone (what makes resuming exact)."""
+        per_epoch = max(1, len(self.pool.items) // size)
+        epoch, offset = divmod(step, per_epoch)
+        generator = torch.Generator().manual_seed(self.order_seed * 100_003 + epoch)
+        order = torch.randperm(len(self.pool.items), generator=generator)[offset * size : (offset + 1) * size].tolist()
+        batch = self.plan.student_batch([self.pool.items[i] for i in order], [self.pool.outputs[i] for i in order])
+        batch.anchor = {k: self.pool.coefficients[order, k] for k in range(self.pool.coefficients.shape[1])}
+        return batch
+
+
+def task_loss(context: RunContext, student: NexusStudent, task: CapabilityTask, batch: StudentBatch,
+              alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """`L_output + alpha * L_anchor` of one capability on one batch, and the two parts."""
+    from nexus_kernel.text import IGNORE_INDEX
+
+    output = student(task.name, batch)
+    adapter: CapabilityAdapter = student.adapters[task.name]  # type: ignore[assignment]
+    if task.plan.objective == "sequence":
+        assert output.logits is not None and batch.labels is not None
+        output_loss = nn.functional.cross_entropy(output.logits[:, :-1].flatten(0, 1), batch.labels[:, 1:].flatten(),
+                                                  ignore_index=IGNORE_INDEX)
+    elif task.plan.objective == "cosine":
+        assert output.embedding is not None and batch.target is not None
+        output_loss = (1 - nn.functional.cosine_similarity(output.embedding, batch.target, dim=-1)).mean()
+    else:
+        raise StageError(f"{task.name}: unknown distillation objective {task.plan.objective!r}")
+    anchors = []
+    for index, layer in enumerate(adapter.spec.anchored_layers):
+        projected = adapter.anchors[str(index)](output.pooled[layer])
+        target = batch.anchor[index]
+        custom = context.plugins.call_for(task.name, "anchor_loss", capability=task.capability,
+                                          student_hidden=projected, teacher_coefficients=target,
+                                          eigenvalues=task.pool.eigenvalues[index])
+        anchors.append(custom if custom is not None else default_anchor_loss(projected, target))
+    anchor_loss = torch.stack(anchors).mean() if anchors else torch.zeros(())
+    return output_loss + alpha * anchor_loss, {f"{task.name}.output": float(output_loss.detach()),
+                                               f"{task.name}.anchor": float(anchor_loss.detach())}
+
+
+def reconstruction(student: NexusStudent, task: CapabilityTask) -> float:
+    """Share of the teacher's (whitened) subspace variance that the student's anchor
+    projections explain on the first pool items: 1 - residual / total, averaged over layers."""
+    size = min(_CHECK_ITEMS, len(task.pool.items))
+    batch = task.plan.student_batch(task.pool.items[:size], task.pool.outputs[:size])
+    adapter: CapabilityAdapter = student.adapters[task.name]  # type: ignore[assignment]
+    with torch.no_grad():
+        output = student(task.name, batch)
+        shares = []
+        for index, layer in enumerate(adapter.spec.anchored_layers):
+            projected = adapter.anchors[str(index)](output.pooled[layer])
+            target = task.pool.coefficients[:size, index]
+            total = float(((target - target.mean(dim=0)) ** 2).sum())
+            residual = float(((projected - target) ** 2).sum())
+            shares.append(1.0 - residual / total if total > 0 else 0.0)
+    return sum(shares) / len(shares) if shares else 0.0
+
+
+# gradient health -------------------------------------------------------------------------------
+
+
+def gradient_health(student: NexusStudent, trained: Mapping[str, nn.Module], loss: torch.Tensor,
+                    backbone_frozen: bool) -> dict[str, Any]:
+    """Backpropagate `loss` once and check that every trained adapter gets finite gradients
+    that are not all zero, and that a frozen backbone gets none. Raises a `StageError` naming
+    what is wrong; returns the gradient norms."""
+    student.zero_grad(set_to_none=True)
+    loss.backward()
+    norms: dict[str, float] = {}
+    for name, adapter in trained.items():
+        grads = [p.grad for p in adapter.parameters() if p.requires_grad]
+        missing = [n for n, p in adapter.named_parameters() if p.requires_grad and p.grad is None]
+        if missing and not any(g is not None for g in grads):
+            raise StageError(f"gradient check: no gradient reaches the adapter of {name!r} ({', '.join(missing[:4])})")
+        total = torch.stack([g.float().norm() for g in grads if g is not None]).norm()
+        if not torch.isfinite(total):
+            raise StageError(f"gradient check: the adapter of {name!r} gets non-finite gradients")
+        if float(total) == 0.0:
+            raise StageError(f"gradient check: every gradient of the adapter of {name!r} is zero")
+        norms[name] = float(total)
+    leaked = [n for n, p in student.backbone.named_parameters() if p.grad is not None]
+    if backbone_frozen and leaked:
+        raise StageError(f"gradient check: the frozen backbone gets gradients ({', '.join(leaked[:4])})")
+    if not backbone_frozen:
+        grads = [p.grad.float().norm() for p in student.backbone.parameters() if p.grad is not None]
+        backbone_norm = torch.stack(grads).norm() if grads else torch.zeros(())
+        if not grads or not torch.isfinite(backbone_norm):
+            raise StageError("gradient check: the unfrozen backbone gets no finite gradient")
+        norms["backbone"] = float(backbone_norm)
+    student.zero_grad(set_to_none=True)
+    return norms
+
+
+# phases ----------------------------------------------------------------------------------------
+
+
+def _recovery(settings: Mapping[str, Any]) -> RecoverySettings:
+    return RecoverySettings(checkpoint_every=settings["checkpoint_every"], check_every=settings["check_every"],
+                            spike_factor=settings["spike_factor"], drift_threshold=settings["drift_threshold"],
+                            alpha_escalation=settings["alpha_escalation"], lr_backoff=settings["lr_backoff"],
+                            max_rollbacks=settings["max_rollbacks"])
+
+
+def _progress(total: int, description: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="step", dynamic_ncols=True, leave=False)
+
+
+def train_phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTask], phase: str,
+                steps: int, learning_rate: float, frozen: bool, settings: Mapping[str, Any],
+                fingerprint: Any, on_step: Any = None) -> dict[str, Any]:
+    """One phase: the adapters of `tasks` (and the backbone unless `frozen`) trained for
+    `steps` on the sum of the tasks' losses; returns the phase's summary."""
+    student.freeze_backbone(frozen)
+    for name, adapter in student.adapters.items():
+        adapter.requires_grad_(any(task.name == name for task in tasks))
+    modules = [(f"adapters.{task.name}", student.adapters[task.name]) for task in tasks]
+    if not frozen:
+        modules.append(("backbone", student.backbone))
+    parameters = named_trainable(modules)
+    journal = Journal(context.run_dir / JOURNAL_FILE, phase)
+    size = settings["batch_size"]
+
+    def step_loss(step: int, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+        total = torch.zeros(())
+        parts: dict[str, float] = {}
+        for task in tasks:
+            loss, task_parts = task_loss(context, student, task, task.batch(step, size), alpha)
+            total = total + loss
+            parts.update(task_parts)
+        return total, parts
+
+    def check() -> float:
+        return sum(reconstruction(student, task) for task in tasks) / len(tasks)
+
+    student.train()
+    first, _ = step_loss(0, settings["alpha"])
+    norms = gradient_health(student, dict(modules[: len(tasks)]), first, frozen)  # type: ignore[arg-type]
+    journal.write("gradient_check", norms=norms, backbone_frozen=frozen)
+    folder = context.run_dir / CHECKPOINT_DIR / phase
+    with _progress(steps, f"distilling {phase}") as bar:
+        trainer = RecoveringTrainer(student, parameters, step_loss, steps, learning_rate, folder, journal,
+                                    _recovery(settings), settings["alpha"], check=check, fingerprint=fingerprint,
+                                    on_step=on_step, progress=bar.update)
+        state = trainer.run()
+    explained = check()
+    journal.write("end", step=state.step, reconstruction=explained, events=state.events)
+    return {"steps": state.step, "reconstruction": explained, "alpha": state.alpha, "lr_scale": state.lr_scale,
+            "rollbacks": state.rollbacks, "events": state.events, "skipped_steps": state.skipped}
+
+
+def save_student(student: NexusStudent, path: Path) -> None:
+    from safetensors.torch import save
+
+    state = {key: value.detach().contiguous() for key, value in student.state_dict().items()}
+    atomic_write_bytes(path, save(state))
+
+
+def load_weights(module: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    module.load_state_dict(load_file(str(path)))
+
+
+def _phase_done(folder: Path, fingerprint: str) -> bool:
+    done = folder / "done.json"
+    return done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint
+
+
+def retention(teacher: Mapping[str, Any], student: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline ratio student / teacher; "not measurable" when the teacher is at or near
+    chance (within a tenth of the way from chance to perfect)."""
+    margin = 0.1 * (1 - teacher["chance"])
+    if teacher["value"] <= teacher["chance"] + margin:
+        return {"status": "not measurable", "ratio": None,
+                "why": f"teacher {teacher['value']:.3f} is at or near chance {teacher['chance']:.3f}"}
+    ratio = student["value"] / teacher["value"]
+    return {"status": "pass" if ratio >= 0.97 else "below 0.97", "ratio": ratio}
+
+
+def run_distill(context: RunContext, on_step: Any = None) -> str:
+    """Stage 4 (see the module docstring). `on_step(phase, step, trainer)` is a test hook."""
+    from nexus_kernel.stage_architecture import ARCHITECTURE_FILE, build_student
+    from nexus_kernel.lock import LOCK_FILE
+    from nexus_kernel.training import seed_everything
+
+    architecture = json.loads((context.run_dir / ARCHITECTURE_FILE).read_text())
+    settings = context.config.section("distill")
+    seed = int(json.loads((context.run_dir / LOCK_FILE).read_text())["seed"])
+    student = build_student(context, architecture)
+    names = sorted(architecture["capabilities"])
+    root = context.run_dir / CHECKPOINT_DIR
+    base = {"architecture": architecture, "distill": settings, "seed": seed}
+    tasks: dict[str, CapabilityTask] = {}
+    phases: dict[str, Any] = {}
+    for index, name in enumerate(names):
+        capability, _ = context.plugins.capabilities()[name]
+        pool = build_pool(context, student, name, architecture, settings, root / name)
+        plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=None,
+                                        student=student, datasets=json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"][name])
+        tasks[name] = CapabilityTask(name, capability, plan, pool, seed + index)
+    adapter_finals = {}
+    for name in names:
+        phase = f"adapter-{name}"
+        folder = root / phase
+        fingerprint = sha256_json({**base, "phase": phase, "pool": tasks[name].pool.teacher_scores})
+        final = folder / "adapter.safetensors"
+        if _phase_done(folder, fingerprint) and final.is_file():
+            load_weights(student.adapters[name], final)
+            phases[phase] = json.loads((folder / "done.json").read_text())["summary"]
+        else:
+            seed_everything(seed)
+            hook = (lambda step, trainer, phase=phase: on_step(phase, step, trainer)) if on_step else None
+            phases[phase] = train_phase(context, student, [tasks[name]], phase, settings["adapter_steps"],
+                                        settings["learning_rate"], True, settings, fingerprint, hook)
+            from safetensors.torch import save
+
+            atomic_write_bytes(final, save({k: v.detach().contiguous() for k, v in student.adapters[name].state_dict().items()}))
+            atomic_write_json(folder / "done.json", {"fingerprint": fingerprint, "summary": phases[phase]})
+        adapter_finals[name] = sha256_file(final)
+    if settings["joint_steps"]:
+        phase = "joint"
+        fingerprint = sha256_json({**base, "phase": phase, "adapters": adapter_finals})
+        folder = root / phase
+        final = folder / "student.safetensors"
+        if _phase_done(folder, fingerprint) and final.is_file():
+            load_weights(student, final)
+            phases[phase] = json.loads((folder / "done.json").read_text())["summary"]
+        else:
+            seed_everything(seed)
+            hook = (lambda step, trainer: on_step(phase, step, trainer)) if on_step else None
+            phases[phase] = train_phase(context, student, [tasks[n] for n in names], phase, settings["joint_steps"],
+                                        settings["joint_learning_rate"], False, settings, fingerprint, hook)
+            save_student(student, final)
+            atomic_write_json(folder / "done.json", {"fingerprint": fingerprint, "summary": phases[phase]})
+    student.eval()
+    report: dict[str, Any] = {"phases": phases, "events": summarise(context.run_dir / JOURNAL_FILE), "capabilities": {}}
+    lines = []
+    datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"]
+    for name in names:
+        task = tasks[name]
+        scores = context.plugins.call_for(name, "retention_metric", capability=task.capability,
+                                          model=StudentCapability(student, name), split="test",
+                                          datasets=datasets[name], limit=settings["eval_samples"])
+        student_scores = {key: score.to_json() for key, score in scores.items()}
+        headline = next(iter(task.pool.teacher_scores))
+        verdict = retention(task.pool.teacher_scores[headline], student_scores[headline])
+        report["capabilities"][name] = {"benchmark": headline, "teacher": task.pool.teacher_scores,
+                                        "student": student_scores, "retention": verdict}
+        shown = f"{verdict['ratio']:.3f}" if verdict["ratio"] is not None else verdict["status"]
+        lines.append(f"{name} {student_scores[headline]['value']:.3f}/{task.pool.teacher_scores[headline]['value']:.3f} ({shown})")
+        log.info("held-out", capability=name, benchmark=headline, teacher=task.pool.teacher_scores[headline]["value"],
+                 student=student_scores[headline]["value"], **verdict)
+    save_student(student, context.run_dir / STUDENT_FILE)
+    atomic_write_json(context.run_dir / REPORT_FILE, report)
+    return "student/teacher: " + ", ".join(lines)

@@ -1,0 +1,190 @@
+"""Stage 4's machinery: gradient health, rollback with escalation, exact resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from nexus_kernel.contracts import AdapterSpec
+from nexus_kernel.errors import StageError
+from nexus_kernel.recovery import Journal, RecoveringTrainer, RecoverySettings
+from nexus_kernel.stage_distill import gradient_health
+from nexus_kernel.student import (AdapterError, CapabilityAdapter, NexusStudent, StudentBatch, default_targets,
+                                  linear_targets)
+
+
+def tiny_student(rank: int = 2) -> NexusStudent:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nexus_kernel.text import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(["apple", "pear"])
+    backbone = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64))
+    student = NexusStudent(backbone, tokenizer)
+    targets = linear_targets(backbone, default_targets(backbone))
+    for name in ("first", "second"):
+        spec = AdapterSpec(capability=name, rank=rank, hidden_size=16, targets=targets, anchored_layers=(0, 1))
+        student.add_adapter(name, CapabilityAdapter(spec))
+    return student
+
+
+def text_loss(student: NexusStudent, name: str) -> torch.Tensor:
+    from nexus_kernel.text import IGNORE_INDEX, completion_batch
+
+    input_ids, mask, labels = completion_batch(student.tokenizer, [("apple is", " pear"), ("pear", " apple 12")])
+    output = student(name, StudentBatch(input_ids=input_ids, attention_mask=mask, labels=labels))
+    adapter = student.adapters[name]
+    loss = nn.functional.cross_entropy(output.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                       ignore_index=IGNORE_INDEX)
+    for index, layer in enumerate(adapter.spec.anchored_layers):
+        loss = loss + nn.functional.mse_loss(adapter.anchors[str(index)](output.pooled[layer]), torch.ones(2, 2))
+    return loss
+
+
+def test_gradients_reach_every_adapter_and_never_a_frozen_backbone() -> None:
+    student = tiny_student()
+    student.freeze_backbone()
+    norms = gradient_health(student, {"first": student.adapters["first"]}, text_loss(student, "first"), True)
+    assert norms["first"] > 0
+    assert all(p.grad is None for p in student.parameters())  # the check leaves no gradient behind
+
+    # A loss that never went through the adapter is caught, naming it.
+    with pytest.raises(StageError, match="no gradient reaches the adapter of 'second'"):
+        gradient_health(student, {"second": student.adapters["second"]}, text_loss(student, "first"), True)
+
+    # A backbone that should be frozen but is not is caught too.
+    student.freeze_backbone(False)
+    with pytest.raises(StageError, match="the frozen backbone gets gradients"):
+        gradient_health(student, {"first": student.adapters["first"]}, text_loss(student, "first"), True)
+    norms = gradient_health(student, {"first": student.adapters["first"]}, text_loss(student, "first"), False)
+    assert norms["backbone"] > 0
+
+
+def test_one_adapter_per_capability_and_a_new_adapter_changes_nothing() -> None:
+    student = tiny_student()
+    with pytest.raises(AdapterError, match="already has an adapter"):
+        student.add_adapter("first", student.adapters["first"])  # type: ignore[arg-type]
+    ids = torch.tensor([[1, 5, 6, 7]])
+    plain = student.backbone(input_ids=ids).logits
+    with torch.no_grad():
+        adapted = student.text_logits("first", ids, torch.ones_like(ids))
+        assert torch.allclose(plain, adapted, atol=1e-6)  # deltas start at zero
+        student.adapters["first"].deltas["model__layers__0__self_attn__q_proj"].up.fill_(0.5)
+        assert not torch.allclose(plain, student.text_logits("first", ids, torch.ones_like(ids)), atol=1e-3)
+        assert torch.allclose(plain, student.text_logits("second", ids, torch.ones_like(ids)), atol=1e-6)
+
+
+# --- recovery on a small regression problem: the batch depends only on the step ------------------
+
+TRUE_WEIGHTS = torch.tensor([[1.5, -2.0, 0.5, 3.0]])
+
+
+def regression(poison_at: int | None = None) -> tuple[nn.Module, object]:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+
+    def step_loss(step: int, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+        generator = torch.Generator().manual_seed(step)
+        inputs = torch.randn(32, 4, generator=generator)
+        if step == poison_at:
+            inputs[3, 1] = float("nan")  # a poisoned batch
+        targets = inputs @ TRUE_WEIGHTS.T
+        output = nn.functional.mse_loss(model(inputs), targets)
+        anchor = model.weight.pow(2).mean() * 1e-3
+        return output + alpha * anchor, {"output": float(output.detach())}
+
+    return model, step_loss
+
+
+def trainer(tmp_path: Path, model: nn.Module, step_loss: object, steps: int = 200, **kwargs: object) -> RecoveringTrainer:
+    settings = RecoverySettings(checkpoint_every=10, check_every=10, spike_factor=3.0, drift_threshold=0.3)
+    return RecoveringTrainer(model, dict(model.named_parameters()), step_loss, steps, 0.1, tmp_path / "ckpt",  # type: ignore[arg-type]
+                             Journal(tmp_path / "training.jsonl", "test"), settings, alpha=0.1, **kwargs)  # type: ignore[arg-type]
+
+
+def final_loss(model: nn.Module) -> float:
+    inputs = torch.randn(256, 4, generator=torch.Generator().manual_seed(10_000))
+    with torch.no_grad():
+        return float(nn.functional.mse_loss(model(inputs), inputs @ TRUE_WEIGHTS.T))
+
+
+def journal(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "training.jsonl").read_text().splitlines()]
+
+
+def test_a_poisoned_batch_rolls_back_escalates_and_training_ends_healthy(tmp_path: Path) -> None:
+    model, step_loss = regression(poison_at=25)
+    state = trainer(tmp_path, model, step_loss).run()
+    assert state.events == {"nan": 1, "rollback": 1}
+    assert state.skipped == [25]
+    assert state.alpha == pytest.approx(0.2) and state.lr_scale == pytest.approx(0.5)
+    rollback = next(e for e in journal(tmp_path) if e["kind"] == "rollback")
+    assert rollback["reason"] == "nan" and rollback["at_step"] == 25 and rollback["to_step"] == 20
+    assert all(math.isfinite(p) for p in model.weight.flatten().tolist())
+    assert final_loss(model) < 1e-2
+
+
+def test_a_learning_rate_blow_up_is_caught_as_a_spike_and_recovered(tmp_path: Path) -> None:
+    model, step_loss = regression()
+    blown = []
+
+    def blow_up(step: int, run: RecoveringTrainer) -> None:
+        if step == 40 and not blown:
+            blown.append(step)
+            for group in run.optimiser.param_groups:
+                group["lr"] *= 1e4
+
+    state = trainer(tmp_path, model, step_loss, on_step=blow_up).run()
+    assert state.events.get("rollback", 0) >= 1
+    assert set(state.events) <= {"spike", "nan", "rollback", "drift"} and state.events.get("spike", 0) + state.events.get("nan", 0) >= 1
+    assert state.lr_scale < 1 and state.alpha > 0.1
+    first = next(e for e in journal(tmp_path) if e["kind"] == "rollback")
+    assert first["to_step"] == 40  # the checkpoint before the blow-up
+    assert final_loss(model) < 1e-2
+
+
+def test_a_falling_reconstruction_is_drift_and_rolls_back(tmp_path: Path) -> None:
+    model, step_loss = regression()
+    readings = iter([0.9, 0.95, 0.5] + [0.96] * 100)
+    state = trainer(tmp_path, model, step_loss, check=lambda: next(readings)).run()
+    assert state.events == {"drift": 1, "rollback": 1}
+    drift = next(e for e in journal(tmp_path) if e["kind"] == "rollback")
+    assert drift["at_step"] == 30 and drift["to_step"] == 20 and drift["value"] == 0.5
+
+
+def _train_until_killed(folder: str, kill_at: int) -> None:
+    model, step_loss = regression(poison_at=25)
+
+    def kill(step: int, _run: RecoveringTrainer) -> None:
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    trainer(Path(folder), model, step_loss, on_step=kill).run()
+
+
+def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    straight, step_loss = regression(poison_at=25)
+    trainer(tmp_path / "straight", straight, step_loss).run()
+
+    context = multiprocessing.get_context("spawn")
+    child = context.Process(target=_train_until_killed, args=(str(tmp_path / "killed"), 57))
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert json.loads((tmp_path / "killed/ckpt/latest.json").read_text())["step"] == 50
+
+    resumed, step_loss = regression(poison_at=25)
+    state = trainer(tmp_path / "killed", resumed, step_loss).run()
+    assert state.step == 200
+    assert any(e["kind"] == "resume" and e["step"] == 50 for e in journal(tmp_path / "killed"))
+    assert torch.equal(straight.weight, resumed.weight) and torch.equal(straight.bias, resumed.bias)
