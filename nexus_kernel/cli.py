@@ -110,11 +110,12 @@ def doctor_command(config_path: Path, as_json: bool) -> None:
 @_strict_option
 @click.option("--from", "start", metavar="STAGE", help="Rerun STAGE (name or number) and all after it.")
 @click.option("--only", metavar="STAGE", help="Run only STAGE; earlier stages must be up to date.")
+@click.option("--to", "until", metavar="STAGE", help="Stop after STAGE (name or number).")
 @click.option("--force", is_flag=True, help="Rerun every stage.")
 @click.option("--relock", is_flag=True, help="Accept a config changed since the lock.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug-level log lines.")
 def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | None, strict: bool,
-                start: str | None, only: str | None, force: bool, relock: bool,
+                start: str | None, only: str | None, until: str | None, force: bool, relock: bool,
                 verbose: bool) -> None:
     """Run the pipeline, skipping stages whose inputs are unchanged."""
     from nexus_kernel.lock import check_scope
@@ -133,7 +134,7 @@ def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | Non
             raise StageError("--relock with a changed config reruns stage 0 and every stage "
                              "after it; drop --only")
         start = "lock"
-    outcomes = StageRunner(stages(), context).run(start=start, only=only, force=force)
+    outcomes = StageRunner(stages(), context).run(start=start, only=only, force=force, until=until)
     click.echo(f"\nrun {run_dir}")
     for outcome in outcomes:
         timing = f"{outcome.seconds:6.1f}s" if outcome.seconds else "       "

@@ -82,9 +82,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                            "0 skips the joint phase", minimum=0),
         "batch_size": Key("int", 32, "items per capability per step", minimum=1),
         "learning_rate": Key("float", 3e-3, "peak learning rate of the adapter phase", minimum=0.0),
-        "joint_learning_rate": Key("float", 1e-3, "peak learning rate of the joint phase", minimum=0.0),
+        "joint_learning_rate": Key("float", 2e-3, "peak learning rate of the joint phase (lower it for a "
+                                   "pretrained backbone)", minimum=0.0),
         "pool_size": Key("int", 4096, "training items per capability answered by its teacher", minimum=8),
         "eval_samples": Key("int", 300, "held-out items scored per capability after training", minimum=1),
+        "threads": Key("int", 2, "CPU threads for training (results repeat exactly for the same count)",
+                       minimum=1),
         "checkpoint_every": Key("int", 100, "steps between checkpoints", minimum=1),
         "check_every": Key("int", 50, "steps between reconstruction checks", minimum=1),
         "spike_factor": Key("float", 3.0, "a loss above this times its running mean is a spike", minimum=1.0),

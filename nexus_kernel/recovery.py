@@ -293,7 +293,8 @@ class RecoveringTrainer:
             self.module.train()
         best = self.state.best_reconstruction
         self.journal.write("check", step=step, reconstruction=explained, best=best)
-        if best is not None and explained < best - self.settings.drift_threshold:
+        # Drift means losing a reconstruction the student had (best above the threshold).
+        if best is not None and best > self.settings.drift_threshold and explained < best - self.settings.drift_threshold:
             self._rollback("drift", step, explained, skip=False)
             return True
         self.state.best_reconstruction = explained if best is None else max(best, explained)

@@ -156,10 +156,12 @@ class StageRunner:
         return None
 
     def run(
-        self, *, start: str | None = None, only: str | None = None, force: bool = False
+        self, *, start: str | None = None, only: str | None = None, force: bool = False,
+        until: str | None = None,
     ) -> list[Outcome]:
         """Run the pipeline. `start` reruns that stage and all after it; `only` runs one stage
-        even if up to date (every earlier one must be); `force` reruns everything.
+        even if up to date (every earlier one must be); `force` reruns everything; `until`
+        stops after that stage.
 
         Stops at the first stage that fails or is not implemented; later ones are "not run".
         A `NexusError` from a stage is recorded as failed and raised again.
@@ -168,12 +170,16 @@ class StageRunner:
             raise StageError("--from and --only cannot be combined")
         first = find_stage(self.stages, start).number if start else None
         chosen = find_stage(self.stages, only) if only else None
+        last = find_stage(self.stages, until).number if until else None
         outcomes: list[Outcome] = []
         running = force
         halted = False
         for stage in self.stages:
             if halted:
                 outcomes.append(Outcome(stage, "not run", "an earlier stage did not pass"))
+                continue
+            if last is not None and stage.number > last:
+                outcomes.append(Outcome(stage, "not run", f"after --to {until}"))
                 continue
             if chosen is not None and stage is not chosen:
                 if stage.number < chosen.number and (reason := self.why_stale(stage)):

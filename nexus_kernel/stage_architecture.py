@@ -215,12 +215,14 @@ def run_architecture(context: RunContext) -> str:
         audit = profile["rank_audit"]
         rank = capability.choose_rank(audit["intrinsic_dim"], audit["max_rank"])
         candidates = list(profile["ablation"]["loss_increase"])
-        layer_map = {layer: map_layer(layer, candidates, student_layers) for layer in profile["key_layers"]}
+        # In key-layer order (largest ablation effect first): anchor k reads teacher layer k.
+        layer_map = [{"teacher": layer, "student": map_layer(layer, candidates, student_layers)}
+                     for layer in profile["key_layers"]]
         teacher = summary[name]["teacher"]
         output_dim = (embedding_width(teacher, Path(registry[teacher]["path"]))
                       if capability.output == "embedding" else None)
         spec = AdapterSpec(capability=name, rank=rank, hidden_size=hidden, targets=targets,
-                           anchored_layers=tuple(layer_map.values()),
+                           anchored_layers=tuple(pair["student"] for pair in layer_map),
                            input_projector=PROJECTORS[capability.modality], output=capability.output,
                            output_dim=output_dim)
         capabilities[name] = {

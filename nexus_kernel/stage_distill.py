@@ -2,7 +2,7 @@
 
 Per capability, with only its teacher loaded: the teacher answers `pool_size` training items
 (completion texts or embeddings) and gives, per item, its key layers' mean activation in the
-profiled PCA basis, whitened by the eigenvalues (the anchor targets); both are cached in
+profiled PCA basis, whitened over the pool (the anchor targets); both are cached in
 `checkpoints/<capability>/pool.*` and the teacher is unloaded. Its adapter is then trained
 with the backbone frozen on `L = L_output + alpha * L_anchor`. The optional joint phase
 unfreezes the backbone at a lower learning rate and trains every capability at once, each
@@ -37,7 +37,7 @@ JOURNAL_FILE = "training.jsonl"
 REPORT_FILE = "distill_report.json"
 STUDENT_FILE = f"{CHECKPOINT_DIR}/student.safetensors"
 _TEACHER_BATCH = 64
-_CHECK_ITEMS = 64
+_CHECK_ITEMS = 128
 _EIGEN_FLOOR = 1e-6
 
 log = get_logger("distill")
@@ -49,20 +49,29 @@ class Pool:
 
     items: list[Any]
     outputs: list[Any]
-    coefficients: torch.Tensor  # (items, key layers, rank)
-    eigenvalues: torch.Tensor  # (key layers, rank)
+    coefficients: torch.Tensor  # (items, key layers, rank), whitened over the pool
+    eigenvalues: torch.Tensor  # (key layers, rank): the pool variance of each coefficient
     teacher_scores: dict[str, Any]
 
 
 # anchors -------------------------------------------------------------------------------------
 
 
-def whiten(pooled: torch.Tensor, mean: torch.Tensor, components: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
-    """Coefficients of `pooled` rows in the PCA basis, divided by the square root of each
-    component's eigenvalue (floored at a millionth of the largest, so a flat direction does
-    not blow up)."""
-    floor = max(float(eigenvalues.max()) * _EIGEN_FLOOR, 1e-12)
-    return ((pooled.double() - mean.double()) @ components.double().T / eigenvalues.double().clamp(min=floor).sqrt()).float()
+def project(pooled: torch.Tensor, mean: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
+    """Coefficients of `pooled` rows in the PCA basis (`components` rows are unit vectors)."""
+    return ((pooled.double() - mean.double()) @ components.double().T).float()
+
+
+def whiten(coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale each coefficient to unit variance over the pool; returns the whitened
+    coefficients and the variances used. The profiled eigenvalues are per-token variances,
+    which sequence means do not have, so the pool's own variances are the right scale (a
+    flat direction is floored at a millionth of the largest, not divided by zero)."""
+    centred = coefficients - coefficients.mean(dim=0)
+    variance = centred.pow(2).mean(dim=0)
+    floor = max(float(variance.max()) * _EIGEN_FLOOR, 1e-12)
+    variance = variance.clamp(min=floor)
+    return centred / variance.sqrt(), variance
 
 
 def read_basis(run_dir: Path, name: str, key_layers: list[str], rank: int) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -116,9 +125,9 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
     entry_data = architecture["capabilities"][name]
     datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"][name]
     profile = json.loads((context.run_dir / OUTPUT_DIR / name / "profile.json").read_text())
-    key_layers = list(entry_data["layer_map"])
+    key_layers = [pair["teacher"] for pair in entry_data["layer_map"]]
     rank = int(entry_data["rank"])
-    fingerprint = sha256_json({"entry": entry_data, "pool_size": settings["pool_size"],
+    fingerprint = sha256_json({"format": 2, "entry": entry_data, "pool_size": settings["pool_size"],
                                "eval_samples": settings["eval_samples"], "datasets": datasets,
                                "basis": sha256_file(context.run_dir / OUTPUT_DIR / name / "basis.safetensors")})
     meta_path, tensor_path = folder / "pool.json", folder / "pool.safetensors"
@@ -151,7 +160,7 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
                     batch = plan.teacher_batch(chunk, answers)
                 mask = plan.mask_of(batch) if plan.mask_of is not None else None
                 pooled = pooled_activations(teacher.model, key_layers, batch, plan.teacher_forward, mask, entry.name)
-                coefficients.append(torch.stack([whiten(pooled[layer], *basis[layer]) for layer in key_layers], dim=1))
+                coefficients.append(torch.stack([project(pooled[layer], *basis[layer][:2]) for layer in key_layers], dim=1))
                 outputs += answers
                 bar.update(len(chunk))
         teacher_scores = context.plugins.call_for(name, "retention_metric", capability=capability,
@@ -163,8 +172,8 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
     if teacher_scores is None:
         raise StageError(f"{name}: its plugin gives no retention_metric")
     texts, rows = _serialise_outputs(outputs)
-    eigenvalues = torch.stack([basis[layer][2] for layer in key_layers])
-    tensors = {"coefficients": torch.cat(coefficients).contiguous(), "eigenvalues": eigenvalues.contiguous()}
+    whitened, eigenvalues = whiten(torch.cat(coefficients))
+    tensors = {"coefficients": whitened.contiguous(), "eigenvalues": eigenvalues.contiguous()}
     if rows is not None:
         tensors["outputs"] = rows.contiguous()
     scores = {key: score.to_json() for key, score in teacher_scores.items()}
@@ -213,8 +222,20 @@ class CapabilityTask:
         return batch
 
 
-def task_loss(context: RunContext, student: NexusStudent, task: CapabilityTask, batch: StudentBatch,
-              alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+AnchorOverride = Callable[[CapabilityTask, torch.Tensor, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+"""`(task, projected, coefficients, eigenvalues) -> loss or None`: the owner's `anchor_loss`."""
+
+
+def plugin_anchor_loss(context: RunContext) -> AnchorOverride:
+    """Ask the capability's owner for its `anchor_loss` (None: the kernel default)."""
+    def ask(task: CapabilityTask, projected: torch.Tensor, target: torch.Tensor, eigenvalues: torch.Tensor) -> Any:
+        return context.plugins.call_for(task.name, "anchor_loss", capability=task.capability,
+                                        student_hidden=projected, teacher_coefficients=target, eigenvalues=eigenvalues)
+    return ask
+
+
+def task_loss(student: NexusStudent, task: CapabilityTask, batch: StudentBatch, alpha: float,
+              anchor_override: AnchorOverride | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """`L_output + alpha * L_anchor` of one capability on one batch, and the two parts."""
     from nexus_kernel.text import IGNORE_INDEX
 
@@ -233,9 +254,7 @@ def task_loss(context: RunContext, student: NexusStudent, task: CapabilityTask, 
     for index, layer in enumerate(adapter.spec.anchored_layers):
         projected = adapter.anchors[str(index)](output.pooled[layer])
         target = batch.anchor[index]
-        custom = context.plugins.call_for(task.name, "anchor_loss", capability=task.capability,
-                                          student_hidden=projected, teacher_coefficients=target,
-                                          eigenvalues=task.pool.eigenvalues[index])
+        custom = anchor_override(task, projected, target, task.pool.eigenvalues[index]) if anchor_override else None
         anchors.append(custom if custom is not None else default_anchor_loss(projected, target))
     anchor_loss = torch.stack(anchors).mean() if anchors else torch.zeros(())
     return output_loss + alpha * anchor_loss, {f"{task.name}.output": float(output_loss.detach()),
@@ -325,12 +344,13 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
     parameters = named_trainable(modules)
     journal = Journal(context.run_dir / JOURNAL_FILE, phase)
     size = settings["batch_size"]
+    anchor_override = plugin_anchor_loss(context)
 
     def step_loss(step: int, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
         total = torch.zeros(())
         parts: dict[str, float] = {}
         for task in tasks:
-            loss, task_parts = task_loss(context, student, task, task.batch(step, size), alpha)
+            loss, task_parts = task_loss(student, task, task.batch(step, size), alpha, anchor_override)
             total = total + loss
             parts.update(task_parts)
         return total, parts
@@ -338,6 +358,7 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
     def check() -> float:
         return sum(reconstruction(student, task) for task in tasks) / len(tasks)
 
+    torch.set_num_threads(settings["threads"])
     student.train()
     first, _ = step_loss(0, settings["alpha"])
     norms = gradient_health(student, dict(modules[: len(tasks)]), first, frozen)  # type: ignore[arg-type]

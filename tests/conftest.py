@@ -26,6 +26,19 @@ _TINY_RECIPES = {
 }
 
 
+TINY_DISTILL = """
+# Tests: a few steps of each distillation phase on a small pool.
+[distill]
+adapter_steps = 6
+joint_steps = 6
+pool_size = 48
+batch_size = 8
+eval_samples = 8
+checkpoint_every = 3
+check_every = 3
+"""
+
+
 @pytest.fixture(scope="session")
 def tiny_demo_teachers(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The four demo teachers' architectures, trained for two steps (once per session)."""
@@ -42,12 +55,15 @@ def tiny_demo_teachers(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def project(tmp_path: Path, tiny_demo_teachers: Path) -> Path:
-    """A copy of the default configs in a temporary project folder; returns its root.
+    """A copy of the default configs in a temporary project folder, with tiny distillation
+    settings (`TINY_DISTILL`); returns its root.
 
     Each teacher the CSV names is a copy of a tiny (two-step) build of its demo teacher, as a
     user's folder (no demo marker), so kernel tests run real stages but never train for long.
     """
     shutil.copytree(REPO / "configs", tmp_path / "configs")
+    with (tmp_path / "configs/nexus.toml").open("a") as config:
+        config.write(TINY_DISTILL)
     csv_path = tmp_path / "configs/ModelName-Parameters-Category-BestFeature.csv"
     for row in csv.DictReader(csv_path.read_text().splitlines()):
         shutil.copytree(tiny_demo_teachers / row["Model Name"], tmp_path / "models" / row["Model Name"])

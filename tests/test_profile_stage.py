@@ -30,11 +30,11 @@ def _math_only(project: Path, samples: int) -> None:
 
 def _profile_run(project: Path, run_dir: str) -> int:
     """Run the pipeline in a fresh process and return that process's peak RSS in KiB."""
-    command = [sys.executable, "-m", "nexus_kernel.cli", "run", "--run-dir", run_dir]
+    command = [sys.executable, "-m", "nexus_kernel.cli", "run", "--run-dir", run_dir, "--to", "profile"]
     result = subprocess.run([sys.executable, "-c", _PEAK_RSS, *command], cwd=project,
                             capture_output=True, text=True, check=True)
     code, peak = map(int, result.stdout.split())
-    assert code == 3, f"exit {code}"  # stage 3 is not built yet
+    assert code == 0, f"exit {code}"
     return peak
 
 

@@ -34,10 +34,22 @@ def resolve_datasets(capability, settings):
         time.sleep(120)
     return {"test": "synthetic:slowcap-v1"}
 
+MATH = {"train": "synthetic:gsm8k-words-v1", "test": "synthetic:gsm8k-words-v1"}
+
 @hookimpl
 def profile_capability(capability, teacher, n_probe, datasets):
     from nexus_cap_math import teacher as math_teacher  # the slow teacher is a copy of the math one
-    return math_teacher.probe_plan(teacher, n_probe, {"train": "synthetic:gsm8k-words-v1"})
+    return math_teacher.probe_plan(teacher, n_probe, MATH)
+
+@hookimpl
+def distill_capability(capability, teacher, student, datasets):
+    from nexus_cap_math import student as math_student
+    return math_student.distill_plan(teacher, student, MATH)
+
+@hookimpl
+def retention_metric(capability, model, split, datasets, limit):
+    from nexus_cap_math import student as math_student
+    return math_student.score(model, split, MATH, limit)
 """
 
 
@@ -49,9 +61,10 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def test_run_writes_artifacts_and_refuses_a_changed_config(project: Path) -> None:
     first = nexus("run", cwd=project)
-    assert first.returncode == 3, first.stderr  # stages 3-7 are not implemented yet
+    assert first.returncode == 3, first.stderr  # stages 5-7 are not implemented yet
     assert "2 profile       passed" in first.stdout
-    assert "3 architecture  not implemented" in first.stdout
+    assert "4 distill       passed" in first.stdout
+    assert "5 validate      not implemented" in first.stdout
     run_dir = project / "runs" / "demo"
     lock = json.loads((run_dir / "configs/global_config.json").read_text())
     assert sorted(lock["scope"]["capabilities"]) == ["math", "reasoning", "vision", "voice"]
@@ -63,7 +76,8 @@ def test_run_writes_artifacts_and_refuses_a_changed_config(project: Path) -> Non
     assert json.loads((run_dir / "env.json").read_text())["ok"] is True
     events = [json.loads(line) for line in (run_dir / "logs/events.jsonl").read_text().splitlines()]
     assert [e["stage"] for e in events if e["event"] == "stage passed"] == [
-        "stage -1 (doctor)", "stage 0 (lock)", "stage 1 (registry)", "stage 2 (profile)"]
+        "stage -1 (doctor)", "stage 0 (lock)", "stage 1 (registry)", "stage 2 (profile)",
+        "stage 3 (architecture)", "stage 4 (distill)"]
     for capability in ("math", "reasoning", "vision", "voice"):
         profile = json.loads((run_dir / f"niwt_stage2_output/{capability}/profile.json").read_text())
         assert profile["rank_audit"]["chosen_rank"] >= 1
