@@ -82,8 +82,14 @@ class DistillPlan:
     the teacher on them (the kernel hooks its key layers there, as in profiling; `mask_of`
     marks real positions); `student_batch(items, outputs)` turns items and the teacher's
     answers into a `nexus_kernel.student.StudentBatch`.
-    `objective` is `sequence` (cross-entropy on the teacher's completions, for teachers
-    whose vocabulary differs from the student's) or `cosine` (embedding teachers).
+    `objective` is `kl` (teacher and student share a vocabulary: the student matches the
+    teacher's next-token distribution on the completion, given by `teacher_distributions`),
+    `sequence` (cross-entropy on the teacher's completions, for teachers whose vocabulary
+    differs from the student's) or `cosine` (embedding teachers).
+
+    `teacher_distributions(items, outputs)`, for `kl` only: per item, the teacher's `k` most
+    likely token ids and their log-probabilities at each completion position, as a pair of
+    `(positions, k)` tensors, in the order of the student batch's label positions.
     """
 
     items: Callable[[], Iterator[Any]]
@@ -93,6 +99,7 @@ class DistillPlan:
     student_batch: Callable[[list[Any], list[Any]], Any]
     objective: str
     mask_of: Callable[[Any], Any] | None = None
+    teacher_distributions: Callable[[list[Any], list[Any]], list[tuple[Any, Any]]] | None = None
 
 
 @dataclass(frozen=True)

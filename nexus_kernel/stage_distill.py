@@ -18,7 +18,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from nexus_kernel.logs import get_logger
 from nexus_kernel.recovery import Journal, RecoveringTrainer, RecoverySettings, named_trainable, summarise
 from nexus_kernel.runner import RunContext
 from nexus_kernel.student import CapabilityAdapter, NexusStudent, StudentBatch, StudentCapability, masked_mean
+from nexus_kernel.text import IGNORE_INDEX
 
 CHECKPOINT_DIR = "checkpoints"
 JOURNAL_FILE = "training.jsonl"
@@ -39,6 +40,7 @@ STUDENT_FILE = f"{CHECKPOINT_DIR}/student.safetensors"
 _TEACHER_BATCH = 64
 _CHECK_ITEMS = 128
 _EIGEN_FLOOR = 1e-6
+OBJECTIVES = ("kl", "sequence", "cosine")
 
 log = get_logger("distill")
 
@@ -52,6 +54,15 @@ class Pool:
     coefficients: torch.Tensor  # (items, key layers, rank), whitened over the pool
     eigenvalues: torch.Tensor  # (key layers, rank): the pool variance of each coefficient
     teacher_scores: dict[str, Any]
+    objective: str = "sequence"
+    """What the teacher's plan asked for when it was loaded (`kl`, `sequence`, `cosine`)."""
+    soft: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    """For `kl`: top-k ids `(positions, k)`, log-probabilities `(positions, k)` and each
+    item's offsets into them `(items + 1,)`."""
+    tokens: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    """Per key layer whose tokens line up with the student's text tokens: every real token's
+    coefficients whitened by the profiled eigenvalues `(tokens, rank)`, and each item's
+    offsets into them `(items + 1,)`."""
 
 
 # anchors -------------------------------------------------------------------------------------
@@ -62,6 +73,10 @@ def project(pooled: torch.Tensor, mean: torch.Tensor, components: torch.Tensor) 
     return ((pooled.double() - mean.double()) @ components.double().T).float()
 
 
+def _floor(eigenvalues: torch.Tensor) -> float:
+    return max(float(eigenvalues.max()) * _EIGEN_FLOOR, 1e-12)
+
+
 def whiten(coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale each coefficient to unit variance over the pool; returns the whitened
     coefficients and the variances used. The profiled eigenvalues are per-token variances,
@@ -69,8 +84,7 @@ def whiten(coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     flat direction is floored at a millionth of the largest, not divided by zero)."""
     centred = coefficients - coefficients.mean(dim=0)
     variance = centred.pow(2).mean(dim=0)
-    floor = max(float(variance.max()) * _EIGEN_FLOOR, 1e-12)
-    variance = variance.clamp(min=floor)
+    variance = variance.clamp(min=_floor(variance))
     return centred / variance.sqrt(), variance
 
 
@@ -84,20 +98,28 @@ def read_basis(run_dir: Path, name: str, key_layers: list[str], rank: int) -> di
             for layer in key_layers}
 
 
-def pooled_activations(model: nn.Module, layers: list[str], batch: Any, forward: Callable[[Any, Any], Any],
-                       mask: torch.Tensor | None, teacher: str) -> dict[str, torch.Tensor]:
-    """Each layer's output on `batch`, averaged over real positions: `(batch, width)`."""
+def layer_activations(model: nn.Module, layers: list[str], batch: Any, forward: Callable[[Any, Any], Any],
+                      teacher: str) -> dict[str, torch.Tensor]:
+    """Each layer's output on `batch`, `(batch, seq, width)` (or `(batch, width)`)."""
     from nexus_kernel.profiling import _first_tensor, _hooks, modules_named
 
     found: dict[str, torch.Tensor] = {}
 
     def grab(name: str, output: Any) -> None:
-        tensor = _first_tensor(output)
-        found[name] = masked_mean(tensor.detach().float(), mask)  # type: ignore[union-attr]
+        found[name] = _first_tensor(output).detach().float()  # type: ignore[union-attr]
 
     with torch.inference_mode(), _hooks(modules_named(model, layers, teacher), grab):
         forward(model, batch)
     return found
+
+
+def real_tokens(activation: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """Per item, the rows of its real positions (all positions without a matching mask)."""
+    if activation.dim() == 2:
+        return [row[None] for row in activation]
+    if mask is None or mask.shape != activation.shape[:2]:
+        return list(activation)
+    return [item[keep.bool()] for item, keep in zip(activation, mask, strict=True)]
 
 
 # pools ---------------------------------------------------------------------------------------
@@ -127,7 +149,7 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
     profile = json.loads((context.run_dir / OUTPUT_DIR / name / "profile.json").read_text())
     key_layers = [pair["teacher"] for pair in entry_data["layer_map"]]
     rank = int(entry_data["rank"])
-    fingerprint = sha256_json({"format": 2, "entry": entry_data, "pool_size": settings["pool_size"],
+    fingerprint = sha256_json({"format": 3, "entry": entry_data, "pool_size": settings["pool_size"],
                                "eval_samples": settings["eval_samples"], "datasets": datasets,
                                "basis": sha256_file(context.run_dir / OUTPUT_DIR / name / "basis.safetensors")})
     meta_path, tensor_path = folder / "pool.json", folder / "pool.safetensors"
@@ -141,7 +163,11 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
         if meta["fingerprint"] == fingerprint:
             tensors = load_file(str(tensor_path))
             outputs = meta["texts"] if meta["texts"] is not None else list(tensors["outputs"])
-            return Pool(items, outputs, tensors["coefficients"], tensors["eigenvalues"], meta["teacher_scores"])
+            tokens = {k: (tensors[f"tokens.{k}"], tensors[f"offsets.{k}"]) for k in meta["aligned"]}
+            soft = ((tensors["soft.ids"], tensors["soft.logprobs"], tensors["soft.offsets"])
+                    if meta["objective"] == "kl" else None)
+            return Pool(items, outputs, tensors["coefficients"], tensors["eigenvalues"], meta["teacher_scores"],
+                        meta["objective"], soft, tokens)
     registry = {e["name"]: e for e in json.loads((context.run_dir / REGISTRY_FILE).read_text())["teachers"]}
     entry = TeacherEntry.from_json(registry[entry_data["teacher"]])
     started = time.perf_counter()
@@ -149,9 +175,18 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
     try:
         plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=teacher,
                                         student=student, datasets=datasets)
+        if plan is None:
+            raise StageError(f"{name}: its plugin gives no distillation plan (distill_capability returned None)")
+        if plan.objective not in OBJECTIVES:
+            raise StageError(f"{name}: unknown distillation objective {plan.objective!r} (known: {', '.join(OBJECTIVES)})")
+        if plan.objective == "kl" and plan.teacher_distributions is None:
+            raise StageError(f"{name}: the kl objective needs the plan's teacher_distributions")
+        soft_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
         basis = read_basis(context.run_dir, name, key_layers, rank)
         outputs: list[Any] = []
         coefficients: list[torch.Tensor] = []
+        per_token: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(key_layers))}
+        aligned = set(per_token)
         with _bar(len(items), f"{name}: teacher answers") as bar:
             for start in range(0, len(items), _TEACHER_BATCH):
                 chunk = items[start : start + _TEACHER_BATCH]
@@ -159,8 +194,22 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
                     answers = plan.teacher_outputs(chunk)
                     batch = plan.teacher_batch(chunk, answers)
                 mask = plan.mask_of(batch) if plan.mask_of is not None else None
-                pooled = pooled_activations(teacher.model, key_layers, batch, plan.teacher_forward, mask, entry.name)
-                coefficients.append(torch.stack([project(pooled[layer], *basis[layer][:2]) for layer in key_layers], dim=1))
+                student_mask = plan.student_batch(chunk, answers).attention_mask
+                found = layer_activations(teacher.model, key_layers, batch, plan.teacher_forward, entry.name)
+                pooled = []
+                for k, layer in enumerate(key_layers):
+                    pooled.append(project(masked_mean(found[layer], mask), *basis[layer][:2]))
+                    rows = real_tokens(found[layer], mask)
+                    lengths = [len(item) for item in rows]
+                    if student_mask is None or lengths != student_mask.sum(dim=1).tolist():
+                        aligned.discard(k)
+                    if k in aligned:
+                        mean, components, eigenvalues = basis[layer]
+                        per_token[k] += [project(item, mean, components) / eigenvalues.clamp(min=_floor(eigenvalues)).sqrt()
+                                         for item in rows]
+                coefficients.append(torch.stack(pooled, dim=1))
+                if plan.objective == "kl":
+                    soft_rows += plan.teacher_distributions(chunk, answers)
                 outputs += answers
                 bar.update(len(chunk))
         teacher_scores = context.plugins.call_for(name, "retention_metric", capability=capability,
@@ -174,16 +223,28 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
     texts, rows = _serialise_outputs(outputs)
     whitened, eigenvalues = whiten(torch.cat(coefficients))
     tensors = {"coefficients": whitened.contiguous(), "eigenvalues": eigenvalues.contiguous()}
+    tokens = {}
+    for k in sorted(aligned):
+        lengths = torch.tensor([0] + [len(item) for item in per_token[k]])
+        tokens[k] = (torch.cat(per_token[k]).contiguous(), lengths.cumsum(dim=0))
+        tensors[f"tokens.{k}"], tensors[f"offsets.{k}"] = tokens[k]
     if rows is not None:
         tensors["outputs"] = rows.contiguous()
+    soft = None
+    if plan.objective == "kl":
+        lengths = torch.tensor([0] + [len(ids) for ids, _ in soft_rows])
+        soft = (torch.cat([ids for ids, _ in soft_rows]).contiguous(),
+                torch.cat([values for _, values in soft_rows]).float().contiguous(), lengths.cumsum(dim=0))
+        tensors["soft.ids"], tensors["soft.logprobs"], tensors["soft.offsets"] = soft
     scores = {key: score.to_json() for key, score in teacher_scores.items()}
     atomic_write_bytes(tensor_path, save(tensors))
     atomic_write_json(meta_path, {"fingerprint": fingerprint, "texts": texts, "teacher_scores": scores,
-                                  "teacher": entry.name, "seconds": round(time.perf_counter() - started, 2)})
+                                  "teacher": entry.name, "aligned": sorted(aligned), "objective": plan.objective,
+                                  "key_layers": key_layers, "seconds": round(time.perf_counter() - started, 2)})
     log.info("teacher answered the pool", capability=name, items=len(items),
              seconds=round(time.perf_counter() - started, 1))
     return Pool(items, outputs if texts is not None else list(rows), tensors["coefficients"],  # type: ignore[arg-type]
-                eigenvalues, scores)
+                eigenvalues, scores, plan.objective, soft, tokens)
 
 
 def _bar(total: int, description: str) -> Any:
@@ -217,8 +278,27 @@ class CapabilityTask:
         epoch, offset = divmod(step, per_epoch)
         generator = torch.Generator().manual_seed(self.order_seed * 100_003 + epoch)
         order = torch.randperm(len(self.pool.items), generator=generator)[offset * size : (offset + 1) * size].tolist()
+        return self.collate(order)
+
+    def collate(self, order: list[int]) -> StudentBatch:
+        """The student batch of pool items `order`, with their anchor targets."""
         batch = self.plan.student_batch([self.pool.items[i] for i in order], [self.pool.outputs[i] for i in order])
         batch.anchor = {k: self.pool.coefficients[order, k] for k in range(self.pool.coefficients.shape[1])}
+        if self.pool.soft is not None:
+            ids, logprobs, offsets = self.pool.soft
+            wanted = batch.labels != IGNORE_INDEX  # type: ignore[operator]
+            wanted[:, 0] = False
+            batch.soft_ids = torch.zeros(*wanted.shape, ids.shape[1], dtype=torch.long)
+            batch.soft_logprobs = torch.zeros(*wanted.shape, ids.shape[1])
+            for row, index in enumerate(order):
+                batch.soft_ids[row][wanted[row]] = ids[offsets[index] : offsets[index + 1]]
+                batch.soft_logprobs[row][wanted[row]] = logprobs[offsets[index] : offsets[index + 1]]
+        for k, (values, offsets) in self.pool.tokens.items():
+            mask = batch.attention_mask
+            target = torch.zeros(*mask.shape, values.shape[1])
+            for row, index in enumerate(order):
+                target[row][mask[row].bool()] = values[offsets[index] : offsets[index + 1]]
+            batch.token_anchor[k] = target
         return batch
 
 
@@ -234,26 +314,43 @@ def plugin_anchor_loss(context: RunContext) -> AnchorOverride:
     return ask
 
 
+def anchor_pairs(adapter: CapabilityAdapter, output: Any, batch: StudentBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per key layer, `(projected student state, teacher coefficients)` as `(n, rank)` rows:
+    every real text token where the teacher's tokens line up with the student's, else one
+    row per item (sequence means)."""
+    pairs = []
+    for index, layer in enumerate(adapter.spec.anchored_layers):
+        projection = adapter.anchors[str(index)]
+        if index in batch.token_anchor and layer in output.text_hidden:
+            real = batch.attention_mask.bool()  # type: ignore[union-attr]
+            pairs.append((projection(output.text_hidden[layer][real]), batch.token_anchor[index][real]))
+        else:
+            pairs.append((projection(output.pooled[layer]), batch.anchor[index]))
+    return pairs
+
+
 def task_loss(student: NexusStudent, task: CapabilityTask, batch: StudentBatch, alpha: float,
               anchor_override: AnchorOverride | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """`L_output + alpha * L_anchor` of one capability on one batch, and the two parts."""
-    from nexus_kernel.text import IGNORE_INDEX
-
     output = student(task.name, batch)
     adapter: CapabilityAdapter = student.adapters[task.name]  # type: ignore[assignment]
-    if task.plan.objective == "sequence":
+    if task.pool.objective == "kl":
+        assert output.logits is not None and batch.soft_ids is not None and batch.labels is not None
+        wanted = (batch.labels != IGNORE_INDEX)[:, 1:]
+        student_logprobs = torch.log_softmax(output.logits[:, :-1][wanted], dim=-1)
+        teacher = torch.softmax(batch.soft_logprobs[:, 1:][wanted], dim=-1)  # type: ignore[index]
+        output_loss = -(teacher * student_logprobs.gather(1, batch.soft_ids[:, 1:][wanted])).sum(dim=-1).mean()
+    elif task.pool.objective == "sequence":
         assert output.logits is not None and batch.labels is not None
         output_loss = nn.functional.cross_entropy(output.logits[:, :-1].flatten(0, 1), batch.labels[:, 1:].flatten(),
                                                   ignore_index=IGNORE_INDEX)
-    elif task.plan.objective == "cosine":
+    elif task.pool.objective == "cosine":
         assert output.embedding is not None and batch.target is not None
         output_loss = (1 - nn.functional.cosine_similarity(output.embedding, batch.target, dim=-1)).mean()
     else:
-        raise StageError(f"{task.name}: unknown distillation objective {task.plan.objective!r}")
+        raise StageError(f"{task.name}: unknown distillation objective {task.pool.objective!r}")
     anchors = []
-    for index, layer in enumerate(adapter.spec.anchored_layers):
-        projected = adapter.anchors[str(index)](output.pooled[layer])
-        target = batch.anchor[index]
+    for index, (projected, target) in enumerate(anchor_pairs(adapter, output, batch)):
         custom = anchor_override(task, projected, target, task.pool.eigenvalues[index]) if anchor_override else None
         anchors.append(custom if custom is not None else default_anchor_loss(projected, target))
     anchor_loss = torch.stack(anchors).mean() if anchors else torch.zeros(())
@@ -265,14 +362,12 @@ def reconstruction(student: NexusStudent, task: CapabilityTask) -> float:
     """Share of the teacher's (whitened) subspace variance that the student's anchor
     projections explain on the first pool items: 1 - residual / total, averaged over layers."""
     size = min(_CHECK_ITEMS, len(task.pool.items))
-    batch = task.plan.student_batch(task.pool.items[:size], task.pool.outputs[:size])
+    batch = task.collate(list(range(size)))
     adapter: CapabilityAdapter = student.adapters[task.name]  # type: ignore[assignment]
     with torch.no_grad():
         output = student(task.name, batch)
         shares = []
-        for index, layer in enumerate(adapter.spec.anchored_layers):
-            projected = adapter.anchors[str(index)](output.pooled[layer])
-            target = task.pool.coefficients[:size, index]
+        for projected, target in anchor_pairs(adapter, output, batch):
             total = float(((target - target.mean(dim=0)) ** 2).sum())
             residual = float(((projected - target) ** 2).sum())
             shares.append(1.0 - residual / total if total > 0 else 0.0)

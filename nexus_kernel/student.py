@@ -164,6 +164,13 @@ class StudentBatch:
     prefix: torch.Tensor | None = None
     target: torch.Tensor | None = None
     anchor: dict[int, torch.Tensor] = field(default_factory=dict)
+    soft_ids: torch.Tensor | None = None
+    soft_logprobs: torch.Tensor | None = None
+    """For `kl`: the teacher's top-k token ids and log-probabilities `(batch, seq, k)` at the
+    positions whose `labels` are set (the distribution over the token at that position)."""
+    token_anchor: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Per key layer whose tokens line up with the student's text tokens, the teacher's
+    whitened coefficients per text position `(batch, seq, rank)` (zeros on padding)."""
 
     @property
     def size(self) -> int:
@@ -179,6 +186,8 @@ class StudentOutput:
     embedding: torch.Tensor | None
     pooled: dict[int, torch.Tensor]
     """Per anchored layer, the masked mean of that block's output `(batch, hidden)`."""
+    text_hidden: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Per anchored layer, that block's output at the text positions `(batch, seq, hidden)`."""
 
 
 class NexusStudent(nn.Module):
@@ -269,9 +278,11 @@ class NexusStudent(nn.Module):
             last = outputs.last_hidden_state
             logits = self.backbone.lm_head(last[:, prefix_length:]) if batch.input_ids is not None else None
             embedding = adapter.head(last, mask) if adapter.head is not None else None
-            pooled = {layer: masked_mean(outputs.hidden_states[layer + 1], mask)
-                      for layer in set(adapter.spec.anchored_layers)}
-        return StudentOutput(logits, embedding, pooled)
+            layers = set(adapter.spec.anchored_layers)
+            pooled = {layer: masked_mean(outputs.hidden_states[layer + 1], mask) for layer in layers}
+            text_hidden = ({layer: outputs.hidden_states[layer + 1][:, prefix_length:] for layer in layers}
+                           if batch.input_ids is not None else {})
+        return StudentOutput(logits, embedding, pooled, text_hidden)
 
     def text_logits(self, name: str, input_ids: torch.Tensor, mask: torch.Tensor,
                     positions: torch.Tensor | None = None, prefix: torch.Tensor | None = None) -> torch.Tensor:

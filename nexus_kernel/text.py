@@ -289,12 +289,23 @@ TeacherAnswers = Callable[[Any, list[str]], list[str]]
 the best of a few log-likelihood choices)."""
 
 
+TOP_K = 16
+"""Teacher tokens kept per position for the `kl` objective."""
+
+
+def same_vocabulary(first: Any, second: Any) -> bool:
+    """Whether two tokenizers map the same pieces to the same ids."""
+    return bool(first.get_vocab() == second.get_vocab())
+
+
 def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[Any]],
                       to_pair: Callable[[Any], tuple[str, str]], answer: TeacherAnswers) -> Any:
-    """A sequence-level `DistillPlan` for a text teacher: the teacher `answer`s each item's
-    prompt; the student learns `(prompt, teacher's completion)` with its own tokenizer; the
-    anchor activations are the teacher's on that same text. `teacher` may be None when only
-    items and student batches are asked for (the joint phase)."""
+    """A `DistillPlan` for a text teacher: the teacher `answer`s each item's prompt and the
+    student learns `(prompt, teacher's completion)`; when the two share a vocabulary the
+    objective is `kl` on the teacher's top-`TOP_K` next-token distribution over the
+    completion, else `sequence` (cross-entropy with the student's own tokenizer). The anchor
+    activations are the teacher's on that same text. `teacher` may be None when only items and
+    student batches are asked for (the joint phase)."""
     from nexus_kernel.contracts import DistillPlan
     from nexus_kernel.student import StudentBatch
 
@@ -318,6 +329,19 @@ def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[A
         input_ids, mask, labels = completion_batch(student.tokenizer, list(zip(prompts(chunk), outputs, strict=True)))
         return StudentBatch(input_ids=input_ids, attention_mask=mask, labels=labels)
 
+    def teacher_distributions(chunk: list[Any], outputs: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        import torch
+
+        assert teacher_model is not None, "the teacher is not loaded"
+        input_ids, mask, labels = teacher_batch(chunk, outputs)
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(teacher_model.model(input_ids=input_ids, attention_mask=mask).logits.float(), -1)
+        top = logprobs[:, :-1].topk(TOP_K, dim=-1)
+        wanted = labels[:, 1:] != IGNORE_INDEX
+        return [(top.indices[row][wanted[row]], top.values[row][wanted[row]]) for row in range(len(chunk))]
+
+    shared = teacher_model is not None and same_vocabulary(teacher_model.tokenizer, student.tokenizer)
     return DistillPlan(items=items, teacher_batch=teacher_batch, teacher_forward=teacher_forward,
-                       teacher_outputs=teacher_outputs, student_batch=student_batch, objective="sequence",
-                       mask_of=lambda batch: batch[1])
+                       teacher_outputs=teacher_outputs, student_batch=student_batch,
+                       objective="kl" if shared else "sequence", mask_of=lambda batch: batch[1],
+                       teacher_distributions=teacher_distributions if shared else None)

@@ -188,3 +188,58 @@ def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path
     assert state.step == 200
     assert any(e["kind"] == "resume" and e["step"] == 50 for e in journal(tmp_path / "killed"))
     assert torch.equal(straight.weight, resumed.weight) and torch.equal(straight.bias, resumed.bias)
+
+
+def _text_task(tmp_path: Path, student_words: list[str]) -> tuple[NexusStudent, object]:
+    """A tiny text teacher (words apple, pear) and a student whose tokenizer knows
+    `student_words`; returns the student and the stage-4 task built on the teacher's answers."""
+    import itertools
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nexus_kernel.loading import load_teacher_folder
+    from nexus_kernel.stage_distill import CapabilityTask, Pool
+    from nexus_kernel.testing import tiny_causal_teacher
+    from nexus_kernel.text import build_tokenizer, text_distill_plan
+
+    teacher = load_teacher_folder("tiny", tiny_causal_teacher(tmp_path / "teacher", ["apple", "pear"]), "fp32")
+    tokenizer = build_tokenizer(student_words)
+    torch.manual_seed(1)
+    backbone = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64))
+    student = NexusStudent(backbone, tokenizer)
+    spec = AdapterSpec("fruit", 2, 16, linear_targets(backbone, default_targets(backbone)))
+    student.add_adapter("fruit", CapabilityAdapter(spec))
+    questions = (f"apple {n} pear" for n in itertools.count())
+    plan = text_distill_plan(teacher, student, lambda: questions, lambda q: (q, " apple"),
+                             lambda model, prompts: model.generate(prompts, 3))
+    items = [next(questions) for _ in range(4)]
+    outputs = plan.teacher_outputs(items)
+    soft = None
+    if plan.objective == "kl":
+        rows = plan.teacher_distributions(items, outputs)
+        lengths = torch.tensor([0] + [len(ids) for ids, _ in rows]).cumsum(0)
+        soft = (torch.cat([i for i, _ in rows]), torch.cat([v for _, v in rows]), lengths)
+    pool = Pool(items, outputs, torch.zeros(4, 0, 2), torch.ones(0, 2), {}, plan.objective, soft)
+    return student, CapabilityTask("fruit", None, plan, pool, 0)
+
+
+def test_a_shared_vocabulary_distils_the_teachers_distribution(tmp_path: Path) -> None:
+    from nexus_kernel.stage_distill import task_loss
+    from nexus_kernel.text import TOP_K
+
+    student, task = _text_task(tmp_path, ["apple", "pear"])
+    assert task.plan.objective == "kl"
+    batch = task.collate([0, 1, 2, 3])
+    wanted = (batch.labels != -100)
+    wanted[:, 0] = False
+    assert batch.soft_ids.shape == (*batch.labels.shape, TOP_K)
+    # Each labelled position carries the teacher's top tokens, most likely first.
+    assert bool((batch.soft_logprobs[wanted][:, 0] >= batch.soft_logprobs[wanted][:, 1]).all())
+    loss, parts = task_loss(student, task, batch, 0.1)
+    assert math.isfinite(parts["fruit.output"]) and parts["fruit.output"] > 0
+    loss.backward()
+    assert student.adapters["fruit"].deltas["model__layers__1__mlp__down_proj"].up.grad.abs().sum() > 0
+
+    other, sequence_task = _text_task(tmp_path / "other", ["banana"])
+    assert sequence_task.plan.objective == "sequence" and sequence_task.pool.soft is None

@@ -20,7 +20,7 @@ CAPABILITY_HOOKS = ["resolve_datasets", "demo_teacher", "profile_capability", "b
 def test_the_hooks_are_the_designed_ones() -> None:
     assert hookspecs.hook_names() == [
         "register_capabilities", "resolve_datasets", "demo_teacher", "load_teacher", "profile_capability",
-        "build_adapter", "anchor_loss", "retention_metric", "quantize"]
+        "build_adapter", "distill_capability", "anchor_loss", "retention_metric", "quantize"]
     assert set(new_manager().hook.__dict__) >= set(hookspecs.hook_names())
 
 

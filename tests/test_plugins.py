@@ -157,7 +157,8 @@ def test_nexus_plugins_json_lists_the_four_capabilities_with_versions(tmp_path: 
         for name in ("reasoning", "math", "voice", "vision")
     }
     hooks = {plugin["name"]: plugin["hooks"] for plugin in listed["plugins"]}
-    assert all(hooks[name] == ["demo_teacher", "profile_capability", "register_capabilities", "resolve_datasets"]
+    assert all(hooks[name] == ["build_adapter", "demo_teacher", "distill_capability", "profile_capability",
+                               "register_capabilities", "resolve_datasets", "retention_metric"]
                for name in capabilities)
     assert hooks["quant-bnb"] == ["quantize"]
 
