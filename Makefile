@@ -28,6 +28,7 @@ bench: install
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/pca.py --json runs/benchmarks/pca.json
 	$(BIN)/python benchmarks/profiling.py --json runs/benchmarks/profiling.json
+	$(BIN)/python benchmarks/distill.py --json runs/benchmarks/distill.json
 
 clean:
 	rm -rf $(VENV) runs

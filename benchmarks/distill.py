@@ -4,8 +4,8 @@ same student, adapter and batch, one run.
 The student is the default stage-3 shape (LLaMA-style backbone from `[student]` defaults, the
 kernel tokenizer over the math words) with a math adapter (rank 21, two anchored blocks, as
 the demo math teacher profiles). The batch is 32 math problems with their worked answers and
-random anchor targets. (a) The hand-written loop: forward with the adapter active,
-cross-entropy plus `alpha` times the anchor MSE, backward, clipping, AdamW. (b) The framework:
+random per-token anchor targets. (a) The hand-written loop: forward with the adapter active,
+cross-entropy plus `alpha` times the per-token anchor MSE, backward, clipping, AdamW. (b) The framework:
 `RecoveringTrainer` with its default checkpointing, reconstruction checks, spike detection
 and `training.jsonl`, around `task_loss` with the plugin's `anchor_loss` asked through the
 plugin manager, as stage 4 runs it. Rounds alternate; the best of each gives steps/s and the
@@ -61,7 +61,11 @@ def build() -> tuple[object, object, object, object]:
     plan = math_student.distill_plan(None, student, datasets)
     items = list(itertools.islice(plan.items(), 256))
     outputs = [" " + problem.answer for problem in items]
-    pool = Pool(items, outputs, torch.randn(len(items), 2, RANK), torch.ones(2, RANK), {})
+    # Per-token anchor targets, as stage 4 has for math (teacher and student tokens line up).
+    lengths = plan.student_batch(items, outputs).attention_mask.sum(dim=1)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(dim=0)])
+    tokens = {k: (torch.randn(int(offsets[-1]), RANK), offsets) for k in range(2)}
+    pool = Pool(items, outputs, torch.randn(len(items), 2, RANK), torch.ones(2, RANK), {}, "sequence", None, tokens)
     plugins = load_plugins(frozenset({"math"}))
     task = CapabilityTask("math", plugins.capabilities()["math"][0], plan, pool, 0)
     batch = task.batch(0, BATCH)
@@ -80,7 +84,9 @@ def hand_written(student: object, batch: object, steps: int) -> float:
         output = student("math", batch)  # type: ignore[operator]
         loss = nn.functional.cross_entropy(output.logits[:, :-1].flatten(0, 1), batch.labels[:, 1:].flatten(),  # type: ignore[attr-defined]
                                            ignore_index=IGNORE_INDEX)
-        anchor = torch.stack([nn.functional.mse_loss(adapter.anchors[str(i)](output.pooled[layer]), batch.anchor[i])  # type: ignore[attr-defined]
+        real = batch.attention_mask.bool()  # type: ignore[attr-defined]
+        anchor = torch.stack([nn.functional.mse_loss(adapter.anchors[str(i)](output.text_hidden[layer][real]),
+                                                     batch.token_anchor[i][real])  # type: ignore[attr-defined]
                               for i, layer in enumerate(adapter.spec.anchored_layers)]).mean()
         loss = loss + ALPHA * anchor
         optimiser.zero_grad(set_to_none=True)
@@ -103,7 +109,7 @@ def framework(student: object, task: object, batch: object, plugins: object, ste
     override = plugin_anchor_loss(context)
     parameters = named_trainable([("adapters.math", student.adapters["math"])])  # type: ignore[attr-defined]
     trainer = RecoveringTrainer(
-        student, parameters, lambda step, alpha: task_loss(student, task, batch, alpha, override),  # type: ignore[arg-type]
+        student, parameters, lambda step, alpha, extra: task_loss(student, task, batch, alpha, override),  # type: ignore[arg-type]
         steps, 1e-3, scratch / "checkpoints", Journal(scratch / "training.jsonl", "bench"), RecoverySettings(),
         ALPHA, check=lambda: reconstruction(student, task))  # type: ignore[arg-type]
     started = time.perf_counter()

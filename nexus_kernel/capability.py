@@ -23,7 +23,8 @@ class Capability:
     (matched case-insensitively); `benchmarks` name the scores its `retention_metric` reports,
     the headline (the one retention is judged on) first. `output` is what the student gives
     for it: `text` (through the backbone's LM head) or `embedding` (a vector the size of the
-    teacher's hidden state).
+    teacher's hidden state). `alpha_scale` multiplies the run's anchor weight `distill.alpha`
+    for this capability (a config's `capabilities.<name>.alpha_scale` overrides it).
     """
 
     name: str
@@ -33,6 +34,7 @@ class Capability:
     max_rank: int = DEFAULT_MAX_RANK
     description: str = ""
     output: str = "text"
+    alpha_scale: float = 1.0
     rank_policy: RankPolicy | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -52,6 +54,8 @@ class Capability:
             raise ValueError(f"capability {self.name!r} serves no CSV category")
         if not self.benchmarks:
             raise ValueError(f"capability {self.name!r} names no benchmark")
+        if self.alpha_scale < 0:
+            raise ValueError(f"capability {self.name!r}: alpha_scale must be >= 0")
         if self.max_rank < 1:
             raise ValueError(f"capability {self.name!r}: max_rank must be >= 1")
 
@@ -77,5 +81,6 @@ class Capability:
             "benchmarks": list(self.benchmarks),
             "max_rank": self.max_rank,
             "output": self.output,
+            "alpha_scale": self.alpha_scale,
             "description": self.description,
         }

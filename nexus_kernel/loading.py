@@ -122,3 +122,16 @@ def load_teacher_folder(name: str, folder: Path, preferred: str = "nf4", device:
             continue
         return LoadedTeacher(name, folder, model.eval(), scheme, skipped)
     raise TeacherLoadError(f"teacher {name!r}: no quantization option could load {folder}: {skipped}")
+
+
+BYTES_PER_PARAMETER = {"fp32": 4.0, "bf16": 2.0, "dynamic-int8": 1.0, "int8": 1.0, "nf4": 0.5}
+
+
+def most_precise_fitting(parameters: int, budget_gb: float, share: float = 0.5) -> str:
+    """The most precise option of `QUANTIZATION_ORDER` whose weights take at most `share` of
+    the memory budget (stage 4 wants the teacher's best answers, not its smallest copy)."""
+    allowance = budget_gb * 2**30 * share
+    for scheme in reversed(QUANTIZATION_ORDER):
+        if parameters * BYTES_PER_PARAMETER[scheme] <= allowance:
+            return scheme
+    return QUANTIZATION_ORDER[0]

@@ -52,16 +52,21 @@ class LoopState:
     step: int = 0
     alpha: float = 0.1
     lr_scale: float = 1.0
-    running_loss: float | None = None
-    steps_since_rollback: int = 0
+    running_loss: dict[str, float] = field(default_factory=dict)
+    """Running mean of the loss per composition (the names of the parts a step reported), so a
+    step that adds a part is compared with steps like it."""
+    steps_since_rollback: dict[str, int] = field(default_factory=dict)
     best_reconstruction: float | None = None
     rollbacks: int = 0
     skipped: list[int] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """The step function's own JSON-able state (saved, restored and rolled back with the rest)."""
 
 
-StepLoss = Callable[[int, float], "tuple[torch.Tensor, dict[str, float]]"]
-"""`(step, alpha) -> (total loss, named parts)` for the batch of that step."""
+StepLoss = Callable[[int, float, dict[str, Any]], "tuple[torch.Tensor, dict[str, float]]"]
+"""`(step, alpha, extra) -> (total loss, named parts)` for the batch of that step; `extra` is
+`LoopState.extra`, which the function may update."""
 Check = Callable[[], float]
 """Reconstruction check: the share of the teacher's subspace variance the student explains."""
 
@@ -223,7 +228,7 @@ class RecoveringTrainer:
         self.state.skipped = sorted({*carried.skipped, step} if skip else set(carried.skipped))
         self.state.alpha = carried.alpha * self.settings.alpha_escalation
         self.state.lr_scale = carried.lr_scale * self.settings.lr_backoff
-        self.state.steps_since_rollback = 0
+        self.state.steps_since_rollback = {}
         for group, base in zip(self.optimiser.param_groups, self.schedule.base_lrs, strict=True):
             group["lr"] = base * self._lr_factor(self.schedule.last_epoch)
         self._count(reason)
@@ -231,11 +236,11 @@ class RecoveringTrainer:
         self.journal.write("rollback", reason=reason, at_step=step, value=value, to_step=self.state.step,
                            alpha=self.state.alpha, lr_scale=self.state.lr_scale, rollbacks=self.state.rollbacks)
 
-    def _is_spike(self, loss: float) -> bool:
+    def _is_spike(self, loss: float, composition: str) -> bool:
         if not math.isfinite(loss):
             return True
-        mean = self.state.running_loss
-        return (mean is not None and self.state.steps_since_rollback >= self.settings.spike_warmup
+        mean = self.state.running_loss.get(composition)
+        return (mean is not None and self.state.steps_since_rollback.get(composition, 0) >= self.settings.spike_warmup
                 and loss > self.settings.spike_factor * mean)
 
     def run(self) -> LoopState:
@@ -253,9 +258,10 @@ class RecoveringTrainer:
                 self.schedule.step()
                 continue
             started = time.perf_counter()
-            loss, parts = self.step_loss(step, self.state.alpha)
+            loss, parts = self.step_loss(step, self.state.alpha, self.state.extra)
             value = float(loss.detach())
-            if self._is_spike(value):
+            composition = ",".join(sorted(parts))
+            if self._is_spike(value, composition):
                 self._rollback("nan" if not math.isfinite(value) else "spike", step, value)
                 continue
             self.optimiser.zero_grad(set_to_none=True)
@@ -266,9 +272,9 @@ class RecoveringTrainer:
                 continue
             self.optimiser.step()
             self.schedule.step()
-            mean = self.state.running_loss
-            self.state.running_loss = value if mean is None else 0.9 * mean + 0.1 * value
-            self.state.steps_since_rollback += 1
+            mean = self.state.running_loss.get(composition)
+            self.state.running_loss[composition] = value if mean is None else 0.9 * mean + 0.1 * value
+            self.state.steps_since_rollback[composition] = self.state.steps_since_rollback.get(composition, 0) + 1
             self.state.step += 1
             self.journal.write("step", step=step, loss=value, alpha=self.state.alpha,
                                lr=self.optimiser.param_groups[0]["lr"], grad_norm=norm,

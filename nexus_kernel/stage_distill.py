@@ -138,6 +138,7 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
     same fingerprint is reused."""
     from safetensors.torch import load_file, save
 
+    from nexus_kernel.loading import QUANTIZATION_ORDER, most_precise_fitting
     from nexus_kernel.lock import LOCK_FILE
     from nexus_kernel.pipeline import REGISTRY_FILE
     from nexus_kernel.registry import TeacherEntry
@@ -149,7 +150,7 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
     profile = json.loads((context.run_dir / OUTPUT_DIR / name / "profile.json").read_text())
     key_layers = [pair["teacher"] for pair in entry_data["layer_map"]]
     rank = int(entry_data["rank"])
-    fingerprint = sha256_json({"format": 3, "entry": entry_data, "pool_size": settings["pool_size"],
+    fingerprint = sha256_json({"format": 5, "entry": entry_data, "budget": context.config.section("hardware")["memory_budget_gb"], "pool_size": settings["pool_size"],
                                "eval_samples": settings["eval_samples"], "datasets": datasets,
                                "basis": sha256_file(context.run_dir / OUTPUT_DIR / name / "basis.safetensors")})
     meta_path, tensor_path = folder / "pool.json", folder / "pool.safetensors"
@@ -171,7 +172,10 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
     registry = {e["name"]: e for e in json.loads((context.run_dir / REGISTRY_FILE).read_text())["teachers"]}
     entry = TeacherEntry.from_json(registry[entry_data["teacher"]])
     started = time.perf_counter()
-    teacher = load_teacher(context, entry, profile["load"]["quantization"], run_device(context))
+    precision = most_precise_fitting(entry.parameters, context.config.section("hardware")["memory_budget_gb"])
+    if QUANTIZATION_ORDER.index(precision) < QUANTIZATION_ORDER.index(profile["load"]["quantization"]):
+        precision = profile["load"]["quantization"]  # what profiling found to work, if it is more precise
+    teacher = load_teacher(context, entry, precision, run_device(context))
     try:
         plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=teacher,
                                         student=student, datasets=datasets)
@@ -215,6 +219,7 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
         teacher_scores = context.plugins.call_for(name, "retention_metric", capability=capability,
                                                   model=teacher, split="test", datasets=datasets,
                                                   limit=settings["eval_samples"])
+        teacher_load = teacher.describe()
     finally:
         del teacher
         gc.collect()
@@ -239,7 +244,8 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
     scores = {key: score.to_json() for key, score in teacher_scores.items()}
     atomic_write_bytes(tensor_path, save(tensors))
     atomic_write_json(meta_path, {"fingerprint": fingerprint, "texts": texts, "teacher_scores": scores,
-                                  "teacher": entry.name, "aligned": sorted(aligned), "objective": plan.objective,
+                                  "teacher": entry.name, "teacher_load": teacher_load,
+                                  "aligned": sorted(aligned), "objective": plan.objective,
                                   "key_layers": key_layers, "seconds": round(time.perf_counter() - started, 2)})
     log.info("teacher answered the pool", capability=name, items=len(items),
              seconds=round(time.perf_counter() - started, 1))
@@ -270,6 +276,7 @@ class CapabilityTask:
     plan: Any
     pool: Pool
     order_seed: int
+    alpha_scale: float = 1.0
 
     def batch(self, step: int, size: int) -> StudentBatch:
         """The batch of `step`: a seeded permutation of the pool per epoch, so the batch
@@ -425,6 +432,17 @@ def _progress(total: int, description: str) -> Any:
     return tqdm(total=total, desc=description, unit="step", dynamic_ncols=True, leave=False)
 
 
+REVISIT_EVERY = 4
+CONVERGED_LOSS = 0.02
+
+
+def converged(name: str, running: Mapping[str, float]) -> bool:
+    """Whether a capability's running output loss (nats per token, or cosine distance) is below
+    `CONVERGED_LOSS`: in the joint phase it is then trained only every `REVISIT_EVERY` steps
+    (its anchor still protecting its subspace there), and fully again if its loss climbs back."""
+    return name in running and running[name] < CONVERGED_LOSS
+
+
 def train_phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTask], phase: str,
                 steps: int, learning_rate: float, frozen: bool, settings: Mapping[str, Any],
                 fingerprint: Any, on_step: Any = None) -> dict[str, Any]:
@@ -441,11 +459,17 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
     size = settings["batch_size"]
     anchor_override = plugin_anchor_loss(context)
 
-    def step_loss(step: int, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_loss(step: int, alpha: float, extra: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        running = extra.setdefault("output_loss", {})
         total = torch.zeros(())
         parts: dict[str, float] = {}
         for task in tasks:
-            loss, task_parts = task_loss(student, task, task.batch(step, size), alpha, anchor_override)
+            if len(tasks) > 1 and step % REVISIT_EVERY and converged(task.name, running):
+                continue
+            loss, task_parts = task_loss(student, task, task.batch(step, size), alpha * task.alpha_scale,
+                                         anchor_override)
+            value = task_parts[f"{task.name}.output"]
+            running[task.name] = value if task.name not in running else 0.9 * running[task.name] + 0.1 * value
             total = total + loss
             parts.update(task_parts)
         return total, parts
@@ -455,7 +479,7 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
 
     torch.set_num_threads(settings["threads"])
     student.train()
-    first, _ = step_loss(0, settings["alpha"])
+    first, _ = step_loss(0, settings["alpha"], {})
     norms = gradient_health(student, dict(modules[: len(tasks)]), first, frozen)  # type: ignore[arg-type]
     journal.write("gradient_check", norms=norms, backbone_frozen=frozen)
     folder = context.run_dir / CHECKPOINT_DIR / phase
@@ -519,7 +543,9 @@ def run_distill(context: RunContext, on_step: Any = None) -> str:
         pool = build_pool(context, student, name, architecture, settings, root / name)
         plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=None,
                                         student=student, datasets=json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"][name])
-        tasks[name] = CapabilityTask(name, capability, plan, pool, seed + index)
+        scale = context.config.capability_settings(name).get("alpha_scale")
+        tasks[name] = CapabilityTask(name, capability, plan, pool, seed + index,
+                                     capability.alpha_scale if scale is None else scale)
     adapter_finals = {}
     for name in names:
         phase = f"adapter-{name}"

@@ -93,7 +93,8 @@ def regression(poison_at: int | None = None) -> tuple[nn.Module, object]:
     torch.manual_seed(0)
     model = nn.Linear(4, 1)
 
-    def step_loss(step: int, alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_loss(step: int, alpha: float, extra: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        extra["batches"] = extra.get("batches", 0) + 1  # state the loop must save and restore
         generator = torch.Generator().manual_seed(step)
         inputs = torch.randn(32, 4, generator=generator)
         if step == poison_at:
@@ -174,7 +175,7 @@ def _train_until_killed(folder: str, kill_at: int) -> None:
 
 def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
     straight, step_loss = regression(poison_at=25)
-    trainer(tmp_path / "straight", straight, step_loss).run()
+    uninterrupted = trainer(tmp_path / "straight", straight, step_loss).run()
 
     context = multiprocessing.get_context("spawn")
     child = context.Process(target=_train_until_killed, args=(str(tmp_path / "killed"), 57))
@@ -185,7 +186,7 @@ def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path
 
     resumed, step_loss = regression(poison_at=25)
     state = trainer(tmp_path / "killed", resumed, step_loss).run()
-    assert state.step == 200
+    assert state.step == 200 and state.extra == uninterrupted.extra
     assert any(e["kind"] == "resume" and e["step"] == 50 for e in journal(tmp_path / "killed"))
     assert torch.equal(straight.weight, resumed.weight) and torch.equal(straight.bias, resumed.bias)
 
@@ -243,3 +244,19 @@ def test_a_shared_vocabulary_distils_the_teachers_distribution(tmp_path: Path) -
 
     other, sequence_task = _text_task(tmp_path / "other", ["banana"])
     assert sequence_task.plan.objective == "sequence" and sequence_task.pool.soft is None
+
+
+def test_a_step_that_adds_a_part_is_compared_with_steps_like_it(tmp_path: Path) -> None:
+    """The joint phase trains a converged capability every fourth step only: the total loss
+    then jumps on those steps, which is not a spike."""
+    model, regression_loss = regression()
+
+    def step_loss(step: int, alpha: float, extra: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, parts = regression_loss(step, alpha, extra)
+        if step % 4 == 0:
+            return loss + 50.0, {**parts, "revisited": 50.0}
+        return loss, parts
+
+    state = trainer(tmp_path, model, step_loss).run()
+    assert state.events == {}
+    assert set(state.running_loss) == {"output", "output,revisited"}

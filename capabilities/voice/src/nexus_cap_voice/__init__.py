@@ -15,6 +15,9 @@ CAPABILITY = Capability(
     categories=("Voice",),
     benchmarks=("voice centroid accuracy", "voice cosine"),
     output="embedding",
+    # Its anchors are sequence means (the teacher's audio patches do not line up with the
+    # student's frames) and its cosine loss is small in scale: a light anchor weight.
+    alpha_scale=0.01,
     description="spoken-word audio embeddings, scored by cosine similarity to the teacher",
 )
 
