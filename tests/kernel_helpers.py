@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,3 +50,26 @@ def fake_demo_build(folder: Path, recipe: dict, progress) -> dict:
         progress(1)
     (folder / "config.json").write_text(json.dumps({"recipe": recipe}))
     return {"toy": Score.from_items("toy", [recipe["score"]], 0.0)}
+
+
+def run_and_kill_when(args: list[str], cwd: Path, reached: Callable[[], bool], what: str,
+                      extra_path: Path | None = None, env: dict[str, str] | None = None,
+                      timeout: float = 600, poll: float = 0.01) -> None:
+    """Start `nexus <args>` and SIGKILL it as soon as `reached()` is true; fails if the run
+    ends first or `what` is not reached within `timeout` seconds."""
+    import signal
+    import time
+
+    environment = {k: v for k, v in os.environ.items() if k != "NEXUS_PLUGINS"}
+    environment.update(env or {})
+    if extra_path is not None:
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path), environment.get("PYTHONPATH")]))
+    process = subprocess.Popen([sys.executable, "-m", "nexus_kernel.cli", *args], cwd=cwd, env=environment,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not reached():
+        assert process.poll() is None, f"nexus run ended before {what}"
+        assert time.monotonic() < deadline, f"{what} was not reached in time"
+        time.sleep(poll)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

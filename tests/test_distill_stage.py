@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from kernel_helpers import nexus
+from kernel_helpers import nexus, run_and_kill_when
 
 pytestmark = pytest.mark.slow
 
@@ -63,17 +58,12 @@ def test_architecture_distillation_and_kill_resume(project: Path) -> None:
     assert checks["joint"]["backbone_frozen"] is False and checks["adapter-math"]["backbone_frozen"] is True
     assert list(checks["adapter-voice"]["norms"]) == ["adapters.voice"]
 
-    env = {k: v for k, v in os.environ.items() if k != "NEXUS_PLUGINS"}
-    process = subprocess.Popen([sys.executable, "-m", "nexus_kernel.cli", "run", "--run-dir", "runs/killed"],
-                               cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pointer = project / "runs/killed/checkpoints/joint/latest.json"
-    deadline = time.monotonic() + 600
-    while not (pointer.is_file() and json.loads(pointer.read_text() or "{}").get("step", 0) >= 3):
-        assert process.poll() is None, "nexus run ended before the joint phase checkpointed"
-        assert time.monotonic() < deadline, "the joint phase did not checkpoint in time"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+
+    def joint_checkpointed() -> bool:
+        return pointer.is_file() and json.loads(pointer.read_text() or "{}").get("step", 0) >= 3
+
+    run_and_kill_when(["run", "--run-dir", "runs/killed"], project, joint_checkpointed, "a joint-phase checkpoint")
     killed = project / "runs/killed"
     assert json.loads((killed / "state.json").read_text())["stages"]["distill"]["status"] == "running"
     assert not (killed / "checkpoints/student.safetensors").exists()

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from kernel_helpers import install_fake_distribution, nexus
+from kernel_helpers import install_fake_distribution, nexus, run_and_kill_when
 
 pytestmark = pytest.mark.slow
 
@@ -154,18 +151,8 @@ def test_sigkill_during_a_stage_then_rerun_matches_an_uninterrupted_run(
     assert reference.returncode == 3, reference.stderr
 
     marker = tmp_path / "marker"
-    env = {k: v for k, v in os.environ.items() if k != "NEXUS_PLUGINS"}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")])),
-               SLOWCAP_MARKER=str(marker))
-    process = subprocess.Popen([sys.executable, "-m", "nexus_kernel.cli", "run", "--run-dir", "runs/killed"],
-                               cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert process.poll() is None, "nexus run ended before reaching stage 0"
-        assert time.monotonic() < deadline, "stage 0 was not reached in time"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    run_and_kill_when(["run", "--run-dir", "runs/killed"], project, marker.exists, "stage 0",
+                      extra_path=site, env={"SLOWCAP_MARKER": str(marker)}, timeout=120, poll=0.05)
     killed = project / "runs/killed"
     state = json.loads((killed / "state.json").read_text())
     assert state["stages"]["lock"]["status"] == "running"
