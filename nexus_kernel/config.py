@@ -78,13 +78,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_positions": Key("int", 512, "longest sequence, prefix included (backbone = config)", minimum=16),
     },
     "distill": {
-        "alpha": Key("float", 0.1, "weight of the anchor loss: L = L_output + alpha * L_anchor", minimum=0.0),
-        "adapter_steps": Key("int", 300, "adapter-first steps per capability (backbone frozen)", minimum=1),
-        "joint_steps": Key("int", 0, "joint steps over every capability with the backbone unfrozen; "
+        "alpha": Key("float", 10.0, "weight of the anchor loss: L = L_output + alpha * L_anchor", minimum=0.0),
+        "adapter_steps": Key("int", 100, "adapter-first steps per capability (backbone frozen)", minimum=1),
+        "joint_steps": Key("int", 1000, "joint steps over every capability with the backbone unfrozen; "
                            "0 skips the joint phase", minimum=0),
         "batch_size": Key("int", 32, "items per capability per step", minimum=1),
         "learning_rate": Key("float", 3e-3, "peak learning rate of the adapter phase", minimum=0.0),
-        "joint_learning_rate": Key("float", 2e-3, "peak learning rate of the joint phase (lower it for a "
+        "joint_learning_rate": Key("float", 3e-3, "peak learning rate of the joint phase (lower it for a "
                                    "pretrained backbone)", minimum=0.0),
         "pool_size": Key("int", 4096, "training items per capability answered by its teacher", minimum=8),
         "eval_samples": Key("int", 300, "held-out items scored per capability after training", minimum=1),

@@ -246,6 +246,7 @@ class RecoveringTrainer:
     def run(self) -> LoopState:
         """Train to `steps` (resuming when a checkpoint of this fingerprint exists)."""
         if not self.resume():
+            self.journal.write("start", steps=self.steps, fingerprint=self.fingerprint)
             self.save_checkpoint()
         self.module.train()
         reported = self.state.step
@@ -308,13 +309,16 @@ class RecoveringTrainer:
 
 
 def summarise(journal: Path) -> dict[str, dict[str, int]]:
-    """Per phase, how many of each event `training.jsonl` holds."""
+    """Per phase, how many of each event `training.jsonl` holds since the phase last started
+    afresh (a resumed phase keeps its earlier events; a restarted one does not)."""
     counts: dict[str, dict[str, int]] = {}
     if not journal.is_file():
         return counts
     for line in journal.read_text().splitlines():
         entry = json.loads(line)
-        if entry["kind"] in ("rollback", "resume"):
+        if entry["kind"] == "start":
+            counts[entry["phase"]] = {}
+        elif entry["kind"] in ("rollback", "resume"):
             phase = counts.setdefault(entry["phase"], {})
             key = entry.get("reason", entry["kind"])
             phase[key] = phase.get(key, 0) + 1

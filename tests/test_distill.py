@@ -260,3 +260,16 @@ def test_a_step_that_adds_a_part_is_compared_with_steps_like_it(tmp_path: Path) 
     state = trainer(tmp_path, model, step_loss).run()
     assert state.events == {}
     assert set(state.running_loss) == {"output", "output,revisited"}
+
+
+def test_event_counts_start_over_when_a_phase_restarts(tmp_path: Path) -> None:
+    from nexus_kernel.recovery import summarise
+
+    journal = Journal(tmp_path / "training.jsonl", "joint")
+    journal.write("start")
+    journal.write("rollback", reason="spike")
+    journal.write("start")  # a fresh start of the phase (another config): old events do not count
+    journal.write("rollback", reason="nan")
+    journal.write("resume", step=3)
+    Journal(tmp_path / "training.jsonl", "adapter-math").write("rollback", reason="drift")
+    assert summarise(tmp_path / "training.jsonl") == {"joint": {"nan": 1, "resume": 1}, "adapter-math": {"drift": 1}}
