@@ -31,7 +31,7 @@ from nexus_kernel.logs import get_logger
 from nexus_kernel.recovery import Journal, RecoveringTrainer, RecoverySettings, named_trainable, summarise
 from nexus_kernel.runner import RunContext
 from nexus_kernel.student import CapabilityAdapter, NexusStudent, StudentBatch, StudentCapability, masked_mean
-from nexus_kernel.text import IGNORE_INDEX
+from nexus_kernel.text import IGNORE_INDEX, TOP_K
 
 CHECKPOINT_DIR = "checkpoints"
 JOURNAL_FILE = "training.jsonl"
@@ -131,8 +131,8 @@ def _serialise_outputs(outputs: list[Any]) -> tuple[list[str] | None, torch.Tens
     return None, torch.stack([torch.as_tensor(output).float() for output in outputs])
 
 
-def build_pool(context: RunContext, student: NexusStudent, name: str, architecture: Mapping[str, Any],
-               settings: Mapping[str, Any], folder: Path) -> Pool:
+def build_pool(context: RunContext, student: NexusStudent, name: str, plan_without_teacher: Any,
+               architecture: Mapping[str, Any], settings: Mapping[str, Any], folder: Path) -> Pool:
     """Load the capability's teacher, collect its answers and anchor targets on the training
     pool and its held-out score, cache them in `folder`, unload it. A cached pool with the
     same fingerprint is reused."""
@@ -150,12 +150,10 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
     profile = json.loads((context.run_dir / OUTPUT_DIR / name / "profile.json").read_text())
     key_layers = [pair["teacher"] for pair in entry_data["layer_map"]]
     rank = int(entry_data["rank"])
-    fingerprint = sha256_json({"format": 5, "entry": entry_data, "budget": context.config.section("hardware")["memory_budget_gb"], "pool_size": settings["pool_size"],
+    fingerprint = sha256_json({"format": 6, "entry": entry_data, "budget": context.config.section("hardware")["memory_budget_gb"], "pool_size": settings["pool_size"],
                                "eval_samples": settings["eval_samples"], "datasets": datasets,
                                "basis": sha256_file(context.run_dir / OUTPUT_DIR / name / "basis.safetensors")})
     meta_path, tensor_path = folder / "pool.json", folder / "pool.safetensors"
-    plan_without_teacher = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=None,
-                                                    student=student, datasets=datasets)
     items = list(itertools.islice(plan_without_teacher.items(), settings["pool_size"]))
     if len(items) < settings["batch_size"]:
         raise StageError(f"{name}: only {len(items)} training items, fewer than one batch of {settings['batch_size']}")
@@ -185,7 +183,7 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
             raise StageError(f"{name}: unknown distillation objective {plan.objective!r} (known: {', '.join(OBJECTIVES)})")
         if plan.objective == "kl" and plan.teacher_distributions is None:
             raise StageError(f"{name}: the kl objective needs the plan's teacher_distributions")
-        soft_rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        soft_rows: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         basis = read_basis(context.run_dir, name, key_layers, rank)
         outputs: list[Any] = []
         coefficients: list[torch.Tensor] = []
@@ -237,20 +235,29 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, architectu
         tensors["outputs"] = rows.contiguous()
     soft = None
     if plan.objective == "kl":
-        lengths = torch.tensor([0] + [len(ids) for ids, _ in soft_rows])
-        soft = (torch.cat([ids for ids, _ in soft_rows]).contiguous(),
-                torch.cat([values for _, values in soft_rows]).float().contiguous(), lengths.cumsum(dim=0))
+        soft = pack_distributions(soft_rows)
         tensors["soft.ids"], tensors["soft.logprobs"], tensors["soft.offsets"] = soft
     scores = {key: score.to_json() for key, score in teacher_scores.items()}
     atomic_write_bytes(tensor_path, save(tensors))
     atomic_write_json(meta_path, {"fingerprint": fingerprint, "texts": texts, "teacher_scores": scores,
                                   "teacher": entry.name, "teacher_load": teacher_load,
                                   "aligned": sorted(aligned), "objective": plan.objective,
+                                  "kl_items": sum(row is not None for row in soft_rows),
                                   "key_layers": key_layers, "seconds": round(time.perf_counter() - started, 2)})
     log.info("teacher answered the pool", capability=name, items=len(items),
              seconds=round(time.perf_counter() - started, 1))
     return Pool(items, outputs if texts is not None else list(rows), tensors["coefficients"],  # type: ignore[arg-type]
                 eigenvalues, scores, plan.objective, soft, tokens)
+
+
+def pack_distributions(rows: list[tuple[torch.Tensor, torch.Tensor] | None]) -> tuple[torch.Tensor, ...]:
+    """Per-item teacher distributions as `(ids, log-probabilities, offsets)`; an item without
+    one (its tokenizations disagree) gets zero length and is trained with cross-entropy."""
+    present = [row for row in rows if row is not None]
+    lengths = torch.tensor([0] + [0 if row is None else len(row[0]) for row in rows])
+    ids = torch.cat([ids for ids, _ in present]) if present else torch.zeros(0, TOP_K, dtype=torch.long)
+    values = torch.cat([values for _, values in present]).float() if present else torch.zeros(0, TOP_K)
+    return ids.contiguous(), values.contiguous(), lengths.cumsum(dim=0)
 
 
 def _bar(total: int, description: str) -> Any:
@@ -296,10 +303,15 @@ class CapabilityTask:
             wanted = batch.labels != IGNORE_INDEX  # type: ignore[operator]
             wanted[:, 0] = False
             batch.soft_ids = torch.zeros(*wanted.shape, ids.shape[1], dtype=torch.long)
-            batch.soft_logprobs = torch.zeros(*wanted.shape, ids.shape[1])
+            batch.soft_logprobs = torch.full((*wanted.shape, ids.shape[1]), -1e9)
             for row, index in enumerate(order):
-                batch.soft_ids[row][wanted[row]] = ids[offsets[index] : offsets[index + 1]]
-                batch.soft_logprobs[row][wanted[row]] = logprobs[offsets[index] : offsets[index + 1]]
+                start, end = int(offsets[index]), int(offsets[index + 1])
+                if end > start:
+                    batch.soft_ids[row][wanted[row]] = ids[start:end]
+                    batch.soft_logprobs[row][wanted[row]] = logprobs[start:end]
+                else:  # no teacher distribution for this item: all mass on its label (cross-entropy)
+                    batch.soft_ids[row, :, 0] = batch.labels[row].clamp(min=0)  # type: ignore[index]
+                    batch.soft_logprobs[row, :, 0] = 0.0
         for k, (values, offsets) in self.pool.tokens.items():
             mask = batch.attention_mask
             target = torch.zeros(*mask.shape, values.shape[1])
@@ -445,7 +457,7 @@ def converged(name: str, running: Mapping[str, float]) -> bool:
 
 def train_phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTask], phase: str,
                 steps: int, learning_rate: float, frozen: bool, settings: Mapping[str, Any],
-                fingerprint: Any, on_step: Any = None) -> dict[str, Any]:
+                fingerprint: Any) -> dict[str, Any]:
     """One phase: the adapters of `tasks` (and the backbone unless `frozen`) trained for
     `steps` on the sum of the tasks' losses; returns the phase's summary."""
     student.freeze_backbone(frozen)
@@ -486,7 +498,7 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
     with _progress(steps, f"distilling {phase}") as bar:
         trainer = RecoveringTrainer(student, parameters, step_loss, steps, learning_rate, folder, journal,
                                     _recovery(settings), settings["alpha"], check=check, fingerprint=fingerprint,
-                                    on_step=on_step, progress=bar.update)
+                                    progress=bar.update)
         state = trainer.run()
     explained = check()
     journal.write("end", step=state.step, reconstruction=explained, events=state.events)
@@ -494,10 +506,11 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
             "rollbacks": state.rollbacks, "events": state.events, "skipped_steps": state.skipped}
 
 
-def save_student(student: NexusStudent, path: Path) -> None:
+def save_weights(module: nn.Module, path: Path) -> None:
+    """`module`'s state as safetensors, written atomically."""
     from safetensors.torch import save
 
-    state = {key: value.detach().contiguous() for key, value in student.state_dict().items()}
+    state = {key: value.detach().contiguous() for key, value in module.state_dict().items()}
     atomic_write_bytes(path, save(state))
 
 
@@ -523,81 +536,97 @@ def retention(teacher: Mapping[str, Any], student: Mapping[str, Any]) -> dict[st
     return {"status": "pass" if ratio >= 0.97 else "below 0.97", "ratio": ratio}
 
 
-def run_distill(context: RunContext, on_step: Any = None) -> str:
-    """Stage 4 (see the module docstring). `on_step(phase, step, trainer)` is a test hook."""
-    from nexus_kernel.stage_architecture import ARCHITECTURE_FILE, build_student
+def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Mapping[str, Any],
+                   settings: Mapping[str, Any], seed: int) -> dict[str, CapabilityTask]:
+    """Per capability, in name order: its plan (without the teacher) and its pool (built with
+    the teacher, one at a time, or read from the cache)."""
     from nexus_kernel.lock import LOCK_FILE
+
+    datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"]
+    tasks = {}
+    for index, name in enumerate(sorted(architecture["capabilities"])):
+        capability, _ = context.plugins.capabilities()[name]
+        plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=None,
+                                        student=student, datasets=datasets[name])
+        if plan is None:
+            raise StageError(f"{name}: its plugin gives no distillation plan (distill_capability returned None)")
+        pool = build_pool(context, student, name, plan, architecture, settings,
+                          context.run_dir / CHECKPOINT_DIR / name)
+        scale = context.config.capability_settings(name).get("alpha_scale")
+        tasks[name] = CapabilityTask(name, capability, plan, pool, seed + index,
+                                     capability.alpha_scale if scale is None else scale)
+    return tasks
+
+
+def _phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTask], phase: str,
+           frozen: bool, settings: Mapping[str, Any], fingerprint: str, weights: nn.Module, seed: int) -> dict[str, Any]:
+    """Run one phase, or reuse its result when `done.json` has this fingerprint; the phase's
+    final `weights` (the adapter, or the whole student) are saved next to it."""
     from nexus_kernel.training import seed_everything
+
+    folder = context.run_dir / CHECKPOINT_DIR / phase
+    final = folder / "final.safetensors"
+    if _phase_done(folder, fingerprint) and final.is_file():
+        load_weights(weights, final)
+        return json.loads((folder / "done.json").read_text())["summary"]  # type: ignore[no-any-return]
+    seed_everything(seed)
+    steps, rate = ((settings["adapter_steps"], settings["learning_rate"]) if frozen
+                   else (settings["joint_steps"], settings["joint_learning_rate"]))
+    summary = train_phase(context, student, tasks, phase, steps, rate, frozen, settings, fingerprint)
+    save_weights(weights, final)
+    atomic_write_json(folder / "done.json", {"fingerprint": fingerprint, "summary": summary})
+    return summary
+
+
+def _score(context: RunContext, student: NexusStudent, task: CapabilityTask, settings: Mapping[str, Any]
+           ) -> dict[str, Any]:
+    """The student's held-out scores next to its teacher's, and the retention verdict."""
+    from nexus_kernel.lock import LOCK_FILE
+
+    datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"][task.name]
+    scores = context.plugins.call_for(task.name, "retention_metric", capability=task.capability,
+                                      model=StudentCapability(student, task.name), split="test",
+                                      datasets=datasets, limit=settings["eval_samples"])
+    student_scores = {key: score.to_json() for key, score in scores.items()}
+    headline = next(iter(task.pool.teacher_scores))
+    verdict = retention(task.pool.teacher_scores[headline], student_scores[headline])
+    log.info("held-out", capability=task.name, benchmark=headline, teacher=task.pool.teacher_scores[headline]["value"],
+             student=student_scores[headline]["value"], **verdict)
+    return {"benchmark": headline, "teacher": task.pool.teacher_scores, "student": student_scores,
+            "retention": verdict}
+
+
+def run_distill(context: RunContext) -> str:
+    """Stage 4 (see the module docstring)."""
+    from nexus_kernel.lock import LOCK_FILE
+    from nexus_kernel.stage_architecture import ARCHITECTURE_FILE, build_student
 
     architecture = json.loads((context.run_dir / ARCHITECTURE_FILE).read_text())
     settings = context.config.section("distill")
     seed = int(json.loads((context.run_dir / LOCK_FILE).read_text())["seed"])
     student = build_student(context, architecture)
-    names = sorted(architecture["capabilities"])
-    root = context.run_dir / CHECKPOINT_DIR
+    tasks = _prepare_tasks(context, student, architecture, settings, seed)
     base = {"architecture": architecture, "distill": settings, "seed": seed}
-    tasks: dict[str, CapabilityTask] = {}
     phases: dict[str, Any] = {}
-    for index, name in enumerate(names):
-        capability, _ = context.plugins.capabilities()[name]
-        pool = build_pool(context, student, name, architecture, settings, root / name)
-        plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=None,
-                                        student=student, datasets=json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"][name])
-        scale = context.config.capability_settings(name).get("alpha_scale")
-        tasks[name] = CapabilityTask(name, capability, plan, pool, seed + index,
-                                     capability.alpha_scale if scale is None else scale)
-    adapter_finals = {}
-    for name in names:
+    adapters = {}
+    for name, task in tasks.items():
         phase = f"adapter-{name}"
-        folder = root / phase
-        fingerprint = sha256_json({**base, "phase": phase, "pool": tasks[name].pool.teacher_scores})
-        final = folder / "adapter.safetensors"
-        if _phase_done(folder, fingerprint) and final.is_file():
-            load_weights(student.adapters[name], final)
-            phases[phase] = json.loads((folder / "done.json").read_text())["summary"]
-        else:
-            seed_everything(seed)
-            hook = (lambda step, trainer, phase=phase: on_step(phase, step, trainer)) if on_step else None
-            phases[phase] = train_phase(context, student, [tasks[name]], phase, settings["adapter_steps"],
-                                        settings["learning_rate"], True, settings, fingerprint, hook)
-            from safetensors.torch import save
-
-            atomic_write_bytes(final, save({k: v.detach().contiguous() for k, v in student.adapters[name].state_dict().items()}))
-            atomic_write_json(folder / "done.json", {"fingerprint": fingerprint, "summary": phases[phase]})
-        adapter_finals[name] = sha256_file(final)
+        fingerprint = sha256_json({**base, "phase": phase, "pool": task.pool.teacher_scores})
+        phases[phase] = _phase(context, student, [task], phase, True, settings, fingerprint,
+                               student.adapters[name], seed)
+        adapters[name] = sha256_file(context.run_dir / CHECKPOINT_DIR / phase / "final.safetensors")
     if settings["joint_steps"]:
-        phase = "joint"
-        fingerprint = sha256_json({**base, "phase": phase, "adapters": adapter_finals})
-        folder = root / phase
-        final = folder / "student.safetensors"
-        if _phase_done(folder, fingerprint) and final.is_file():
-            load_weights(student, final)
-            phases[phase] = json.loads((folder / "done.json").read_text())["summary"]
-        else:
-            seed_everything(seed)
-            hook = (lambda step, trainer: on_step(phase, step, trainer)) if on_step else None
-            phases[phase] = train_phase(context, student, [tasks[n] for n in names], phase, settings["joint_steps"],
-                                        settings["joint_learning_rate"], False, settings, fingerprint, hook)
-            save_student(student, final)
-            atomic_write_json(folder / "done.json", {"fingerprint": fingerprint, "summary": phases[phase]})
+        fingerprint = sha256_json({**base, "phase": "joint", "adapters": adapters})
+        phases["joint"] = _phase(context, student, list(tasks.values()), "joint", False, settings, fingerprint,
+                                 student, seed)
     student.eval()
-    report: dict[str, Any] = {"phases": phases, "events": summarise(context.run_dir / JOURNAL_FILE), "capabilities": {}}
-    lines = []
-    datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"]
-    for name in names:
-        task = tasks[name]
-        scores = context.plugins.call_for(name, "retention_metric", capability=task.capability,
-                                          model=StudentCapability(student, name), split="test",
-                                          datasets=datasets[name], limit=settings["eval_samples"])
-        student_scores = {key: score.to_json() for key, score in scores.items()}
-        headline = next(iter(task.pool.teacher_scores))
-        verdict = retention(task.pool.teacher_scores[headline], student_scores[headline])
-        report["capabilities"][name] = {"benchmark": headline, "teacher": task.pool.teacher_scores,
-                                        "student": student_scores, "retention": verdict}
-        shown = f"{verdict['ratio']:.3f}" if verdict["ratio"] is not None else verdict["status"]
-        lines.append(f"{name} {student_scores[headline]['value']:.3f}/{task.pool.teacher_scores[headline]['value']:.3f} ({shown})")
-        log.info("held-out", capability=name, benchmark=headline, teacher=task.pool.teacher_scores[headline]["value"],
-                 student=student_scores[headline]["value"], **verdict)
-    save_student(student, context.run_dir / STUDENT_FILE)
+    report = {"phases": phases, "events": summarise(context.run_dir / JOURNAL_FILE),
+              "capabilities": {name: _score(context, student, task, settings) for name, task in tasks.items()}}
+    save_weights(student, context.run_dir / STUDENT_FILE)
     atomic_write_json(context.run_dir / REPORT_FILE, report)
+    lines = []
+    for name, entry in report["capabilities"].items():
+        verdict, headline = entry["retention"], entry["benchmark"]
+        shown = f"{verdict['ratio']:.3f}" if verdict["ratio"] is not None else verdict["status"]
+        lines.append(f"{name} {entry['student'][headline]['value']:.3f}/{entry['teacher'][headline]['value']:.3f} ({shown})")
     return "student/teacher: " + ", ".join(lines)

@@ -293,19 +293,29 @@ TOP_K = 16
 """Teacher tokens kept per position for the `kl` objective."""
 
 
-def same_vocabulary(first: Any, second: Any) -> bool:
-    """Whether two tokenizers map the same pieces to the same ids."""
-    return bool(first.get_vocab() == second.get_vocab())
+def vocabulary_map(teacher: Any, student: Any) -> torch.Tensor | None:
+    """Teacher token id -> student token id by piece, when every teacher piece is a student
+    piece (the same vocabulary, or the student's a superset, as the demo student's is); else
+    None. Teacher logits then translate into the student's vocabulary."""
+    import torch
+
+    pieces = teacher.convert_ids_to_tokens(list(range(len(teacher))))
+    student_vocabulary = student.get_vocab()
+    mapped = [student_vocabulary.get(piece) for piece in pieces]
+    if any(index is None for index in mapped):
+        return None
+    return torch.tensor(mapped, dtype=torch.long)
 
 
 def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[Any]],
                       to_pair: Callable[[Any], tuple[str, str]], answer: TeacherAnswers) -> Any:
     """A `DistillPlan` for a text teacher: the teacher `answer`s each item's prompt and the
-    student learns `(prompt, teacher's completion)`; when the two share a vocabulary the
-    objective is `kl` on the teacher's top-`TOP_K` next-token distribution over the
-    completion, else `sequence` (cross-entropy with the student's own tokenizer). The anchor
-    activations are the teacher's on that same text. `teacher` may be None when only items and
-    student batches are asked for (the joint phase)."""
+    student learns `(prompt, teacher's completion)`. When every teacher token is a student
+    token (`vocabulary_map`) the objective is `kl` on the teacher's top-`TOP_K` next-token
+    distribution over the completion, for each item whose two tokenizations agree token for
+    token (the others get cross-entropy); else `sequence` (cross-entropy on the completion
+    with the student's own tokenizer). The anchor activations are the teacher's on that same
+    text. `teacher` may be None when only items and student batches are asked for."""
     from nexus_kernel.contracts import DistillPlan
     from nexus_kernel.student import StudentBatch
 
@@ -329,19 +339,27 @@ def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[A
         input_ids, mask, labels = completion_batch(student.tokenizer, list(zip(prompts(chunk), outputs, strict=True)))
         return StudentBatch(input_ids=input_ids, attention_mask=mask, labels=labels)
 
-    def teacher_distributions(chunk: list[Any], outputs: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    id_map = vocabulary_map(teacher_model.tokenizer, student.tokenizer) if teacher_model is not None else None
+
+    def teacher_distributions(chunk: list[Any], outputs: list[str]) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
         import torch
 
-        assert teacher_model is not None, "the teacher is not loaded"
+        assert teacher_model is not None and id_map is not None, "the teacher is not loaded"
         input_ids, mask, labels = teacher_batch(chunk, outputs)
+        student_ids = student_batch(chunk, outputs)
         with torch.inference_mode():
             logprobs = torch.log_softmax(teacher_model.model(input_ids=input_ids, attention_mask=mask).logits.float(), -1)
         top = logprobs[:, :-1].topk(TOP_K, dim=-1)
         wanted = labels[:, 1:] != IGNORE_INDEX
-        return [(top.indices[row][wanted[row]], top.values[row][wanted[row]]) for row in range(len(chunk))]
+        rows: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        for row in range(len(chunk)):
+            own = student_ids.input_ids[row][student_ids.attention_mask[row].bool()]
+            theirs = id_map[input_ids[row][mask[row].bool()]]
+            agree = len(own) == len(theirs) and bool(torch.equal(own, theirs))
+            rows.append((id_map[top.indices[row][wanted[row]]], top.values[row][wanted[row]]) if agree else None)
+        return rows
 
-    shared = teacher_model is not None and same_vocabulary(teacher_model.tokenizer, student.tokenizer)
     return DistillPlan(items=items, teacher_batch=teacher_batch, teacher_forward=teacher_forward,
                        teacher_outputs=teacher_outputs, student_batch=student_batch,
-                       objective="kl" if shared else "sequence", mask_of=lambda batch: batch[1],
-                       teacher_distributions=teacher_distributions if shared else None)
+                       objective="kl" if id_map is not None else "sequence", mask_of=lambda batch: batch[1],
+                       teacher_distributions=teacher_distributions if id_map is not None else None)
