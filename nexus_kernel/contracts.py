@@ -82,14 +82,16 @@ class DistillPlan:
     the teacher on them (the kernel hooks its key layers there, as in profiling; `mask_of`
     marks real positions); `student_batch(items, outputs)` turns items and the teacher's
     answers into a `nexus_kernel.student.StudentBatch`.
-    `objective` is `kl` (teacher and student share a vocabulary: the student matches the
+    `objective` is `kl` (every teacher token is a student token: the student matches the
     teacher's next-token distribution on the completion, given by `teacher_distributions`),
     `sequence` (cross-entropy on the teacher's completions, for teachers whose vocabulary
     differs from the student's) or `cosine` (embedding teachers).
 
     `teacher_distributions(items, outputs)`, for `kl` only: per item, the teacher's `k` most
-    likely token ids and their log-probabilities at each completion position, as a pair of
-    `(positions, k)` tensors, in the order of the student batch's label positions.
+    likely token ids (in the student's vocabulary) and their log-probabilities at each
+    completion position, as a pair of `(positions, k)` tensors in the order of the student
+    batch's label positions, or None for an item the two tokenize differently (it is then
+    trained with cross-entropy).
     """
 
     items: Callable[[], Iterator[Any]]
@@ -99,7 +101,7 @@ class DistillPlan:
     student_batch: Callable[[list[Any], list[Any]], Any]
     objective: str
     mask_of: Callable[[Any], Any] | None = None
-    teacher_distributions: Callable[[list[Any], list[Any]], list[tuple[Any, Any]]] | None = None
+    teacher_distributions: Callable[[list[Any], list[Any]], list[tuple[Any, Any] | None]] | None = None
 
 
 @dataclass(frozen=True)
