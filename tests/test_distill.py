@@ -280,3 +280,22 @@ def test_event_counts_start_over_when_a_phase_restarts(tmp_path: Path) -> None:
     journal.write("resume", step=3)
     Journal(tmp_path / "training.jsonl", "adapter-math").write("rollback", reason="drift")
     assert summarise(tmp_path / "training.jsonl") == {"joint": {"nan": 1, "resume": 1}, "adapter-math": {"drift": 1}}
+
+
+def test_a_backbone_folder_that_is_not_a_model_is_named(tmp_path: Path) -> None:
+    from nexus_kernel.stage_architecture import build_backbone
+
+    (tmp_path / "empty").mkdir()
+    settings = {"backbone": "empty"}
+    with pytest.raises(StageError, match=r"student.backbone: .*empty is not a Hugging Face model folder"):
+        build_backbone(settings, tmp_path, tmp_path / "run", None, 42)
+
+
+def test_the_layer_map_keeps_relative_depth() -> None:
+    from nexus_kernel.stage_architecture import map_layer
+
+    blocks = [f"model.layers.{i}" for i in range(2)]
+    assert [map_layer(name, blocks, 4) for name in blocks] == [1, 3]
+    mixed = ["encoder.layers.0", "encoder.layers.1", "encoder.layers.2", "decoder.h.0", "decoder.h.1"]
+    assert [map_layer(name, mixed, 4) for name in mixed] == [0, 2, 3, 1, 3]
+    assert map_layer("pooler", mixed, 4) == 3  # not a numbered block: the last student block
