@@ -41,7 +41,8 @@ def build() -> tuple[object, object, object, object]:
     from nexus_kernel.config import SCHEMA
     from nexus_kernel.contracts import AdapterSpec
     from nexus_kernel.plugins import load_plugins
-    from nexus_kernel.stage_distill import CapabilityTask, Pool
+    from nexus_kernel.distill_pool import Pool
+    from nexus_kernel.stage_distill import CapabilityTask
     from nexus_kernel.student import CapabilityAdapter, NexusStudent, default_targets, linear_targets
     from nexus_kernel.text import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
 

@@ -1,269 +1,41 @@
 """Stage 4, distillation: adapter-first, then (optionally) joint, with anchoring and recovery.
 
-Per capability, with only its teacher loaded: the teacher answers `pool_size` training items
-(completion texts or embeddings) and gives, per item, its key layers' mean activation in the
-profiled PCA basis, whitened over the pool (the anchor targets); both are cached in
-`checkpoints/<capability>/pool.*` and the teacher is unloaded. Its adapter is then trained
-with the backbone frozen on `L = L_output + alpha * L_anchor`. The optional joint phase
-unfreezes the backbone at a lower learning rate and trains every capability at once, each
-capability's anchor protecting its subspace. Training runs under `RecoveringTrainer`
-(checkpoints, rollback on spikes and drift, resume). At the end every capability's student
-is scored on held-out items next to its teacher (`distill_report.json`).
+Per capability, one teacher at a time, `distill_pool.build_pool` collects the teacher's
+answers and anchor targets on the training items. Each adapter is then trained with the
+backbone frozen on `L = L_output + alpha * L_anchor`. The joint phase unfreezes the backbone
+and trains every capability at once, each capability's anchor protecting its subspace.
+Training runs under `RecoveringTrainer` (checkpoints, rollback on spikes and drift, resume).
+At the end every capability's student is scored on held-out items next to its teacher
+(`distill_report.json`).
 """
 
 from __future__ import annotations
 
-import gc
-import itertools
 import json
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from nexus_kernel.distill_pool import Pool, build_pool
 from nexus_kernel.errors import StageError
 from nexus_kernel.fsio import atomic_write_bytes, atomic_write_json, sha256_file, sha256_json
 from nexus_kernel.logs import get_logger
 from nexus_kernel.recovery import Journal, RecoveringTrainer, RecoverySettings, named_trainable, summarise
 from nexus_kernel.runner import RunContext
-from nexus_kernel.student import CapabilityAdapter, NexusStudent, StudentBatch, StudentCapability, masked_mean
-from nexus_kernel.text import IGNORE_INDEX, TOP_K
+from nexus_kernel.student import CapabilityAdapter, NexusStudent, StudentBatch, StudentCapability
+from nexus_kernel.text import IGNORE_INDEX
 
 CHECKPOINT_DIR = "checkpoints"
 JOURNAL_FILE = "training.jsonl"
 REPORT_FILE = "distill_report.json"
 STUDENT_FILE = f"{CHECKPOINT_DIR}/student.safetensors"
-_TEACHER_BATCH = 64
 _CHECK_ITEMS = 128
-_EIGEN_FLOOR = 1e-6
-OBJECTIVES = ("kl", "sequence", "cosine")
 
 log = get_logger("distill")
-
-
-@dataclass
-class Pool:
-    """One capability's training items with the teacher's answers and anchor targets."""
-
-    items: list[Any]
-    outputs: list[Any]
-    coefficients: torch.Tensor  # (items, key layers, rank), whitened over the pool
-    eigenvalues: torch.Tensor  # (key layers, rank): the pool variance of each coefficient
-    teacher_scores: dict[str, Any]
-    objective: str = "sequence"
-    """What the teacher's plan asked for when it was loaded (`kl`, `sequence`, `cosine`)."""
-    soft: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    """For `kl`: top-k ids `(positions, k)`, log-probabilities `(positions, k)` and each
-    item's offsets into them `(items + 1,)`."""
-    tokens: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    """Per key layer whose tokens line up with the student's text tokens: every real token's
-    coefficients whitened by the profiled eigenvalues `(tokens, rank)`, and each item's
-    offsets into them `(items + 1,)`."""
-
-
-# anchors -------------------------------------------------------------------------------------
-
-
-def project(pooled: torch.Tensor, mean: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
-    """Coefficients of `pooled` rows in the PCA basis (`components` rows are unit vectors)."""
-    return ((pooled.double() - mean.double()) @ components.double().T).float()
-
-
-def _floor(eigenvalues: torch.Tensor) -> float:
-    return max(float(eigenvalues.max()) * _EIGEN_FLOOR, 1e-12)
-
-
-def whiten(coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale each coefficient to unit variance over the pool; returns the whitened
-    coefficients and the variances used. The profiled eigenvalues are per-token variances,
-    which sequence means do not have, so the pool's own variances are the right scale (a
-    flat direction is floored at a millionth of the largest, not divided by zero)."""
-    centred = coefficients - coefficients.mean(dim=0)
-    variance = centred.pow(2).mean(dim=0)
-    variance = variance.clamp(min=_floor(variance))
-    return centred / variance.sqrt(), variance
-
-
-def read_basis(run_dir: Path, name: str, key_layers: list[str], rank: int) -> dict[str, tuple[torch.Tensor, ...]]:
-    from safetensors.torch import load_file
-
-    from nexus_kernel.stage_profile import OUTPUT_DIR
-
-    tensors = load_file(str(run_dir / OUTPUT_DIR / name / "basis.safetensors"))
-    return {layer: (tensors[f"{layer}.mean"], tensors[f"{layer}.components"][:rank], tensors[f"{layer}.eigenvalues"][:rank])
-            for layer in key_layers}
-
-
-def layer_activations(model: nn.Module, layers: list[str], batch: Any, forward: Callable[[Any, Any], Any],
-                      teacher: str) -> dict[str, torch.Tensor]:
-    """Each layer's output on `batch`, `(batch, seq, width)` (or `(batch, width)`)."""
-    from nexus_kernel.profiling import _first_tensor, _hooks, modules_named
-
-    found: dict[str, torch.Tensor] = {}
-
-    def grab(name: str, output: Any) -> None:
-        found[name] = _first_tensor(output).detach().float()  # type: ignore[union-attr]
-
-    with torch.inference_mode(), _hooks(modules_named(model, layers, teacher), grab):
-        forward(model, batch)
-    return found
-
-
-def real_tokens(activation: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
-    """Per item, the rows of its real positions (all positions without a matching mask)."""
-    if activation.dim() == 2:
-        return [row[None] for row in activation]
-    if mask is None or mask.shape != activation.shape[:2]:
-        return list(activation)
-    return [item[keep.bool()] for item, keep in zip(activation, mask, strict=True)]
-
-
-# pools ---------------------------------------------------------------------------------------
-
-
-def _serialise_outputs(outputs: list[Any]) -> tuple[list[str] | None, torch.Tensor | None]:
-    if all(isinstance(output, str) for output in outputs):
-        return list(outputs), None
-    return None, torch.stack([torch.as_tensor(output).float() for output in outputs])
-
-
-def build_pool(context: RunContext, student: NexusStudent, name: str, plan_without_teacher: Any,
-               architecture: Mapping[str, Any], settings: Mapping[str, Any], folder: Path) -> Pool:
-    """Load the capability's teacher, collect its answers and anchor targets on the training
-    pool and its held-out score, cache them in `folder`, unload it. A cached pool with the
-    same fingerprint is reused."""
-    from safetensors.torch import load_file, save
-
-    from nexus_kernel.loading import QUANTIZATION_ORDER, most_precise_fitting
-    from nexus_kernel.lock import LOCK_FILE
-    from nexus_kernel.pipeline import REGISTRY_FILE
-    from nexus_kernel.registry import TeacherEntry
-    from nexus_kernel.stage_profile import OUTPUT_DIR, load_teacher, run_device
-
-    capability, _ = context.plugins.capabilities()[name]
-    entry_data = architecture["capabilities"][name]
-    datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"][name]
-    profile = json.loads((context.run_dir / OUTPUT_DIR / name / "profile.json").read_text())
-    key_layers = [pair["teacher"] for pair in entry_data["layer_map"]]
-    rank = int(entry_data["rank"])
-    fingerprint = sha256_json({"format": 6, "entry": entry_data, "budget": context.config.section("hardware")["memory_budget_gb"], "pool_size": settings["pool_size"],
-                               "eval_samples": settings["eval_samples"], "datasets": datasets,
-                               "basis": sha256_file(context.run_dir / OUTPUT_DIR / name / "basis.safetensors")})
-    meta_path, tensor_path = folder / "pool.json", folder / "pool.safetensors"
-    items = list(itertools.islice(plan_without_teacher.items(), settings["pool_size"]))
-    if len(items) < settings["batch_size"]:
-        raise StageError(f"{name}: only {len(items)} training items, fewer than one batch of {settings['batch_size']}")
-    if meta_path.is_file() and tensor_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta["fingerprint"] == fingerprint:
-            tensors = load_file(str(tensor_path))
-            outputs = meta["texts"] if meta["texts"] is not None else list(tensors["outputs"])
-            tokens = {k: (tensors[f"tokens.{k}"], tensors[f"offsets.{k}"]) for k in meta["aligned"]}
-            soft = ((tensors["soft.ids"], tensors["soft.logprobs"], tensors["soft.offsets"])
-                    if meta["objective"] == "kl" else None)
-            return Pool(items, outputs, tensors["coefficients"], tensors["eigenvalues"], meta["teacher_scores"],
-                        meta["objective"], soft, tokens)
-    registry = {e["name"]: e for e in json.loads((context.run_dir / REGISTRY_FILE).read_text())["teachers"]}
-    entry = TeacherEntry.from_json(registry[entry_data["teacher"]])
-    started = time.perf_counter()
-    precision = most_precise_fitting(entry.parameters, context.config.section("hardware")["memory_budget_gb"])
-    if QUANTIZATION_ORDER.index(precision) < QUANTIZATION_ORDER.index(profile["load"]["quantization"]):
-        precision = profile["load"]["quantization"]  # what profiling found to work, if it is more precise
-    teacher = load_teacher(context, entry, precision, run_device(context))
-    try:
-        plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=teacher,
-                                        student=student, datasets=datasets)
-        if plan is None:
-            raise StageError(f"{name}: its plugin gives no distillation plan (distill_capability returned None)")
-        if plan.objective not in OBJECTIVES:
-            raise StageError(f"{name}: unknown distillation objective {plan.objective!r} (known: {', '.join(OBJECTIVES)})")
-        if plan.objective == "kl" and plan.teacher_distributions is None:
-            raise StageError(f"{name}: the kl objective needs the plan's teacher_distributions")
-        soft_rows: list[tuple[torch.Tensor, torch.Tensor] | None] = []
-        basis = read_basis(context.run_dir, name, key_layers, rank)
-        outputs: list[Any] = []
-        coefficients: list[torch.Tensor] = []
-        per_token: dict[int, list[torch.Tensor]] = {k: [] for k in range(len(key_layers))}
-        aligned = set(per_token)
-        with _bar(len(items), f"{name}: teacher answers") as bar:
-            for start in range(0, len(items), _TEACHER_BATCH):
-                chunk = items[start : start + _TEACHER_BATCH]
-                with torch.inference_mode():
-                    answers = plan.teacher_outputs(chunk)
-                    batch = plan.teacher_batch(chunk, answers)
-                mask = plan.mask_of(batch) if plan.mask_of is not None else None
-                student_mask = plan.student_batch(chunk, answers).attention_mask
-                found = layer_activations(teacher.model, key_layers, batch, plan.teacher_forward, entry.name)
-                pooled = []
-                for k, layer in enumerate(key_layers):
-                    pooled.append(project(masked_mean(found[layer], mask), *basis[layer][:2]))
-                    rows = real_tokens(found[layer], mask)
-                    lengths = [len(item) for item in rows]
-                    if student_mask is None or lengths != student_mask.sum(dim=1).tolist():
-                        aligned.discard(k)
-                    if k in aligned:
-                        mean, components, eigenvalues = basis[layer]
-                        per_token[k] += [project(item, mean, components) / eigenvalues.clamp(min=_floor(eigenvalues)).sqrt()
-                                         for item in rows]
-                coefficients.append(torch.stack(pooled, dim=1))
-                if plan.objective == "kl":
-                    soft_rows += plan.teacher_distributions(chunk, answers)
-                outputs += answers
-                bar.update(len(chunk))
-        teacher_scores = context.plugins.call_for(name, "retention_metric", capability=capability,
-                                                  model=teacher, split="test", datasets=datasets,
-                                                  limit=settings["eval_samples"])
-        teacher_load = teacher.describe()
-    finally:
-        del teacher
-        gc.collect()
-    if teacher_scores is None:
-        raise StageError(f"{name}: its plugin gives no retention_metric")
-    texts, rows = _serialise_outputs(outputs)
-    whitened, eigenvalues = whiten(torch.cat(coefficients))
-    tensors = {"coefficients": whitened.contiguous(), "eigenvalues": eigenvalues.contiguous()}
-    tokens = {}
-    for k in sorted(aligned):
-        lengths = torch.tensor([0] + [len(item) for item in per_token[k]])
-        tokens[k] = (torch.cat(per_token[k]).contiguous(), lengths.cumsum(dim=0))
-        tensors[f"tokens.{k}"], tensors[f"offsets.{k}"] = tokens[k]
-    if rows is not None:
-        tensors["outputs"] = rows.contiguous()
-    soft = None
-    if plan.objective == "kl":
-        soft = pack_distributions(soft_rows)
-        tensors["soft.ids"], tensors["soft.logprobs"], tensors["soft.offsets"] = soft
-    scores = {key: score.to_json() for key, score in teacher_scores.items()}
-    atomic_write_bytes(tensor_path, save(tensors))
-    atomic_write_json(meta_path, {"fingerprint": fingerprint, "texts": texts, "teacher_scores": scores,
-                                  "teacher": entry.name, "teacher_load": teacher_load,
-                                  "aligned": sorted(aligned), "objective": plan.objective,
-                                  "kl_items": sum(row is not None for row in soft_rows),
-                                  "key_layers": key_layers, "seconds": round(time.perf_counter() - started, 2)})
-    log.info("teacher answered the pool", capability=name, items=len(items),
-             seconds=round(time.perf_counter() - started, 1))
-    return Pool(items, outputs if texts is not None else list(rows), tensors["coefficients"],  # type: ignore[arg-type]
-                eigenvalues, scores, plan.objective, soft, tokens)
-
-
-def pack_distributions(rows: list[tuple[torch.Tensor, torch.Tensor] | None]) -> tuple[torch.Tensor, ...]:
-    """Per-item teacher distributions as `(ids, log-probabilities, offsets)`; an item without
-    one (its tokenizations disagree) gets zero length and is trained with cross-entropy."""
-    present = [row for row in rows if row is not None]
-    lengths = torch.tensor([0] + [0 if row is None else len(row[0]) for row in rows])
-    ids = torch.cat([ids for ids, _ in present]) if present else torch.zeros(0, TOP_K, dtype=torch.long)
-    values = torch.cat([values for _, values in present]).float() if present else torch.zeros(0, TOP_K)
-    return ids.contiguous(), values.contiguous(), lengths.cumsum(dim=0)
-
-
-def _bar(total: int, description: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, unit="item", dynamic_ncols=True, leave=False)
 
 
 # losses --------------------------------------------------------------------------------------

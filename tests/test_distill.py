@@ -199,7 +199,8 @@ def _text_task(tmp_path: Path, student_words: list[str]) -> tuple[NexusStudent, 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from nexus_kernel.loading import load_teacher_folder
-    from nexus_kernel.stage_distill import CapabilityTask, Pool, pack_distributions
+    from nexus_kernel.distill_pool import Pool, pack_distributions
+    from nexus_kernel.stage_distill import CapabilityTask
     from nexus_kernel.testing import tiny_causal_teacher
     from nexus_kernel.text import build_tokenizer, text_distill_plan
 
