@@ -1,0 +1,54 @@
+"""Removal never reaches outside the declared roots, links included; dry run by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nexus_kernel.cleanup import CleanupError, plan_removal, remove
+
+
+def _tree(tmp_path: Path) -> dict[str, Path]:
+    root = tmp_path / "models"
+    teacher = root / "nexus-demo-math"
+    teacher.mkdir(parents=True)
+    (teacher / "model.safetensors").write_bytes(b"w" * 10)
+    (teacher / "sub").mkdir()
+    (teacher / "sub" / "config.json").write_text("{}")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "data.bin").write_bytes(b"d")
+    (teacher / "link.txt").symlink_to(precious)
+    (teacher / "linked_dir").symlink_to(outside, target_is_directory=True)
+    return {"root": root, "teacher": teacher, "precious": precious, "outside": outside}
+
+
+def test_removal_lists_first_and_never_follows_links_out(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    plan = plan_removal([tree["teacher"]], [tree["root"]])
+    names = sorted(str(d.path.relative_to(tree["teacher"])) for d in plan)
+    assert names == ["link.txt", "linked_dir", "model.safetensors", "sub/config.json"]
+    assert {d.path.name: d.link for d in plan}["linked_dir"] is True
+    assert sum(d.bytes for d in plan) == 12
+
+    remove(plan, [tree["root"]])  # dry run: nothing changes
+    assert (tree["teacher"] / "model.safetensors").exists() and (tree["teacher"] / "link.txt").is_symlink()
+
+    remove(plan, [tree["root"]], dry_run=False)
+    assert not tree["teacher"].exists()  # the emptied folders went too
+    assert tree["root"].is_dir()  # the root itself stays
+    assert tree["precious"].read_text() == "keep me" and (tree["outside"] / "data.bin").read_bytes() == b"d"
+
+
+def test_a_target_outside_the_roots_is_refused(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    for target in (tree["precious"], tree["outside"], tree["root"], tree["root"] / ".." / "precious.txt"):
+        with pytest.raises(CleanupError, match="not inside the run's roots"):
+            plan_removal([target], [tree["root"]])
+    # A link inside the root that points out is removed as a link; its target is untouched.
+    plan = plan_removal([tree["teacher"] / "linked_dir"], [tree["root"]])
+    remove(plan, [tree["root"]], dry_run=False)
+    assert not (tree["teacher"] / "linked_dir").exists() and (tree["outside"] / "data.bin").exists()
