@@ -33,7 +33,7 @@ from nexus_kernel.student import NexusStudent, masked_mean
 from nexus_kernel.text import TOP_K
 
 OBJECTIVES = ("kl", "sequence", "cosine")
-_FORMAT = 6  # bump when what a pool holds changes: older caches are rebuilt
+_FORMAT = 7  # bump when what a pool holds changes: older caches are rebuilt
 _TEACHER_BATCH = 64
 _EIGEN_FLOOR = 1e-6
 
@@ -291,7 +291,7 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
     if plan.objective == "kl":
         soft = pack_distributions(collected.distributions)
         tensors["soft.ids"], tensors["soft.logprobs"], tensors["soft.offsets"] = soft
-    scores = {key: score.to_json() for key, score in teacher_scores.items()}
+    scores = {key: score.to_json(with_items=True) for key, score in teacher_scores.items()}
     atomic_write_bytes(folder / "pool.safetensors", save(tensors))
     atomic_write_json(folder / "pool.json", {
         "fingerprint": fingerprint, "texts": texts, "teacher_scores": scores, "teacher": entry.name,

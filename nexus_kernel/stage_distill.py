@@ -25,6 +25,7 @@ from nexus_kernel.errors import StageError
 from nexus_kernel.fsio import atomic_write_bytes, atomic_write_json, sha256_file, sha256_json
 from nexus_kernel.logs import get_logger
 from nexus_kernel.recovery import Journal, RecoveringTrainer, RecoverySettings, named_trainable, summarise
+from nexus_kernel.retention import verdict
 from nexus_kernel.runner import RunContext
 from nexus_kernel.student import CapabilityAdapter, NexusStudent, StudentBatch, StudentCapability
 from nexus_kernel.text import IGNORE_INDEX
@@ -297,17 +298,6 @@ def _phase_done(folder: Path, fingerprint: str) -> bool:
     return done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint
 
 
-def retention(teacher: Mapping[str, Any], student: Mapping[str, Any]) -> dict[str, Any]:
-    """The headline ratio student / teacher; "not measurable" when the teacher is at or near
-    chance (within a tenth of the way from chance to perfect)."""
-    margin = 0.1 * (1 - teacher["chance"])
-    if teacher["value"] <= teacher["chance"] + margin:
-        return {"status": "not measurable", "ratio": None,
-                "why": f"teacher {teacher['value']:.3f} is at or near chance {teacher['chance']:.3f}"}
-    ratio = student["value"] / teacher["value"]
-    return {"status": "pass" if ratio >= 0.97 else "below 0.97", "ratio": ratio}
-
-
 def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Mapping[str, Any],
                    settings: Mapping[str, Any], seed: int) -> dict[str, CapabilityTask]:
     """Per capability, in name order: its plan (without the teacher) and its pool (built with
@@ -359,13 +349,18 @@ def _score(context: RunContext, student: NexusStudent, task: CapabilityTask, set
     scores = context.plugins.call_for(task.name, "retention_metric", capability=task.capability,
                                       model=StudentCapability(student, task.name), split="test",
                                       datasets=datasets, limit=settings["eval_samples"])
-    student_scores = {key: score.to_json() for key, score in scores.items()}
+    student_scores = {key: score.to_json(with_items=True) for key, score in scores.items()}
     headline = next(iter(task.pool.teacher_scores))
-    verdict = retention(task.pool.teacher_scores[headline], student_scores[headline])
+    result = verdict(task.pool.teacher_scores[headline], student_scores[headline])
     log.info("held-out", capability=task.name, benchmark=headline, teacher=task.pool.teacher_scores[headline]["value"],
-             student=student_scores[headline]["value"], **verdict)
-    return {"benchmark": headline, "teacher": task.pool.teacher_scores, "student": student_scores,
-            "retention": verdict}
+             student=student_scores[headline]["value"], **result)
+    return {"benchmark": headline, "retention": result,
+            "teacher": {key: _summary(score) for key, score in task.pool.teacher_scores.items()},
+            "student": {key: _summary(score) for key, score in student_scores.items()}}
+
+
+def _summary(score: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in score.items() if key != "per_item"}
 
 
 def run_distill(context: RunContext) -> str:
