@@ -16,4 +16,15 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("nexus")
 """Marker for plugin hook implementations: `@hookimpl def register_capabilities(): ...`."""
 
-__all__ = ["AdapterSpec", "Capability", "ProbePlan", "Score", "__version__", "hookimpl"]
+
+
+def load_bundle(path: object, plugins: object = None) -> object:
+    """Verify and load a bundle (see `nexus_kernel.packaging.load_bundle`); imports torch."""
+    from pathlib import Path
+
+    from nexus_kernel.packaging import load_bundle as load
+
+    return load(Path(str(path)), plugins)  # type: ignore[arg-type]
+
+
+__all__ = ["AdapterSpec", "Capability", "ProbePlan", "Score", "__version__", "hookimpl", "load_bundle"]

@@ -113,10 +113,12 @@ def doctor_command(config_path: Path, as_json: bool) -> None:
 @click.option("--to", "until", metavar="STAGE", help="Stop after STAGE (name or number).")
 @click.option("--force", is_flag=True, help="Rerun every stage.")
 @click.option("--relock", is_flag=True, help="Accept a config changed since the lock.")
+@click.option("--yes", is_flag=True, help="Stage 7 deletes what its dry run lists (teacher files and "
+              "training-only artifacts inside the run's roots).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug-level log lines.")
 def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | None, strict: bool,
                 start: str | None, only: str | None, until: str | None, force: bool, relock: bool,
-                verbose: bool) -> None:
+                yes: bool, verbose: bool) -> None:
     """Run the pipeline, skipping stages whose inputs are unchanged."""
     from nexus_kernel.lock import check_scope
     from nexus_kernel.logs import configure_logging
@@ -128,7 +130,7 @@ def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | Non
     plugin_set.capabilities()  # a conflict stops here, before anything is written
     run_dir = (run_dir or Path("runs") / config.section("run")["name"]).resolve()
     configure_logging(run_dir / "logs" / "events.jsonl", verbose=verbose)
-    context = RunContext(run_dir, config, plugin_set, selection_active)
+    context = RunContext(run_dir, config, plugin_set, selection_active, confirm_deletions=yes)
     if check_scope(run_dir, build_scope(context), relock):
         if only and only not in ("lock", "0"):
             raise StageError("--relock with a changed config reruns stage 0 and every stage "
@@ -140,6 +142,12 @@ def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | Non
         timing = f"{outcome.seconds:6.1f}s" if outcome.seconds else "       "
         click.echo(f"  {outcome.stage.number:>2} {outcome.stage.name:<13} {outcome.status:<16}"
                    f"{timing}  {outcome.detail}")
+    if (run_dir / "verify_report.json").is_file():
+        from nexus_kernel.report import REPORT_FILE, collect, table
+
+        click.echo("\n" + table(collect(run_dir)))
+        if (run_dir / REPORT_FILE).is_file():
+            click.echo(f"report: {run_dir / REPORT_FILE}")
     pending = [o.stage.name for o in outcomes if o.status == NOT_IMPLEMENTED]
     if pending:
         click.echo(f"run incomplete: {', '.join(pending)} not implemented in nexus-kernel "
@@ -171,6 +179,27 @@ def teachers_build_command(config_path: Path, plugins_text: str | None, strict: 
         click.echo("no demo teachers in the CSV; nothing to build")
     for report in reports:
         click.echo(report.headline())
+
+
+@cli.command("infer")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--capability", required=True, help="Which packaged capability answers.")
+@click.argument("inputs", nargs=-1, required=True)
+def infer_command(bundle: Path, capability: str, inputs: tuple[str, ...]) -> None:
+    """Answer with a packaged student: text for math and reasoning, an image or audio path
+    (then any text) for vision and voice. Checksums are verified before anything is loaded.
+
+    \b
+    nexus infer bundles/nexus_bundle_v1 --capability math "Ann has 19 cards and buys 40 more. How many cards does Ann have now?"
+    nexus infer bundles/nexus_bundle_v1 --capability voice seven.wav
+    """
+    import torch
+
+    from nexus_kernel.packaging import load_bundle
+
+    loaded = load_bundle(bundle)
+    with torch.inference_mode():
+        click.echo(loaded.answer(capability, list(inputs)))
 
 
 def main() -> None:

@@ -98,6 +98,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "lr_backoff": Key("float", 0.5, "the learning rate is multiplied by this at each rollback", minimum=0.0),
         "max_rollbacks": Key("int", 8, "rollbacks allowed per phase before the stage fails", minimum=0),
     },
+    "package": {
+        "scheme": Key("str", "int8", "quantization of backbone and adapters in the bundle", choices=("int8", "nf4")),
+        "bundle_dir": Key("str", "", "bundle folder (relative to this config file); empty: "
+                          "<run dir>/bundles/nexus_bundle_v1"),
+        "max_fp32_ratio": Key("float", 0.35, "largest bundle weights size as a share of the fp32 student",
+                              minimum=0.0),
+        "max_size_gb": Key("float", 4.0, "largest bundle weights size in GB (the seed's 2-4 GB target for "
+                           "real backbones)", minimum=0.0),
+    },
+    "cleanup": {
+        "delete_teachers": Key("bool", True, "with --yes, stage 7 also deletes the teachers' folders "
+                               "(inside registry.models_dir only)"),
+    },
     "registry": {
         "csv": Key("path", "ModelName-Parameters-Category-BestFeature.csv",
                    "teacher inventory CSV (Model Name, Parameters, Category, Best Feature)"),

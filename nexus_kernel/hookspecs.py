@@ -137,6 +137,27 @@ def quantize(module: nn.Module, scheme: str) -> nn.Module | None:
     """
 
 
+@hookspec
+def package_assets(capability: Capability, model: Any, datasets: Mapping[str, str]) -> dict[str, torch.Tensor] | None:
+    """Tensors the packaged capability needs at inference besides its weights (e.g. class
+    centroids of an embedding capability, computed with the quantized student `model`, a
+    `StudentCapability`, on the training split). Stage 6 stores them in the bundle; `answer`
+    gets them back. None: nothing extra.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def answer(capability: Capability, model: Any, inputs: list[str], assets: Mapping[str, torch.Tensor]) -> str | None:
+    """Answer one query with the packaged student (`model`, a `StudentCapability`): `inputs`
+    are the user's arguments to `nexus infer` (text, or a file path first for images and audio,
+    then any text); `assets` what `package_assets` stored. Bad input raises `NexusError` naming it.
+
+    .. versionadded:: 0.1
+    """
+
+
 def hook_names() -> list[str]:
     """Names of every hook above, in definition order."""
     return [name for name, value in globals().items() if hasattr(value, "nexus_spec")]

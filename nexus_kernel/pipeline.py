@@ -155,6 +155,36 @@ def run_distill(context: RunContext) -> str:
     return distill(context)
 
 
+def run_validate(context: RunContext) -> str:
+    from nexus_kernel.stage_validate import run_validate as validate
+
+    return validate(context)
+
+
+def run_package(context: RunContext) -> str:
+    from nexus_kernel.stage_package import run_package as package
+
+    return package(context)
+
+
+def bundle_still_valid(context: RunContext) -> str | None:
+    """Stage 6 reruns when its bundle is missing or fails verification."""
+    from nexus_kernel.bundle import BundleError, verify_bundle
+    from nexus_kernel.stage_package import bundle_folder
+
+    try:
+        verify_bundle(bundle_folder(context))
+    except BundleError as exc:
+        return f"bundle missing or modified ({exc})"
+    return None
+
+
+def run_cleanup(context: RunContext) -> str:
+    from nexus_kernel.stage_cleanup import run_cleanup as cleanup
+
+    return cleanup(context)
+
+
 def stages() -> list[Stage]:
     """Every stage of the pipeline, in order; `action=None` marks one not built yet."""
     return [
@@ -166,8 +196,10 @@ def stages() -> list[Stage]:
               lambda context: context.config.section("student")),
         Stage(4, "distill", "distillation", ("checkpoints/student.safetensors", "distill_report.json"),
               run_distill, lambda context: context.config.section("distill")),
-        Stage(5, "validate", "teacher removal and retention", (), None),
-        Stage(6, "package", "quantization and bundle", (), None),
-        Stage(7, "cleanup", "archive and cleanup", (), None),
+        Stage(5, "validate", "teacher removal and retention", ("verify_report.json",), run_validate),
+        Stage(6, "package", "quantization and bundle", ("package_report.json",), run_package,
+              lambda context: context.config.section("package"), bundle_still_valid),
+        Stage(7, "cleanup", "archive and cleanup", ("cleanup_report.json",), run_cleanup,
+              lambda context: {**context.config.section("cleanup"), "confirm": context.confirm_deletions}),
     ]
 

@@ -3,14 +3,16 @@
 A capability package's `__init__.py` declares its `Capability` and binds the standard hooks:
 
     (register_capabilities, resolve_datasets, demo_teacher, profile_capability, build_adapter,
-     distill_capability, retention_metric) = standard_hooks(
+     distill_capability, retention_metric, package_assets, answer) = standard_hooks(
         CAPABILITY, synthetic="gsm8k-words-v1", teacher="nexus_cap_math.teacher",
         student="nexus_cap_math.student")
 
 `teacher` names a module with `demo() -> DemoTeacher` and `probe_plan(teacher, n_probe,
 datasets) -> ProbePlan`; `student` a module with `distill_plan(teacher, student, datasets) ->
-DistillPlan`, `score(model, split, datasets, limit) -> dict[str, Score]` and, for image and
-audio capabilities, `projector(spec) -> nn.Module`. Both are imported only when a hook needs
+DistillPlan`, `score(model, split, datasets, limit) -> dict[str, Score]`, `answer(model, inputs, assets) -> str`
+(what `nexus infer` prints), for image and audio capabilities `projector(spec) -> nn.Module`, and
+optionally `assets(model, datasets) -> dict[str, Tensor]` (inference-time tensors stored in the
+bundle). Both are imported only when a hook needs
 them, so importing the plugin stays light.
 """
 
@@ -30,7 +32,7 @@ hookimpl = pluggy.HookimplMarker("nexus")
 
 def standard_hooks(capability: Capability, synthetic: str, teacher: str, student: str
                    ) -> tuple[Callable[..., Any], ...]:
-    """The seven hooks of one capability whose data is its `data_dir` when configured, else the
+    """The nine hooks of one capability whose data is its `data_dir` when configured, else the
     `synthetic` generator of that label (see the module docstring for the two modules)."""
     module = teacher  # the hooks below take arguments named `teacher` and `student` too
     student_module = student
@@ -72,5 +74,14 @@ def standard_hooks(capability: Capability, synthetic: str, teacher: str, student
                          limit: int | None) -> dict[str, Score]:
         return importlib.import_module(student_module).score(model, split, datasets, limit)
 
+    @hookimpl
+    def package_assets(capability: Capability, model: Any, datasets: Mapping[str, str]) -> Any:
+        make_assets = getattr(importlib.import_module(student_module), "assets", None)
+        return make_assets(model, datasets) if make_assets is not None else None
+
+    @hookimpl
+    def answer(capability: Capability, model: Any, inputs: list[str], assets: Mapping[str, Any]) -> str:
+        return importlib.import_module(student_module).answer(model, inputs, assets)  # type: ignore[no-any-return]
+
     return (register_capabilities, resolve_datasets, demo_teacher, profile_capability, build_adapter,
-            distill_capability, retention_metric)
+            distill_capability, retention_metric, package_assets, answer)

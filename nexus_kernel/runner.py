@@ -36,6 +36,8 @@ class RunContext:
     config: Config
     plugins: PluginSet
     selection_active: bool = False
+    confirm_deletions: bool = False
+    """`nexus run --yes`: stage 7 deletes what its dry run lists."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,9 @@ class Stage:
     outputs: tuple[str, ...]
     action: Callable[[RunContext], str] | None
     fingerprint: Callable[[RunContext], Any] = lambda context: None
+    still_valid: Callable[[RunContext], str | None] = lambda context: None
+    """Why the stage's results outside the run directory (e.g. the bundle) are no longer
+    there as written, or None when they are."""
 
     @property
     def label(self) -> str:
@@ -153,7 +158,7 @@ class StageRunner:
             return "inputs changed"
         if _output_hashes(self.context.run_dir, stage) != recorded.get("outputs"):
             return "outputs missing or modified"
-        return None
+        return stage.still_valid(self.context)
 
     def run(
         self, *, start: str | None = None, only: str | None = None, force: bool = False,

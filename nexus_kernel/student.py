@@ -34,15 +34,19 @@ def escape(name: str) -> str:
 
 class LowRankDelta(nn.Module):
     """`x -> up(down(x))` with `down: in -> rank`, `up: rank -> out`; `up` starts at zero so a
-    new adapter leaves the backbone's output unchanged."""
+    new adapter leaves the backbone's output unchanged. Both are bias-free `nn.Linear` layers,
+    so packaging quantizes them like any other linear."""
 
     def __init__(self, in_features: int, out_features: int, rank: int) -> None:
         super().__init__()
-        self.down = nn.Parameter(torch.randn(rank, in_features) / math.sqrt(in_features))
-        self.up = nn.Parameter(torch.zeros(out_features, rank))
+        self.down = nn.utils.skip_init(nn.Linear, in_features, rank, bias=False)
+        self.up = nn.utils.skip_init(nn.Linear, rank, out_features, bias=False)
+        with torch.no_grad():
+            self.down.weight.copy_(torch.randn(rank, in_features) / math.sqrt(in_features))
+            self.up.weight.zero_()
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return (inputs @ self.down.T) @ self.up.T
+        return self.up(self.down(inputs))
 
 
 class PatchProjector(nn.Module):
@@ -203,7 +207,7 @@ class NexusStudent(nn.Module):
         self.tokenizer = tokenizer
         self.adapters = nn.ModuleDict()
         self._route: list[CapabilityAdapter | None] = [None]  # a list: not registered as a submodule
-        self._hooked: set[str] = set()
+        self._hooked: dict[str, Any] = {}  # target module name -> its hook handle
 
     @property
     def hidden_size(self) -> int:
@@ -213,13 +217,24 @@ class NexusStudent(nn.Module):
         """Attach `adapter` for capability `name`; a second adapter for one capability is an error."""
         if name in self.adapters:
             raise AdapterError(f"capability {name!r} already has an adapter: exactly one per capability")
+        self._hook_deltas(adapter)
+        self.adapters[name] = adapter
+
+    def _hook_deltas(self, adapter: CapabilityAdapter) -> None:
         modules = dict(self.backbone.named_modules())
         for key in adapter.deltas:
             target = key.replace("__", ".")
             if target not in self._hooked:
-                modules[target].register_forward_hook(self._apply_delta(target))
-                self._hooked.add(target)
-        self.adapters[name] = adapter
+                self._hooked[target] = modules[target].register_forward_hook(self._apply_delta(target))
+
+    def reattach_deltas(self) -> None:
+        """Hook the deltas onto the backbone's current modules: needed once its linears were
+        replaced (quantization swaps each `nn.Linear` for a new module, hooks not included)."""
+        for handle in self._hooked.values():
+            handle.remove()
+        self._hooked.clear()
+        for adapter in self.adapters.values():
+            self._hook_deltas(adapter)  # type: ignore[arg-type]
 
     def _apply_delta(self, target: str) -> Any:
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:

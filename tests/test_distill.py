@@ -79,7 +79,7 @@ def test_one_adapter_per_capability_and_a_new_adapter_changes_nothing() -> None:
     with torch.no_grad():
         adapted = student.text_logits("first", ids, torch.ones_like(ids))
         assert torch.allclose(plain, adapted, atol=1e-6)  # deltas start at zero
-        student.adapters["first"].deltas["model__layers__0__self_attn__q_proj"].up.fill_(0.5)
+        student.adapters["first"].deltas["model__layers__0__self_attn__q_proj"].up.weight.fill_(0.5)
         assert not torch.allclose(plain, student.text_logits("first", ids, torch.ones_like(ids)), atol=1e-3)
         assert torch.allclose(plain, student.text_logits("second", ids, torch.ones_like(ids)), atol=1e-6)
 
@@ -247,7 +247,7 @@ def test_a_student_vocabulary_covering_the_teachers_distils_its_distribution(tmp
     loss, parts = task_loss(student, task, batch, 0.1)
     assert math.isfinite(parts["fruit.output"]) and parts["fruit.output"] > 0
     loss.backward()
-    assert student.adapters["fruit"].deltas["model__layers__1__mlp__down_proj"].up.grad.abs().sum() > 0
+    assert student.adapters["fruit"].deltas["model__layers__1__mlp__down_proj"].up.weight.grad.abs().sum() > 0
 
     # A student missing teacher pieces cannot read the teacher's logits: sequence-level.
     other, sequence_task = _text_task(tmp_path / "other", ["banana"])

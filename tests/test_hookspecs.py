@@ -14,13 +14,14 @@ from nexus_kernel.testing import plugin_set_of
 
 REPO = Path(__file__).resolve().parents[1]
 CAPABILITY_HOOKS = ["resolve_datasets", "demo_teacher", "profile_capability", "build_adapter", "anchor_loss",
-                    "retention_metric"]
+                    "retention_metric", "package_assets", "answer"]
 
 
 def test_the_hooks_are_the_designed_ones() -> None:
     assert hookspecs.hook_names() == [
         "register_capabilities", "resolve_datasets", "demo_teacher", "load_teacher", "profile_capability",
-        "build_adapter", "distill_capability", "anchor_loss", "retention_metric", "quantize"]
+        "build_adapter", "distill_capability", "anchor_loss", "retention_metric", "quantize",
+        "package_assets", "answer"]
     assert set(new_manager().hook.__dict__) >= set(hookspecs.hook_names())
 
 

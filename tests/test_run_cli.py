@@ -58,10 +58,10 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def test_run_writes_artifacts_and_refuses_a_changed_config(project: Path) -> None:
     first = nexus("run", cwd=project)
-    assert first.returncode == 3, first.stderr  # stages 5-7 are not implemented yet
+    assert first.returncode == 0, first.stderr
     assert "2 profile       passed" in first.stdout
     assert "4 distill       passed" in first.stdout
-    assert "5 validate      not implemented" in first.stdout
+    assert "7 cleanup       passed" in first.stdout
     run_dir = project / "runs" / "demo"
     lock = json.loads((run_dir / "configs/global_config.json").read_text())
     assert sorted(lock["scope"]["capabilities"]) == ["math", "reasoning", "vision", "voice"]
@@ -74,7 +74,8 @@ def test_run_writes_artifacts_and_refuses_a_changed_config(project: Path) -> Non
     events = [json.loads(line) for line in (run_dir / "logs/events.jsonl").read_text().splitlines()]
     assert [e["stage"] for e in events if e["event"] == "stage passed"] == [
         "stage -1 (doctor)", "stage 0 (lock)", "stage 1 (registry)", "stage 2 (profile)",
-        "stage 3 (architecture)", "stage 4 (distill)"]
+        "stage 3 (architecture)", "stage 4 (distill)", "stage 5 (validate)", "stage 6 (package)",
+        "stage 7 (cleanup)"]
     for capability in ("math", "reasoning", "vision", "voice"):
         profile = json.loads((run_dir / f"niwt_stage2_output/{capability}/profile.json").read_text())
         assert profile["rank_audit"]["chosen_rank"] >= 1
@@ -90,14 +91,14 @@ def test_run_writes_artifacts_and_refuses_a_changed_config(project: Path) -> Non
     assert refused_only.returncode == 2 and "--relock" in refused_only.stderr
     assert json.loads((run_dir / "configs/global_config.json").read_text()) == lock
 
-    relocked = nexus("run", "--relock", cwd=project)
-    assert relocked.returncode == 3, relocked.stderr
+    relocked = nexus("run", "--relock", "--to", "registry", cwd=project)
+    assert relocked.returncode == 0, relocked.stderr
     assert "0 lock          passed" in relocked.stdout
     assert "1 registry      passed" in relocked.stdout
     new_lock = json.loads((run_dir / "configs/global_config.json").read_text())
     assert new_lock["scope"]["config"]["hardware"]["memory_budget_gb"] == 8.0
 
-    again = nexus("run", cwd=project)
+    again = nexus("run", "--to", "registry", cwd=project)
     assert "-1 doctor        skipped" in again.stdout and "1 registry      skipped" in again.stdout
 
 
@@ -147,19 +148,19 @@ def test_sigkill_during_a_stage_then_rerun_matches_an_uninterrupted_run(
     csv_path = project / "configs/ModelName-Parameters-Category-BestFeature.csv"
     csv_path.write_text(csv_path.read_text() + "slow-teacher,22M,Slow,waits\n")
     shutil.copytree(project / "models/nexus-demo-math", project / "models/slow-teacher")
-    reference = nexus("run", "--run-dir", "runs/reference", cwd=project, extra_path=site)
-    assert reference.returncode == 3, reference.stderr
+    reference = nexus("run", "--run-dir", "runs/reference", "--to", "distill", cwd=project, extra_path=site)
+    assert reference.returncode == 0, reference.stderr
 
     marker = tmp_path / "marker"
-    run_and_kill_when(["run", "--run-dir", "runs/killed"], project, marker.exists, "stage 0",
+    run_and_kill_when(["run", "--run-dir", "runs/killed", "--to", "distill"], project, marker.exists, "stage 0",
                       extra_path=site, env={"SLOWCAP_MARKER": str(marker)}, timeout=120, poll=0.05)
     killed = project / "runs/killed"
     state = json.loads((killed / "state.json").read_text())
     assert state["stages"]["lock"]["status"] == "running"
     assert not (killed / "configs/teacher_registry.json").exists()
 
-    resumed = nexus("run", "--run-dir", "runs/killed", cwd=project, extra_path=site)
-    assert resumed.returncode == 3, resumed.stderr
+    resumed = nexus("run", "--run-dir", "runs/killed", "--to", "distill", cwd=project, extra_path=site)
+    assert resumed.returncode == 0, resumed.stderr
     assert "-1 doctor        skipped" in resumed.stdout
     assert "0 lock          passed" in resumed.stdout
     assert _artifacts(killed) == _artifacts(project / "runs/reference")

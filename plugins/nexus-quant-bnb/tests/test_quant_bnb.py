@@ -35,3 +35,26 @@ def test_unknown_scheme_is_declined() -> None:
     assert plugin_set.manager.hook.quantize(module=_mlp(), scheme="fp8") is None
     with pytest.raises(ValueError, match="unknown scheme 'fp8'; quant-bnb supports nf4, int8"):
         nexus_quant_bnb.quantize_linears(_mlp(), "fp8")
+
+
+@pytest.mark.parametrize("scheme", ["nf4", "int8"])
+def test_the_quantized_state_loads_into_a_fresh_quantized_module(scheme: str) -> None:
+    from safetensors.torch import load, save
+
+    model = nexus_quant_bnb.quantize_linears(_mlp(), scheme).eval()
+    inputs = torch.randn(4, 64)
+    blob = save({key: value.detach().contiguous() for key, value in model.state_dict().items()})
+    torch.manual_seed(7)  # other weights: the loaded state must replace them
+    fresh = nexus_quant_bnb.quantize_linears(torch.nn.Sequential(
+        torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 32)), scheme).eval()
+    fresh.load_state_dict(load(blob))
+    with torch.no_grad():
+        assert torch.equal(fresh(inputs), model(inputs))
+
+
+def test_nf4_declines_shapes_the_cpu_kernel_cannot_run() -> None:
+    odd = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Linear(128, 30))
+    assert nexus_quant_bnb.unsupported_layers(odd, "nf4") == ["1"]
+    assert nexus_quant_bnb.unsupported_layers(odd, "int8") == []
+    plugin_set = plugin_set_of(("quant-bnb", nexus_quant_bnb))
+    assert plugin_set.manager.hook.quantize(module=odd, scheme="nf4") is None

@@ -18,6 +18,6 @@ CAPABILITY = Capability(
 )
 
 (register_capabilities, resolve_datasets, demo_teacher, profile_capability, build_adapter,
- distill_capability, retention_metric) = standard_hooks(
+ distill_capability, retention_metric, package_assets, answer) = standard_hooks(
     CAPABILITY, synthetic="gsm8k-words-v1", teacher="nexus_cap_math.teacher", student="nexus_cap_math.student",
 )

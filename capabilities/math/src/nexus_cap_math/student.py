@@ -41,3 +41,15 @@ def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None
 
     problems = list(_items(datasets, split))[:limit]
     return benchmark.evaluate(text_model_of(model), problems)
+
+
+def answer(model: Any, inputs: list[str], assets: Mapping[str, Any]) -> str:
+    """The packaged student's worked answer to one word problem (`inputs` joined as the question)."""
+    from nexus_kernel.errors import NexusError
+    from nexus_kernel.text import text_model_of
+
+    question = " ".join(inputs).strip()
+    if not question:
+        raise NexusError("math: give the word problem as text, e.g. nexus infer BUNDLE --capability math \"Ann has 3 ...\"")
+    prompt = benchmark.prompt_of(Problem(question=question, answer=""))
+    return text_model_of(model).generate([prompt], benchmark.MAX_ANSWER_TOKENS)[0].strip()

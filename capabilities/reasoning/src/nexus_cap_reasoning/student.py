@@ -48,3 +48,17 @@ def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None
 
     questions = list(_items(datasets, split))[:limit]
     return benchmark.evaluate(text_model_of(model), questions)
+
+
+def answer(model: Any, inputs: list[str], assets: Mapping[str, Any]) -> str:
+    """The packaged student's choice for one multiple-choice question: `inputs` are the
+    question and its four options, e.g. `"In which range is 47?" "10 to 29" "30 to 49" ...`."""
+    from nexus_kernel.errors import NexusError
+    from nexus_kernel.text import text_model_of
+
+    if len(inputs) != 1 + len(LETTERS):
+        raise NexusError(f"reasoning: give the question and its {len(LETTERS)} options as separate arguments "
+                         f"(got {len(inputs)} arguments)")
+    question = Question(subject="reasoning", question=inputs[0], choices=tuple(inputs[1:]), answer=LETTERS[0])  # type: ignore[arg-type]
+    letter = _choose(text_model_of(model), [benchmark.prompt_of(question)])[0].strip()
+    return f"{letter}) {question.choices[LETTERS.index(letter)]}"

@@ -106,3 +106,20 @@ def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None
     """VQA exact match of a teacher or student on `split`."""
     questions = list(_items(datasets, split))[:limit]
     return benchmark.evaluate(answerer_of(model), questions)
+
+
+def answer(model: Any, inputs: list[str], assets: Mapping[str, Any]) -> str:
+    """The packaged student's short answer about one image: `inputs` are the image path
+    (PNG, JPEG, ...) and the question, e.g. `shapes.png "What colour is the shape?"`."""
+    from pathlib import Path
+
+    from nexus_kernel.errors import NexusError
+
+    from nexus_cap_vision.data import read_image
+
+    if len(inputs) < 2:
+        raise NexusError("vision: give an image path and a question, e.g. "
+                         "nexus infer BUNDLE --capability vision picture.png \"What colour is the shape?\"")
+    image = read_image(Path(inputs[0]))
+    question = VisualQuestion(image=image, question=" ".join(inputs[1:]), answer="")
+    return str(answerer_of(model).answer([image], [benchmark.prompt_of(question)], benchmark.MAX_ANSWER_TOKENS)[0]).strip()

@@ -19,7 +19,8 @@ COSINE = "voice cosine"
 CENTROID = "voice centroid accuracy"
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (zero rows stay zero)."""
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
@@ -27,7 +28,7 @@ def cosine_score(embeddings: np.ndarray, reference: np.ndarray) -> Score:
     """Mean per-utterance cosine similarity of `embeddings` to the teacher's `reference`."""
     if embeddings.shape != reference.shape:
         raise ValueError(f"embeddings {embeddings.shape} and teacher embeddings {reference.shape} differ in shape")
-    per_item = (_unit(embeddings.astype(np.float64)) * _unit(reference.astype(np.float64))).sum(axis=1)
+    per_item = (unit_rows(embeddings.astype(np.float64)) * unit_rows(reference.astype(np.float64))).sum(axis=1)
     return Score.from_items(COSINE, per_item.tolist(), 0.0)
 
 
@@ -37,7 +38,7 @@ def centroid_score(embeddings: np.ndarray, labels: Sequence[str]) -> Score:
     if len(classes) < 2:
         raise ValueError("nearest-centroid accuracy needs at least two labels")
     index = np.array([classes.index(label) for label in labels])
-    unit = _unit(embeddings.astype(np.float64))
+    unit = unit_rows(embeddings.astype(np.float64))
     sums = np.stack([unit[index == c].sum(axis=0) for c in range(len(classes))])
     counts = np.bincount(index, minlength=len(classes)).astype(np.float64)
     correct = []
@@ -47,7 +48,7 @@ def centroid_score(embeddings: np.ndarray, labels: Sequence[str]) -> Score:
         sizes = counts.copy()
         sizes[own] -= 1
         usable = sizes > 0
-        similarity = np.where(usable, _unit(centroids / np.maximum(sizes, 1)[:, None]) @ unit[row], -np.inf)
+        similarity = np.where(usable, unit_rows(centroids / np.maximum(sizes, 1)[:, None]) @ unit[row], -np.inf)
         correct.append(float(int(np.argmax(similarity)) == own))
     return Score.from_items(CENTROID, correct, 1 / len(classes))
 

@@ -58,6 +58,8 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
         with wave.open(str(path), "rb") as reader:
             width, channels, rate = reader.getsampwidth(), reader.getnchannels(), reader.getframerate()
             raw = reader.readframes(reader.getnframes())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: audio file not found") from None
     except (wave.Error, EOFError) as exc:
         raise DatasetError(f"{path}: not a PCM WAV file ({exc})") from None
     if width == 1:

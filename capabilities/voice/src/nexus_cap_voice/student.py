@@ -92,3 +92,43 @@ def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None
     utterances = list(_items(datasets, split))[:limit]
     found = embeddings(model, [u.samples for u in utterances])
     return {benchmark.CENTROID: benchmark.centroid_score(found, [u.label for u in utterances])}
+
+
+CENTROID_PREFIX = "centroid."
+_CENTROID_ITEMS = 500
+
+
+def assets(model: Any, datasets: Mapping[str, str]) -> dict[str, Any]:
+    """One unit-length centroid per word: the packaged student's mean embedding of the first
+    training utterances of that word (what `answer` compares a new utterance with)."""
+    import itertools
+
+    import torch
+
+    utterances = list(itertools.islice(_items(datasets, "train"), _CENTROID_ITEMS))
+    unit = benchmark.unit_rows(embeddings(model, [u.samples for u in utterances]).astype(np.float64))
+    labels = [u.label for u in utterances]
+    return {f"{CENTROID_PREFIX}{label}": torch.from_numpy(benchmark.unit_rows(
+                unit[[i for i, own in enumerate(labels) if own == label]].mean(axis=0, keepdims=True))[0]).float()
+            for label in sorted(set(labels))}
+
+
+def answer(model: Any, inputs: list[str], assets: Mapping[str, Any]) -> str:
+    """The word spoken in one audio file (`inputs[0]`, WAV or anything ffmpeg reads): the
+    label of the nearest packaged centroid, with its cosine similarity."""
+    from pathlib import Path
+
+    from nexus_kernel.errors import NexusError
+
+    from nexus_cap_voice.data import read_audio
+
+    if len(inputs) != 1:
+        raise NexusError("voice: give one audio file path, e.g. nexus infer BUNDLE --capability voice seven.wav")
+    centroids = {key[len(CENTROID_PREFIX):]: value.numpy() for key, value in assets.items()
+                 if key.startswith(CENTROID_PREFIX)}
+    if not centroids:
+        raise NexusError("voice: the bundle holds no word centroids (package_assets did not run)")
+    found = benchmark.unit_rows(embeddings(model, [read_audio(Path(inputs[0]))]).astype(np.float64))[0]
+    similarity = {label: float(found @ centroid) for label, centroid in centroids.items()}
+    best = max(similarity, key=similarity.__getitem__)
+    return f"{best} (cosine {similarity[best]:.3f})"

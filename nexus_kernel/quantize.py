@@ -1,0 +1,151 @@
+"""Quantization for packaging: the `quantize` hook first, the kernel's own layers otherwise.
+
+`quantize_module(plugins, module, scheme)` asks the plugins' `quantize` implementations in
+pluggy's call order and keeps the first answer, recording which plugin gave it; when none
+answers (bitsandbytes missing, or unsupported on the device) the kernel's fallback replaces
+every `nn.Linear` with `Int8Linear` (per-row absmax) or `NF4Linear` (blocks of 64, the NF4
+code book). Every quantized module's `state_dict()` holds tensors only and loads back into a
+module built and quantized the same way, which is how `load_bundle` restores a bundle.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from nexus_kernel.errors import NexusError
+
+if TYPE_CHECKING:
+    from nexus_kernel.plugins import PluginSet
+
+SCHEMES = ("int8", "nf4")
+KERNEL = "nexus-kernel"
+NF4_BLOCK = 64
+# The 16 levels of NF4 (normal-float 4-bit; Dettmers et al. 2023), as bitsandbytes uses them.
+NF4_CODE = torch.tensor([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+    0.7229568362236023, 1.0,
+])
+
+
+class QuantizationError(NexusError):
+    """An unknown scheme, or a quantizer that returned something unusable."""
+
+
+class Int8Linear(nn.Module):
+    """A linear layer stored as int8 rows with one float scale per output row."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+        layer.qweight.copy_(torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        layer.scale.copy_(scale)
+        if linear.bias is not None:
+            layer.bias.data.copy_(linear.bias.detach())  # type: ignore[union-attr]
+        return layer
+
+    def weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale[:, None]
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(inputs, self.weight(), self.bias)
+
+
+class NF4Linear(nn.Module):
+    """A linear layer stored as 4-bit NF4 codes (two per byte) with one absmax per block."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        count = in_features * out_features
+        blocks = -(-count // NF4_BLOCK)
+        self.register_buffer("packed", torch.zeros(-(-count // 2), dtype=torch.uint8))
+        self.register_buffer("absmax", torch.ones(blocks))
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> NF4Linear:
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        flat = linear.weight.detach().float().flatten()
+        padded = nn.functional.pad(flat, (0, layer.absmax.numel() * NF4_BLOCK - flat.numel())).view(-1, NF4_BLOCK)
+        absmax = padded.abs().amax(dim=1).clamp(min=1e-12)
+        codes = (padded / absmax[:, None]).unsqueeze(-1).sub(NF4_CODE).abs().argmin(dim=-1).flatten()[: flat.numel()]
+        codes = nn.functional.pad(codes, (0, codes.numel() % 2)).to(torch.uint8)
+        layer.packed.copy_(codes[0::2] << 4 | codes[1::2])
+        layer.absmax.copy_(absmax)
+        if linear.bias is not None:
+            layer.bias.data.copy_(linear.bias.detach())  # type: ignore[union-attr]
+        return layer
+
+    def weight(self) -> torch.Tensor:
+        codes = torch.stack([self.packed >> 4, self.packed & 0x0F], dim=1).flatten().long()
+        count = self.in_features * self.out_features
+        values = NF4_CODE[codes][: self.absmax.numel() * NF4_BLOCK]
+        values = nn.functional.pad(values, (0, self.absmax.numel() * NF4_BLOCK - values.numel()))
+        scaled = (values.view(-1, NF4_BLOCK) * self.absmax[:, None]).flatten()[:count]
+        return scaled.view(self.out_features, self.in_features)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(inputs, self.weight(), self.bias)
+
+
+_KERNEL_LAYERS: dict[str, type[Int8Linear] | type[NF4Linear]] = {"int8": Int8Linear, "nf4": NF4Linear}
+
+
+def kernel_quantize(module: nn.Module, scheme: str) -> nn.Module:
+    """The kernel's fallback: every `nn.Linear` inside `module` replaced in place."""
+    if scheme not in _KERNEL_LAYERS:
+        raise QuantizationError(f"unknown quantization scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    layer_class = _KERNEL_LAYERS[scheme]
+    if isinstance(module, nn.Linear):
+        return layer_class.from_linear(module)
+    for name, child in [(n, c) for n, c in module.named_modules() if isinstance(c, nn.Linear)]:
+        parent_name, _, attribute = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attribute, layer_class.from_linear(child))
+    return module
+
+
+def quantize_module(plugins: PluginSet | None, module: nn.Module, scheme: str,
+                    quantizer: str | None = None) -> tuple[nn.Module, str]:
+    """`module` quantized with `scheme` and the name of who did it (a plugin's name, or
+    `KERNEL`). With `quantizer` given (a bundle being loaded), only that one is asked, so the
+    layers match the saved state; a missing plugin is an error naming it."""
+    if scheme not in SCHEMES:
+        raise QuantizationError(f"unknown quantization scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    if quantizer == KERNEL or plugins is None:
+        if quantizer not in (None, KERNEL):
+            raise QuantizationError(f"this bundle was quantized by plugin {quantizer!r}, which is not loaded")
+        return kernel_quantize(module, scheme), KERNEL
+    implementations = list(reversed(plugins.manager.hook.quantize.get_hookimpls()))  # pluggy's call order
+    for implementation in implementations:
+        if quantizer is not None and implementation.plugin_name != quantizer:
+            continue
+        answer = implementation.function(module=module, scheme=scheme)
+        if answer is not None:
+            if not isinstance(answer, nn.Module):
+                raise QuantizationError(f"plugin {implementation.plugin_name!r} answered quantize with "
+                                        f"{type(answer).__name__}, not an nn.Module")
+            return answer, implementation.plugin_name
+    if quantizer is not None:
+        raise QuantizationError(f"this bundle was quantized by plugin {quantizer!r}, which is not loaded "
+                                "or declines the scheme on this machine")
+    return kernel_quantize(module, scheme), KERNEL
+
+
+def state_bytes(state: dict[str, Any]) -> int:
+    """Bytes of the tensors in a state dict."""
+    return sum(value.numel() * value.element_size() for value in state.values() if isinstance(value, torch.Tensor))

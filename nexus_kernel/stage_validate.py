@@ -1,0 +1,178 @@
+"""Stage 5, teacher removal and retention: the student must stand without its teachers.
+
+No teacher is loaded in this process. The student is scored twice in a child process
+(`student_eval`): first with the audit guard refusing every read under the teachers' folders,
+then again with those folders moved away as well (renamed next to themselves, and put back
+afterwards, also after a crash: the next run restores them first). A child that wants a
+teacher file fails the gate with the path it wanted. The two passes must agree item for item.
+
+Retention compares those student scores with the teacher's scores that stage 4 measured on
+the same held-out items with the same scorer: pass when student >= 0.97 x teacher, with a
+paired-bootstrap 95 % interval; a teacher at or near chance is "not measurable". Everything
+goes to `verify_report.json`; a capability below the threshold fails the stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from nexus_kernel.errors import StageError
+from nexus_kernel.fsio import atomic_write_json
+from nexus_kernel.logs import get_logger
+from nexus_kernel.retention import THRESHOLD, verdict
+from nexus_kernel.runner import RunContext
+from nexus_kernel.student_eval import TEACHER_ACCESS_EXIT, evaluate_in_child
+
+VERIFY_REPORT = "verify_report.json"
+AWAY_SUFFIX = ".nexus-removed"
+WORK_DIR = "validate"
+
+log = get_logger("validate")
+
+
+def teacher_folders(run_dir: Path) -> dict[str, Path]:
+    """Teacher name to its folder, for every teacher of the registry."""
+    from nexus_kernel.pipeline import REGISTRY_FILE
+
+    registry = json.loads((run_dir / REGISTRY_FILE).read_text())
+    return {entry["name"]: Path(entry["path"]).absolute() for entry in registry["teachers"]}
+
+
+def away_path(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}{AWAY_SUFFIX}")
+
+
+def restore_moved(folders: dict[str, Path]) -> list[Path]:
+    """Put back teacher folders a killed pass left moved away; returns those restored."""
+    restored = []
+    for folder in folders.values():
+        away = away_path(folder)
+        if away.is_dir() and not folder.exists():
+            os.rename(away, folder)
+            restored.append(folder)
+    return restored
+
+
+@contextmanager
+def teachers_moved_away(folders: dict[str, Path]) -> Iterator[list[str]]:
+    """Rename every existing teacher folder out of its place for the block; always put back."""
+    moved: list[Path] = []
+    try:
+        for folder in folders.values():
+            if folder.exists():
+                try:
+                    os.rename(folder, away_path(folder))
+                except OSError as exc:
+                    raise StageError(f"teacher removal: cannot move {folder} away ({exc}); the second pass "
+                                     "needs write access to the teachers' folder") from None
+                moved.append(folder)
+        yield [str(folder) for folder in moved]
+    finally:
+        for folder in moved:
+            os.rename(away_path(folder), folder)
+
+
+def teacher_scores(run_dir: Path, name: str) -> dict[str, Any]:
+    """The teacher's held-out scores (with per-item results) that stage 4 measured."""
+    from nexus_kernel.stage_distill import CHECKPOINT_DIR
+
+    pool = run_dir / CHECKPOINT_DIR / name / "pool.json"
+    if not pool.is_file():
+        raise StageError(f"{name}: {pool} is missing; the teacher's held-out scores come from stage 4 "
+                         "(run `nexus run --from distill`)")
+    return json.loads(pool.read_text())["teacher_scores"]  # type: ignore[no-any-return]
+
+
+def student_job(context: RunContext, work: Path, forbid: list[Path], label: str) -> dict[str, Any]:
+    """The child's job: score the stage-4 student on every capability's held-out items."""
+    from nexus_kernel.lock import LOCK_FILE
+    from nexus_kernel.stage_distill import STUDENT_FILE
+
+    architecture = json.loads((context.run_dir / "architecture.json").read_text())
+    datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"]
+    return {"run_dir": str(context.run_dir), "config": str(context.config.source),
+            "plugins": sorted(r.name for r in context.plugins.loaded) if context.selection_active else None,
+            "forbid": [str(path) for path in forbid], "weights": STUDENT_FILE,
+            "datasets": {name: datasets[name] for name in architecture["capabilities"]},
+            "limit": context.config.section("distill")["eval_samples"],
+            "threads": context.config.section("distill")["threads"],
+            "output": str(work / f"{label}.json")}
+
+
+def run_pass(context: RunContext, label: str, folders: dict[str, Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One guarded child run; returns its scores and the pass's record. A teacher read fails
+    the gate with the path; any other crash fails the stage with the child's error."""
+    work = context.run_dir / WORK_DIR
+    work.mkdir(exist_ok=True)
+    job = student_job(context, work, list(folders.values()), label)
+    began = time.perf_counter()
+    code, answer, stderr = evaluate_in_child(job, work / f"{label}.job.json")
+    seconds = round(time.perf_counter() - began, 2)
+    if code == TEACHER_ACCESS_EXIT:
+        raise StageError(f"teacher-removal gate FAILED ({label}): the student process wanted a teacher file: "
+                         f"{answer.get('teacher_path')} ({answer.get('error')})")
+    if code != 0 or "scores" not in answer:
+        detail = answer.get("error") or stderr.strip().splitlines()[-1:] or "no output"
+        raise StageError(f"teacher-removal check ({label}): the student process failed with exit code {code}: {detail}"
+                         f" (see {work / (label + '.json')})")
+    return answer["scores"], {"name": label, "status": "passed", "seconds": seconds,
+                              "forbidden": [str(path) for path in folders.values()]}
+
+
+def retention_table(run_dir: Path, scores: dict[str, Any]) -> dict[str, Any]:
+    """Per capability: the headline benchmark, teacher and student figures, and the verdict."""
+    table = {}
+    for name in sorted(scores):
+        teacher = teacher_scores(run_dir, name)
+        headline = next(iter(teacher))
+        if headline not in scores[name]:
+            raise StageError(f"{name}: the student was scored on {sorted(scores[name])}, the teacher on {headline!r}")
+        table[name] = {"benchmark": headline, "teacher": teacher[headline], "student": scores[name][headline],
+                       "retention": verdict(teacher[headline], scores[name][headline])}
+    return table
+
+
+def summary_line(table: dict[str, Any]) -> str:
+    parts = []
+    for name, entry in table.items():
+        result = entry["retention"]
+        shown = f"{result['ratio']:.3f}" if result["ratio"] is not None else result["status"]
+        parts.append(f"{name} {shown}")
+    return ", ".join(parts)
+
+
+def failing(table: dict[str, Any]) -> list[str]:
+    return [name for name, entry in table.items() if entry["retention"]["status"] not in ("pass", "not measurable")]
+
+
+def run_validate(context: RunContext) -> str:
+    """Stage 5 (see the module docstring)."""
+    folders = teacher_folders(context.run_dir)
+    for folder in restore_moved(folders):
+        log.warning("restored a teacher folder a killed run had moved away", folder=str(folder))
+    guarded, first = run_pass(context, "guarded", folders)
+    with teachers_moved_away(folders) as moved:
+        removed, second = run_pass(context, "teachers moved away", folders)
+        second["moved"] = moved
+    if removed != guarded:
+        raise StageError("teacher-removal check: the student's scores differ between the guarded pass and the pass "
+                         "with the teachers moved away; it depends on something outside its checkpoint")
+    table = retention_table(context.run_dir, guarded)
+    below = failing(table)
+    report = {"format": 1, "threshold": THRESHOLD,
+              "gate": {"status": "passed", "passes": [first, second], "consistent": True},
+              "status": "failed" if below else "passed", "capabilities": table}
+    atomic_write_json(context.run_dir / VERIFY_REPORT, report)
+    for name, entry in table.items():
+        log.info("retention", capability=name, benchmark=entry["benchmark"], teacher=entry["teacher"]["value"],
+                 student=entry["student"]["value"], **entry["retention"])
+    if below:
+        raise StageError(f"retention below {THRESHOLD} x teacher for {', '.join(below)} "
+                         f"({summary_line({n: table[n] for n in below})}); see {context.run_dir / VERIFY_REPORT}")
+    return f"teacher-removal gate passed (2 passes); retention {summary_line(table)}"
