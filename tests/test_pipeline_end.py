@@ -58,7 +58,7 @@ def test_validate_package_infer_and_clean_up(project: Path, tmp_path: Path) -> N
         if entry["retention"]["ratio"] is None:  # two-step teachers near chance
             assert entry["retention"]["status"] == "not measurable"
 
-    bundle = run_dir / "bundles/nexus_bundle_v1"
+    bundle = project / "bundles/nexus_bundle_v1"  # package.bundle_dir of the default config
     manifest = verify_bundle(bundle)
     for name in CAPABILITIES:
         packaged = manifest["capabilities"][name]
