@@ -86,7 +86,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "learning_rate": Key("float", 3e-3, "peak learning rate of the adapter phase", minimum=0.0),
         "joint_learning_rate": Key("float", 3e-3, "peak learning rate of the joint phase (lower it for a "
                                    "pretrained backbone)", minimum=0.0),
-        "pool_size": Key("int", 4096, "training items per capability answered by its teacher", minimum=8),
+        "pool_size": Key("int", 2048, "training items per capability answered by its teacher", minimum=8),
         "eval_samples": Key("int", 300, "held-out items scored per capability after training", minimum=1),
         "threads": Key("int", 2, "CPU threads for training (results repeat exactly for the same count)",
                        minimum=1),

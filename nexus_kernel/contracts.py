@@ -135,6 +135,8 @@ class DemoTeacher:
     plan); its hash keys the cache, so the same recipe is never trained twice. `build` must be a
     module-level function (it runs in a worker process). `steps` sizes the progress bar;
     `minimum` is the held-out score the build must reach on `benchmark`, else it fails.
+    `seconds_per_step` (on one CPU core) orders the builds longest first, so two workers
+    finish together; it is not part of the recipe.
     """
 
     name: str
@@ -144,15 +146,20 @@ class DemoTeacher:
     build: DemoBuild
     benchmark: str
     minimum: float
+    seconds_per_step: float = 0.1
+
+    @property
+    def expected_seconds(self) -> float:
+        return self.steps * self.seconds_per_step
 
     @classmethod
     def of(cls, name: str, capability: str, build: DemoBuild, benchmark: str, plan: Any,
-           minimum: float = 0.9, seed: int = 42, **parts: Any) -> DemoTeacher:
+           minimum: float = 0.9, seed: int = 42, seconds_per_step: float = 0.1, **parts: Any) -> DemoTeacher:
         """A demo teacher whose recipe is `seed`, the training `plan` and the named `parts`
         (dataclasses or mappings: data recipe, model shape, feature settings)."""
         recipe = {"seed": seed, "plan": _plain(plan),
                   **{key: _plain(value) for key, value in parts.items()}}
-        return cls(name, capability, recipe, plan.steps, build, benchmark, minimum)
+        return cls(name, capability, recipe, plan.steps, build, benchmark, minimum, seconds_per_step)
 
 
 def _plain(value: Any) -> Any:

@@ -182,6 +182,7 @@ def build_teachers(
             # Left by a build that was killed; the prefix marks them as ours.
             for stale in build.folder.parent.glob(f"{PARTIAL_PREFIX}{build.folder.name}-*"):
                 shutil.rmtree(stale, ignore_errors=True)
+        todo.sort(key=lambda build: build.demo.expected_seconds, reverse=True)  # longest first
         context = multiprocessing.get_context("spawn")
         with context.Manager() as manager, concurrent.futures.ProcessPoolExecutor(
             max_workers=max(1, min(jobs, len(todo))), mp_context=context,

@@ -157,8 +157,9 @@ def test_nexus_plugins_json_lists_the_four_capabilities_with_versions(tmp_path: 
         for name in ("reasoning", "math", "voice", "vision")
     }
     hooks = {plugin["name"]: plugin["hooks"] for plugin in listed["plugins"]}
-    assert all(hooks[name] == ["build_adapter", "demo_teacher", "distill_capability", "profile_capability",
-                               "register_capabilities", "resolve_datasets", "retention_metric"]
+    assert all(hooks[name] == ["answer", "build_adapter", "demo_teacher", "distill_capability", "package_assets",
+                               "profile_capability", "register_capabilities", "resolve_datasets",
+                               "retention_metric"]
                for name in capabilities)
     assert hooks["quant-bnb"] == ["quantize"]
 

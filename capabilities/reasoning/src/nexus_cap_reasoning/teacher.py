@@ -16,11 +16,11 @@ from nexus_cap_reasoning.data import TEMPLATE_WORDS, SyntheticRecipe, load_split
 
 NAME = "nexus-demo-reasoning"
 MODEL = {**SMALL_DECODER, "max_position_embeddings": 256}
-PLAN = TrainingPlan(steps=1500, learning_rate=3e-3, batch_size=48)
+PLAN = TrainingPlan(steps=1000, learning_rate=3e-3, batch_size=48)
 
 
 def demo() -> DemoTeacher:
-    return DemoTeacher.of(NAME, "reasoning", build, benchmark.NAME, PLAN,
+    return DemoTeacher.of(NAME, "reasoning", build, benchmark.NAME, PLAN, seconds_per_step=0.174,
                           data=SyntheticRecipe(), model=MODEL)
 
 

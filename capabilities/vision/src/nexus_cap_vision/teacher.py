@@ -24,7 +24,7 @@ ENCODER = {"image_size": IMAGE_SIZE, "patch_size": 8, "num_channels": CHANNELS, 
            "num_hidden_layers": 2,
            "num_attention_heads": 4, "intermediate_size": 192}
 DECODER = {"n_embd": 96, "n_layer": 2, "n_head": 4, "n_positions": 64}
-PLAN = TrainingPlan(steps=2000, learning_rate=2e-3, batch_size=64)
+PLAN = TrainingPlan(steps=1500, learning_rate=2e-3, batch_size=64)
 
 
 def pixels(images: Sequence[np.ndarray]) -> Any:
@@ -76,7 +76,7 @@ class VisionAnswerer:
 
 
 def demo() -> DemoTeacher:
-    return DemoTeacher.of(NAME, "vision", build, benchmark.NAME, PLAN,
+    return DemoTeacher.of(NAME, "vision", build, benchmark.NAME, PLAN, seconds_per_step=0.078,
                           data=SyntheticRecipe(), encoder=ENCODER, decoder=DECODER)
 
 

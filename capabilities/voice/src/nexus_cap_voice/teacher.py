@@ -55,7 +55,7 @@ class VoiceEncoder:
 
 
 def demo() -> DemoTeacher:
-    return DemoTeacher.of(NAME, "voice", build, benchmark.CENTROID, PLAN,
+    return DemoTeacher.of(NAME, "voice", build, benchmark.CENTROID, PLAN, seconds_per_step=0.077,
                           data=SyntheticRecipe(), features=LogMel(), model=MODEL)
 
 
