@@ -218,7 +218,7 @@ def _progress(total: int, description: str) -> Any:
 
 
 REVISIT_EVERY = 4
-CONVERGED_LOSS = 0.02
+CONVERGED_LOSS = 0.05
 
 
 def converged(name: str, running: Mapping[str, float]) -> bool:

@@ -16,7 +16,7 @@ from nexus_cap_math.data import TEMPLATE_WORDS, SyntheticRecipe, load_split
 
 NAME = "nexus-demo-math"
 MODEL = {**SMALL_DECODER, "max_position_embeddings": 128}
-PLAN = TrainingPlan(steps=1800, learning_rate=3e-3, batch_size=32)
+PLAN = TrainingPlan(steps=2400, learning_rate=3e-3, batch_size=32)
 
 
 def demo() -> DemoTeacher:
