@@ -218,7 +218,7 @@ def _progress(total: int, description: str) -> Any:
 
 
 REVISIT_EVERY = 4
-CONVERGED_LOSS = 0.05
+CONVERGED_LOSS = 0.02
 
 
 def converged(name: str, running: Mapping[str, float]) -> bool:
@@ -226,6 +226,13 @@ def converged(name: str, running: Mapping[str, float]) -> bool:
     `CONVERGED_LOSS`: in the joint phase it is then trained only every `REVISIT_EVERY` steps
     (its anchor still protecting its subspace there), and fully again if its loss climbs back."""
     return name in running and running[name] < CONVERGED_LOSS
+
+
+def resting_capabilities(names: list[str], step: int, running: Mapping[str, float]) -> set[str]:
+    """The capabilities a joint step skips: the converged ones, except every `REVISIT_EVERY`th
+    step; none when only one is trained or when every one has converged (a step always trains)."""
+    resting = {name for name in names if len(names) > 1 and step % REVISIT_EVERY and converged(name, running)}
+    return set() if len(resting) == len(names) else resting
 
 
 def train_phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTask], phase: str,
@@ -248,8 +255,9 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
         running = extra.setdefault("output_loss", {})
         total = torch.zeros(())
         parts: dict[str, float] = {}
+        resting = resting_capabilities([task.name for task in tasks], step, running)
         for task in tasks:
-            if len(tasks) > 1 and step % REVISIT_EVERY and converged(task.name, running):
+            if task.name in resting:
                 continue
             loss, task_parts = task_loss(student, task, task.batch(step, size), alpha * task.alpha_scale,
                                          anchor_override)

@@ -300,3 +300,13 @@ def test_the_layer_map_keeps_relative_depth() -> None:
     mixed = ["encoder.layers.0", "encoder.layers.1", "encoder.layers.2", "decoder.h.0", "decoder.h.1"]
     assert [map_layer(name, mixed, 4) for name in mixed] == [0, 2, 3, 1, 3]
     assert map_layer("pooler", mixed, 4) == 3  # not a numbered block: the last student block
+
+
+def test_converged_capabilities_rest_but_a_step_always_trains_something() -> None:
+    from nexus_kernel.stage_distill import REVISIT_EVERY, resting_capabilities
+
+    running = {"math": 0.5, "voice": 0.01, "reasoning": 0.001}
+    assert resting_capabilities(["math", "voice", "reasoning"], 1, running) == {"voice", "reasoning"}
+    assert resting_capabilities(["math", "voice", "reasoning"], REVISIT_EVERY, running) == set()
+    assert resting_capabilities(["voice", "reasoning"], 1, running) == set()  # all converged: train all
+    assert resting_capabilities(["voice"], 1, running) == set()
