@@ -24,7 +24,9 @@ class Capability:
     the headline (the one retention is judged on) first. `output` is what the student gives
     for it: `text` (through the backbone's LM head) or `embedding` (a vector the size of the
     teacher's hidden state). `alpha_scale` multiplies the run's anchor weight `distill.alpha`
-    for this capability (a config's `capabilities.<name>.alpha_scale` overrides it).
+    for this capability (a config's `capabilities.<name>.alpha_scale` overrides it);
+    `pool_scale` likewise multiplies `distill.pool_size`, the training items its teacher answers
+    (a capability that overfits a small pool asks for more).
     """
 
     name: str
@@ -35,6 +37,7 @@ class Capability:
     description: str = ""
     output: str = "text"
     alpha_scale: float = 1.0
+    pool_scale: float = 1.0
     rank_policy: RankPolicy | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -56,6 +59,8 @@ class Capability:
             raise ValueError(f"capability {self.name!r} names no benchmark")
         if self.alpha_scale < 0:
             raise ValueError(f"capability {self.name!r}: alpha_scale must be >= 0")
+        if self.pool_scale <= 0:
+            raise ValueError(f"capability {self.name!r}: pool_scale must be > 0")
         if self.max_rank < 1:
             raise ValueError(f"capability {self.name!r}: max_rank must be >= 1")
 
@@ -82,5 +87,6 @@ class Capability:
             "max_rank": self.max_rank,
             "output": self.output,
             "alpha_scale": self.alpha_scale,
+            "pool_scale": self.pool_scale,
             "description": self.description,
         }

@@ -39,6 +39,8 @@ CAPABILITY_KEYS: dict[str, Key] = {
     "max_rank": Key("int", None, "adapter rank ceiling; default: the plugin's max rank", minimum=1),
     "alpha_scale": Key("float", None, "multiplies distill.alpha for this capability's anchor; "
                        "default: the plugin's", minimum=0.0),
+    "pool_scale": Key("float", None, "multiplies distill.pool_size for this capability; "
+                      "default: the plugin's", minimum=0.01),
     "data_dir": Key("path", None, "folder of real benchmark data; default: synthetic data"),
 }
 """Keys of each `[capabilities.<name>]` table; `<name>` must be an installed capability."""

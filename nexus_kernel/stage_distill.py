@@ -320,9 +320,12 @@ def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Map
                                         student=student, datasets=datasets[name])
         if plan is None:
             raise StageError(f"{name}: its plugin gives no distillation plan (distill_capability returned None)")
-        pool = build_pool(context, student, name, plan, architecture, settings,
+        configured = context.config.capability_settings(name)
+        pool_scale = capability.pool_scale if configured.get("pool_scale") is None else configured["pool_scale"]
+        pool = build_pool(context, student, name, plan, architecture,
+                          {**settings, "pool_size": max(1, round(settings["pool_size"] * pool_scale))},
                           context.run_dir / CHECKPOINT_DIR / name)
-        scale = context.config.capability_settings(name).get("alpha_scale")
+        scale = configured.get("alpha_scale")
         tasks[name] = CapabilityTask(name, capability, plan, pool, seed + index,
                                      capability.alpha_scale if scale is None else scale)
     return tasks
