@@ -218,21 +218,25 @@ def _progress(total: int, description: str) -> Any:
 
 
 REVISIT_EVERY = 4
-CONVERGED_LOSS = 0.02
+CONVERGED_LOSS = {"kl": 0.02, "sequence": 0.02, "cosine": 0.05}
+"""Per objective: nats per token for `kl` and `sequence`; cosine distance (0.05: a cosine
+similarity of 0.95 to the teacher's embedding) for `cosine`."""
 
 
-def converged(name: str, running: Mapping[str, float]) -> bool:
-    """Whether a capability's running output loss (nats per token, or cosine distance) is below
-    `CONVERGED_LOSS`: in the joint phase it is then trained only every `REVISIT_EVERY` steps
-    (its anchor still protecting its subspace there), and fully again if its loss climbs back."""
-    return name in running and running[name] < CONVERGED_LOSS
+def converged(name: str, objective: str, running: Mapping[str, float]) -> bool:
+    """Whether a capability's running output loss is below its objective's `CONVERGED_LOSS`: in
+    the joint phase it is then trained only every `REVISIT_EVERY` steps (its anchor still
+    protecting its subspace there), and fully again if its loss climbs back."""
+    return name in running and running[name] < CONVERGED_LOSS.get(objective, 0.02)
 
 
-def resting_capabilities(names: list[str], step: int, running: Mapping[str, float]) -> set[str]:
-    """The capabilities a joint step skips: the converged ones, except every `REVISIT_EVERY`th
-    step; none when only one is trained or when every one has converged (a step always trains)."""
-    resting = {name for name in names if len(names) > 1 and step % REVISIT_EVERY and converged(name, running)}
-    return set() if len(resting) == len(names) else resting
+def resting_capabilities(objectives: Mapping[str, str], step: int, running: Mapping[str, float]) -> set[str]:
+    """The capabilities (name to objective) a joint step skips: the converged ones, except every
+    `REVISIT_EVERY`th step; none when only one is trained or when every one has converged (a
+    step always trains)."""
+    resting = {name for name, objective in objectives.items()
+               if len(objectives) > 1 and step % REVISIT_EVERY and converged(name, objective, running)}
+    return set() if len(resting) == len(objectives) else resting
 
 
 def train_phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTask], phase: str,
@@ -255,7 +259,7 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
         running = extra.setdefault("output_loss", {})
         total = torch.zeros(())
         parts: dict[str, float] = {}
-        resting = resting_capabilities([task.name for task in tasks], step, running)
+        resting = resting_capabilities({task.name: task.pool.objective for task in tasks}, step, running)
         for task in tasks:
             if task.name in resting:
                 continue
