@@ -16,7 +16,7 @@ from nexus_cap_reasoning.data import TEMPLATE_WORDS, SyntheticRecipe, load_split
 
 NAME = "nexus-demo-reasoning"
 MODEL = {**SMALL_DECODER, "max_position_embeddings": 256}
-PLAN = TrainingPlan(steps=600, learning_rate=3e-3, batch_size=48)
+PLAN = TrainingPlan(steps=800, learning_rate=3e-3, batch_size=48)
 
 
 def demo() -> DemoTeacher:
