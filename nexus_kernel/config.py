@@ -81,7 +81,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "distill": {
         "alpha": Key("float", 10.0, "weight of the anchor loss: L = L_output + alpha * L_anchor", minimum=0.0),
-        "adapter_steps": Key("int", 50, "adapter-first steps per capability (backbone frozen)", minimum=1),
+        "adapter_steps": Key("int", 100, "adapter-first steps per capability (backbone frozen)", minimum=1),
         "joint_steps": Key("int", 1000, "joint steps over every capability with the backbone unfrozen; "
                            "0 skips the joint phase", minimum=0),
         "batch_size": Key("int", 32, "items per capability per step", minimum=1),
@@ -89,7 +89,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "joint_learning_rate": Key("float", 3e-3, "peak learning rate of the joint phase (lower it for a "
                                    "pretrained backbone)", minimum=0.0),
         "pool_size": Key("int", 2048, "training items per capability answered by its teacher", minimum=8),
-        "eval_samples": Key("int", 200, "held-out items scored per capability after training", minimum=1),
+        "eval_samples": Key("int", 300, "held-out items scored per capability after training", minimum=1),
         "threads": Key("int", 2, "CPU threads for training (results repeat exactly for the same count)",
                        minimum=1),
         "checkpoint_every": Key("int", 100, "steps between checkpoints", minimum=1),

@@ -218,7 +218,7 @@ def _progress(total: int, description: str) -> Any:
 
 
 REVISIT_EVERY = 4
-CONVERGED_LOSS = {"kl": 0.02, "sequence": 0.02, "cosine": 0.05}
+CONVERGED_LOSS = {"kl": 0.02, "sequence": 0.02, "cosine": 0.02}
 """Per objective: nats per token for `kl` and `sequence`; cosine distance (0.05: a cosine
 similarity of 0.95 to the teacher's embedding) for `cosine`."""
 
