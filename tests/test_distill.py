@@ -309,5 +309,5 @@ def test_converged_capabilities_rest_but_a_step_always_trains_something() -> Non
     objectives = {"math": "kl", "voice": "cosine", "reasoning": "kl"}
     assert resting_capabilities(objectives, 1, running) == {"voice", "reasoning"}
     assert resting_capabilities(objectives, REVISIT_EVERY, running) == set()
-        assert resting_capabilities({"voice": "cosine", "reasoning": "kl"}, 1, running) == set()  # all converged
+    assert resting_capabilities({"voice": "cosine", "reasoning": "kl"}, 1, running) == set()  # all converged
     assert resting_capabilities({"voice": "cosine"}, 1, running) == set()
