@@ -54,13 +54,12 @@ def test_the_child_names_the_teacher_path_it_wanted(tmp_path: Path) -> None:
     wanted = roots[0] / "model.safetensors"
     guarded = TeacherAccessError(f"the student tried to read a teacher file after teacher removal: {wanted}")
     assert _teacher_path(guarded, roots) == str(wanted)
-    try:
+    with pytest.raises(ValueError) as chained:
         try:
             open(wanted)  # noqa: SIM115 (the folder was moved away: FileNotFoundError)
         except FileNotFoundError as missing:
             raise ValueError("could not load") from missing
-    except ValueError as chained:
-        assert _teacher_path(chained, roots) == str(wanted)
+    assert _teacher_path(chained.value, roots) == str(wanted)
     assert _teacher_path(FileNotFoundError(2, "nope", str(tmp_path / "elsewhere")), roots) is None
 
 
