@@ -10,7 +10,7 @@ a fixed seed so the same scores always give the same interval.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 THRESHOLD = 0.97
@@ -48,3 +48,16 @@ def verdict(teacher: Mapping[str, Any], student: Mapping[str, Any]) -> dict[str,
     items = teacher.get("per_item"), student.get("per_item")
     interval = list(bootstrap_ratio(*items)) if items[0] and items[1] and len(items[0]) == len(items[1]) else None
     return {"status": "pass" if ratio >= THRESHOLD else f"below {THRESHOLD}", "ratio": ratio, "interval": interval}
+
+
+def score_capabilities(plugins: Any, names: Iterable[str], model_of: Callable[[str], Any],
+                       datasets: Mapping[str, Any], limit: int | None) -> dict[str, dict[str, Any]]:
+    """Each capability's held-out `test` scores (with per-item results) from its owner's
+    `retention_metric`, for the model `model_of(name)` gives."""
+    owned = plugins.capabilities()
+    scores = {}
+    for name in sorted(names):
+        found = plugins.call_for(name, "retention_metric", capability=owned[name][0], model=model_of(name),
+                                 split="test", datasets=datasets[name], limit=limit)
+        scores[name] = {key: score.to_json(with_items=True) for key, score in found.items()}
+    return scores

@@ -29,7 +29,7 @@ from nexus_kernel.logs import get_logger
 from nexus_kernel.packaging import (
     Bundle, drop_training_state, export_files, fp32_bytes, load_bundle, quantize_student, student_section,
 )
-from nexus_kernel.retention import THRESHOLD
+from nexus_kernel.retention import THRESHOLD, score_capabilities
 from nexus_kernel.runner import RunContext
 from nexus_kernel.stage_validate import VERIFY_REPORT, failing, retention_table, summary_line
 from nexus_kernel.student import StudentCapability
@@ -65,14 +65,8 @@ def _distribution_of(context: RunContext, plugin_name: str) -> tuple[str, str]:
 
 
 def _score(bundle: Bundle, datasets: dict[str, Any], limit: int) -> dict[str, Any]:
-    owned = bundle.plugins.capabilities()
-    scores = {}
     with torch.inference_mode():
-        for name in bundle.capabilities:
-            found = bundle.plugins.call_for(name, "retention_metric", capability=owned[name][0],
-                                            model=bundle.model(name), split="test", datasets=datasets[name], limit=limit)
-            scores[name] = {key: score.to_json(with_items=True) for key, score in found.items()}
-    return scores
+        return score_capabilities(bundle.plugins, bundle.capabilities, bundle.model, datasets, limit)
 
 
 def _assets(context: RunContext, student: Any, datasets: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:

@@ -62,6 +62,7 @@ def _score_all(job: dict[str, Any]) -> dict[str, Any]:
 
     from nexus_kernel.config import load_config
     from nexus_kernel.plugins import load_plugins
+    from nexus_kernel.retention import score_capabilities
     from nexus_kernel.runner import RunContext
     from nexus_kernel.stage_architecture import build_student
     from nexus_kernel.student import StudentCapability
@@ -78,15 +79,9 @@ def _score_all(job: dict[str, Any]) -> dict[str, Any]:
     # guard sees where the weights really come from, links included.
     student.load_state_dict(load((run_dir / job["weights"]).read_bytes()))
     student.eval()
-    owned = plugins.capabilities()
-    scores = {}
     with torch.inference_mode():
-        for name, datasets in sorted(job["datasets"].items()):
-            found = plugins.call_for(name, "retention_metric", capability=owned[name][0],
-                                     model=StudentCapability(student, name), split="test", datasets=datasets,
-                                     limit=job["limit"])
-            scores[name] = {key: score.to_json(with_items=True) for key, score in found.items()}
-    return scores
+        return score_capabilities(plugins, job["datasets"], lambda name: StudentCapability(student, name),
+                                  job["datasets"], job["limit"])
 
 
 def main(job_file: str) -> int:
