@@ -12,7 +12,7 @@ At the end every capability's student is scored on held-out items next to its te
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,23 +219,27 @@ def _progress(total: int, description: str) -> Any:
 
 REVISIT_EVERY = 4
 CONVERGED_LOSS = {"kl": 0.02, "sequence": 0.02, "cosine": 0.02}
-"""Per objective: nats per token for `kl` and `sequence`; cosine distance (0.05: a cosine
-similarity of 0.95 to the teacher's embedding) for `cosine`."""
+"""Per objective: nats per token for `kl` and `sequence`; cosine distance for `cosine`."""
+WAKE_FACTOR = 2.0
+"""A resting capability trains fully again once its running loss passes this times its
+`CONVERGED_LOSS` (hysteresis: one hard batch on a revisit step does not wake it)."""
 
 
-def converged(name: str, objective: str, running: Mapping[str, float]) -> bool:
-    """Whether a capability's running output loss is below its objective's `CONVERGED_LOSS`: in
-    the joint phase it is then trained only every `REVISIT_EVERY` steps (its anchor still
-    protecting its subspace there), and fully again if its loss climbs back."""
-    return name in running and running[name] < CONVERGED_LOSS.get(objective, 0.02)
+def converged(name: str, objective: str, running: Mapping[str, float], resting: bool = False) -> bool:
+    """Whether a capability may rest: its running output loss is below its objective's
+    `CONVERGED_LOSS`, or, for one already `resting`, below `WAKE_FACTOR` times that."""
+    limit = CONVERGED_LOSS.get(objective, 0.02) * (WAKE_FACTOR if resting else 1.0)
+    return name in running and running[name] < limit
 
 
-def resting_capabilities(objectives: Mapping[str, str], step: int, running: Mapping[str, float]) -> set[str]:
-    """The capabilities (name to objective) a joint step skips: the converged ones, except every
-    `REVISIT_EVERY`th step; none when only one is trained or when every one has converged (a
-    step always trains)."""
+def resting_capabilities(objectives: Mapping[str, str], running: Mapping[str, float],
+                         rested: Collection[str] = ()) -> set[str]:
+    """The capabilities (name to objective) that rest now: the converged ones (`rested`, those
+    resting so far, stay until `WAKE_FACTOR`). A resting capability still trains every
+    `REVISIT_EVERY`th step (its anchor protecting its subspace there, its running loss kept
+    fresh). None when only one is trained or when every one has converged (a step always trains)."""
     resting = {name for name, objective in objectives.items()
-               if len(objectives) > 1 and step % REVISIT_EVERY and converged(name, objective, running)}
+               if len(objectives) > 1 and converged(name, objective, running, name in rested)}
     return set() if len(resting) == len(objectives) else resting
 
 
@@ -259,7 +263,9 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
         running = extra.setdefault("output_loss", {})
         total = torch.zeros(())
         parts: dict[str, float] = {}
-        resting = resting_capabilities({task.name: task.pool.objective for task in tasks}, step, running)
+        extra["resting"] = sorted(resting_capabilities({task.name: task.pool.objective for task in tasks},
+                                                       running, extra.get("resting", ())))
+        resting = set(extra["resting"]) if step % REVISIT_EVERY else set()
         for task in tasks:
             if task.name in resting:
                 continue
@@ -387,6 +393,7 @@ def run_distill(context: RunContext) -> str:
     settings = context.config.section("distill")
     seed = int(json.loads((context.run_dir / LOCK_FILE).read_text())["seed"])
     student = build_student(context, architecture)
+    torch.set_num_threads(settings["threads"])  # build_student seeded with one; the teachers answer with all
     tasks = _prepare_tasks(context, student, architecture, settings, seed)
     base = {"architecture": architecture, "distill": settings, "seed": seed}
     phases: dict[str, Any] = {}

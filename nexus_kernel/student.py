@@ -10,6 +10,7 @@ its own module names and loads and saves as the transformers model it is.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -260,7 +261,8 @@ class NexusStudent(nn.Module):
             parameter.requires_grad_(not frozen)
 
     def _run(self, adapter: CapabilityAdapter, input_ids: torch.Tensor | None, mask: torch.Tensor | None,
-             positions: torch.Tensor | None, prefix: torch.Tensor | None, hidden_states: bool) -> tuple[Any, int, torch.Tensor]:
+             positions: torch.Tensor | None, prefix: torch.Tensor | None, hidden_states: bool,
+             past: Any = None, use_cache: bool = False) -> tuple[Any, int, torch.Tensor]:
         parts, masks = [], []
         if prefix is not None:
             if adapter.projector is None:
@@ -280,7 +282,7 @@ class NexusStudent(nn.Module):
             positions = torch.cat([torch.arange(prefix_length).expand(positions.shape[0], -1),
                                    positions + prefix_length], dim=1)
         outputs = self.backbone.model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
-                                      output_hidden_states=hidden_states)
+                                      output_hidden_states=hidden_states, past_key_values=past, use_cache=use_cache)
         return outputs, prefix_length, full_mask
 
     def forward(self, name: str, batch: StudentBatch) -> StudentOutput:
@@ -305,6 +307,15 @@ class NexusStudent(nn.Module):
         with self.active(name) as adapter:
             outputs, prefix_length, _ = self._run(adapter, input_ids, mask, positions, prefix, hidden_states=False)
             return self.backbone.lm_head(outputs.last_hidden_state[:, prefix_length:])
+
+    def text_step(self, name: str, new_ids: torch.Tensor, mask: torch.Tensor, new_positions: torch.Tensor,
+                  past: Any) -> tuple[torch.Tensor, Any]:
+        """One cached decoding step of a text capability (`nexus_kernel.text.StepLogits`): the
+        logits of `new_ids` and the key/value cache. `mask` covers past and new tokens."""
+        with self.active(name) as adapter:
+            outputs, _, _ = self._run(adapter, new_ids, mask, new_positions, None, hidden_states=False,
+                                      past=past, use_cache=True)
+            return self.backbone.lm_head(outputs.last_hidden_state), outputs.past_key_values
 
     def embed(self, name: str, prefix: torch.Tensor) -> torch.Tensor:
         """The embedding `(batch, dim)` of an embedding capability for a prefix input."""
@@ -341,7 +352,8 @@ class StudentTextModel:
 
         answers: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
-            answers += complete(self._logits, self.tokenizer, prompts[start : start + self.batch_size], max_new_tokens)
+            answers += complete(functools.partial(self.student.text_step, self.capability), self.tokenizer,
+                                prompts[start : start + self.batch_size], max_new_tokens)
         return answers
 
     def loglikelihoods(self, requests: Sequence[tuple[str, str]]) -> list[float]:

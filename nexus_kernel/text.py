@@ -103,22 +103,57 @@ def left_padded(
 NextTokenLogits = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 """`(input_ids, attention_mask, position_ids) -> logits (batch, seq, vocab)` of a causal decoder."""
 
+StepLogits = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", Any], "tuple[torch.Tensor, Any]"]
+"""`(new_ids, attention_mask, new_position_ids, past) -> (logits of the new positions, past)`:
+one decoding step of a causal decoder that keeps its own state in `past` (None on the first
+call, which gets the whole prompt; a key/value cache for a model that has one). The mask
+covers every position so far, the new ones included."""
+
+
+def recomputing(logits_of: NextTokenLogits) -> StepLogits:
+    """A decoding step for a decoder without a cache: each step reruns the whole sequence
+    (what `past` keeps). Slower than a cache by about the sequence length; for models whose
+    forward cannot take one."""
+    import torch
+
+    def step(new_ids: torch.Tensor, mask: torch.Tensor, new_positions: torch.Tensor, past: Any
+             ) -> tuple[torch.Tensor, Any]:
+        ids = new_ids if past is None else torch.cat([past, new_ids], dim=1)
+        logits = logits_of(ids, mask, (mask.cumsum(dim=1) - 1).clamp(min=0))
+        return logits[:, -new_ids.shape[1]:], ids
+
+    return step
+
+
+def cached_step(model: torch.nn.Module) -> StepLogits:
+    """A decoding step for a transformers causal LM through its key/value cache."""
+    def step(new_ids: torch.Tensor, mask: torch.Tensor, new_positions: torch.Tensor, past: Any
+             ) -> tuple[torch.Tensor, Any]:
+        output = model(input_ids=new_ids, attention_mask=mask, position_ids=new_positions,
+                       past_key_values=past, use_cache=True)
+        return output.logits, output.past_key_values
+
+    return step
+
 
 def greedy_decode(
-    logits_of: NextTokenLogits, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+    step: StepLogits, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
 ) -> list[list[int]]:
     """Greedy continuation of left-padded prompts until `</s>` or `max_new_tokens`; returns the
     new token ids per row, without `</s>`. Position ids come from the mask so left padding does
-    not shift positions (the batch answer equals the one-by-one answer).
+    not shift positions (the batch answer equals the one-by-one answer). Each step feeds `step`
+    only the new tokens (see `StepLogits`).
     """
     import torch
 
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
     generated: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    new_ids, past = input_ids, None
     with torch.inference_mode():
         for _ in range(max_new_tokens):
-            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            next_ids = logits_of(input_ids, mask, positions)[:, -1].argmax(dim=-1)
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -new_ids.shape[1]:]
+            logits, past = step(new_ids, mask, positions, past)
+            next_ids = logits[:, -1].argmax(dim=-1)
             for row in torch.nonzero(~finished).flatten().tolist():
                 if next_ids[row].item() == EOS_ID:
                     finished[row] = True
@@ -126,16 +161,16 @@ def greedy_decode(
                     generated[row].append(int(next_ids[row]))
             if bool(finished.all()):
                 break
-            input_ids = torch.cat([input_ids, next_ids[:, None]], dim=1)
+            new_ids = next_ids[:, None]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     return generated
 
 
-def complete(logits_of: NextTokenLogits, tokenizer: PreTrainedTokenizerFast,
+def complete(step: StepLogits, tokenizer: PreTrainedTokenizerFast,
              prompts: Sequence[str], max_new_tokens: int) -> list[str]:
     """Greedy text completions of one batch of `prompts` (see `greedy_decode`)."""
     input_ids, mask = left_padded(tokenizer, prompts)
-    return [tokenizer.decode(ids) for ids in greedy_decode(logits_of, input_ids, mask, max_new_tokens)]
+    return [tokenizer.decode(ids) for ids in greedy_decode(step, input_ids, mask, max_new_tokens)]
 
 
 def continuation_logprobs(
@@ -196,7 +231,7 @@ class CausalTextModel:
         """Greedy completions of `prompts`, without the prompt."""
         answers: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
-            answers += complete(self._logits, self.tokenizer, prompts[start : start + self.batch_size],
+            answers += complete(cached_step(self.model), self.tokenizer, prompts[start : start + self.batch_size],
                                 max_new_tokens)
         return answers
 

@@ -302,12 +302,17 @@ def test_the_layer_map_keeps_relative_depth() -> None:
     assert map_layer("pooler", mixed, 4) == 3  # not a numbered block: the last student block
 
 
-def test_converged_capabilities_rest_but_a_step_always_trains_something() -> None:
-    from nexus_kernel.stage_distill import REVISIT_EVERY, resting_capabilities
+def test_converged_capabilities_rest_with_hysteresis_but_a_step_always_trains_something() -> None:
+    from nexus_kernel.stage_distill import CONVERGED_LOSS, WAKE_FACTOR, resting_capabilities
 
-    running = {"math": 0.5, "voice": 0.01, "reasoning": 0.001}
     objectives = {"math": "kl", "voice": "cosine", "reasoning": "kl"}
-    assert resting_capabilities(objectives, 1, running) == {"voice", "reasoning"}
-    assert resting_capabilities(objectives, REVISIT_EVERY, running) == set()
-    assert resting_capabilities({"voice": "cosine", "reasoning": "kl"}, 1, running) == set()  # all converged
-    assert resting_capabilities({"voice": "cosine"}, 1, running) == set()
+    running = {"math": 0.5, "voice": 0.01, "reasoning": 0.001}
+    assert resting_capabilities(objectives, running) == {"voice", "reasoning"}
+    assert resting_capabilities({"voice": "cosine", "reasoning": "kl"}, running) == set()  # all converged
+    assert resting_capabilities({"voice": "cosine"}, running) == set()
+    between = CONVERGED_LOSS["kl"] * (1 + WAKE_FACTOR) / 2  # above the rest line, below the wake line
+    running = {"math": 0.5, "reasoning": between}
+    assert resting_capabilities(objectives, running) == set()  # not resting yet: must get below the rest line
+    assert resting_capabilities(objectives, running, rested={"reasoning"}) == {"reasoning"}  # stays resting
+    running["reasoning"] = CONVERGED_LOSS["kl"] * WAKE_FACTOR * 1.01
+    assert resting_capabilities(objectives, running, rested={"reasoning"}) == set()  # woken

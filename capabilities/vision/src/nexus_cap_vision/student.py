@@ -44,7 +44,7 @@ class StudentAnswerer:
         self.capability = capability
 
     def answer(self, images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        from nexus_kernel.text import complete
+        from nexus_kernel.text import complete, recomputing
 
         answers: list[str] = []
         for start in range(0, len(prompts), _BATCH):
@@ -53,7 +53,7 @@ class StudentAnswerer:
             def logits_of(ids: Any, mask: Any, positions: Any, prefix: Any = prefix) -> Any:
                 return self.student.text_logits(self.capability, ids, mask, positions, prefix=prefix)
 
-            answers += complete(logits_of, self.student.tokenizer, prompts[start : start + _BATCH], max_new_tokens)
+            answers += complete(recomputing(logits_of), self.student.tokenizer, prompts[start : start + _BATCH], max_new_tokens)
         return answers
 
 

@@ -59,7 +59,7 @@ class VisionAnswerer:
     def answer(self, images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         import torch
 
-        from nexus_kernel.text import complete
+        from nexus_kernel.text import complete, recomputing
 
         answers: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
@@ -70,7 +70,7 @@ class VisionAnswerer:
                 return self.model(encoder_outputs=encoded, decoder_input_ids=ids,
                                   decoder_attention_mask=mask, decoder_position_ids=positions).logits
 
-            answers += complete(logits_of, self.tokenizer, prompts[start : start + self.batch_size],
+            answers += complete(recomputing(logits_of), self.tokenizer, prompts[start : start + self.batch_size],
                                 max_new_tokens)
         return answers
 
