@@ -227,7 +227,8 @@ class StageRunner:
             message = f"{stage.label} finished without writing {', '.join(missing)}"
             self.state.record(stage, status=FAILED, input_hash=input_hash, error=message)
             raise StageError(message)
-        self.state.record(stage, status=PASSED, input_hash=input_hash, outputs=outputs,
+        # Hashed again: a stage may create its own inputs (stage 1 builds the demo teachers it registers).
+        self.state.record(stage, status=PASSED, input_hash=self._input_hash(stage), outputs=outputs,
                           seconds=round(seconds, 3), detail=detail)
         log.info("stage passed", stage=stage.label, seconds=round(seconds, 2), detail=detail)
         return Outcome(stage, PASSED, detail, seconds)

@@ -262,7 +262,7 @@ class NexusStudent(nn.Module):
 
     def _run(self, adapter: CapabilityAdapter, input_ids: torch.Tensor | None, mask: torch.Tensor | None,
              positions: torch.Tensor | None, prefix: torch.Tensor | None, hidden_states: bool,
-             past: Any = None, use_cache: bool = False) -> tuple[Any, int, torch.Tensor]:
+             cache: dict[str, Any] | None = None) -> tuple[Any, int, torch.Tensor]:
         parts, masks = [], []
         if prefix is not None:
             if adapter.projector is None:
@@ -282,7 +282,7 @@ class NexusStudent(nn.Module):
             positions = torch.cat([torch.arange(prefix_length).expand(positions.shape[0], -1),
                                    positions + prefix_length], dim=1)
         outputs = self.backbone.model(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions,
-                                      output_hidden_states=hidden_states, past_key_values=past, use_cache=use_cache)
+                                      output_hidden_states=hidden_states, **(cache or {}))
         return outputs, prefix_length, full_mask
 
     def forward(self, name: str, batch: StudentBatch) -> StudentOutput:
@@ -312,10 +312,12 @@ class NexusStudent(nn.Module):
                   past: Any) -> tuple[torch.Tensor, Any]:
         """One cached decoding step of a text capability (`nexus_kernel.text.StepLogits`): the
         logits of `new_ids` and the key/value cache. `mask` covers past and new tokens."""
+        from nexus_kernel.text import cache_arguments, cache_of
+
         with self.active(name) as adapter:
             outputs, _, _ = self._run(adapter, new_ids, mask, new_positions, None, hidden_states=False,
-                                      past=past, use_cache=True)
-            return self.backbone.lm_head(outputs.last_hidden_state), outputs.past_key_values
+                                      cache=cache_arguments(self.backbone.model, past))
+            return self.backbone.lm_head(outputs.last_hidden_state), cache_of(outputs)
 
     def embed(self, name: str, prefix: torch.Tensor) -> torch.Tensor:
         """The embedding `(batch, dim)` of an embedding capability for a prefix input."""

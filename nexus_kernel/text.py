@@ -125,13 +125,28 @@ def recomputing(logits_of: NextTokenLogits) -> StepLogits:
     return step
 
 
+def cache_arguments(model: torch.nn.Module, past: Any) -> dict[str, Any]:
+    """The keyword arguments that hand `past` to a transformers model's `forward` and ask for
+    the cache back: `cache` from transformers 5.24 on, `past_key_values` before."""
+    import inspect
+
+    keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {keyword: past, "use_cache": True}
+
+
+def cache_of(output: Any) -> Any:
+    """The key/value cache a transformers forward returned (under either name, see `cache_arguments`)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 def cached_step(model: torch.nn.Module) -> StepLogits:
     """A decoding step for a transformers causal LM through its key/value cache."""
     def step(new_ids: torch.Tensor, mask: torch.Tensor, new_positions: torch.Tensor, past: Any
              ) -> tuple[torch.Tensor, Any]:
         output = model(input_ids=new_ids, attention_mask=mask, position_ids=new_positions,
-                       past_key_values=past, use_cache=True)
-        return output.logits, output.past_key_values
+                       **cache_arguments(model, past))
+        return output.logits, cache_of(output)
 
     return step
 

@@ -21,6 +21,8 @@ class Pipeline:
         self.inputs = {"a": 1, "b": 1, "c": 1}
         self.calls: list[str] = []
         self.fail_in: str | None = None
+        self.creates_input: dict[str, int] = {}
+        """Per stage, what its action adds to its own input (a stage that builds what it reads)."""
         self.context = RunContext(run_dir, load_config(Path(__file__).parents[1] / "configs/nexus.toml"),
                                   plugin_set_of())
 
@@ -29,6 +31,7 @@ class Pipeline:
             self.calls.append(name)
             if self.fail_in == name:
                 raise ConfigError(f"{name} broke")
+            self.inputs[name] += self.creates_input.get(name, 0)
             atomic_write_text(context.run_dir / f"{name}.txt", f"{name}={self.inputs[name]}\n")
             return f"wrote {name}"
 
@@ -58,6 +61,12 @@ def test_unchanged_inputs_skip(toy: Pipeline) -> None:
     toy.run()
     assert toy.run() == [("a", "skipped"), ("b", "skipped"), ("c", "skipped"), ("d", "not implemented")]
     assert toy.calls == []
+
+
+def test_a_stage_that_creates_its_own_inputs_is_up_to_date_after_it(toy: Pipeline) -> None:
+    toy.creates_input["a"] = 1  # like stage 1, which builds the demo teachers it then registers
+    toy.run()
+    assert toy.run()[:3] == [("a", "skipped"), ("b", "skipped"), ("c", "skipped")]
 
 
 def test_changed_input_reruns_that_stage_and_every_later_one(toy: Pipeline) -> None:
