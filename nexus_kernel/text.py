@@ -9,6 +9,8 @@ models learn arithmetic far more easily that way.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,13 +127,16 @@ def recomputing(logits_of: NextTokenLogits) -> StepLogits:
     return step
 
 
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    parameters = inspect.signature(model_class.forward).parameters  # type: ignore[attr-defined]
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def cache_arguments(model: torch.nn.Module, past: Any) -> dict[str, Any]:
     """The keyword arguments that hand `past` to a transformers model's `forward` and ask for
     the cache back: `cache` from transformers 5.24 on, `past_key_values` before."""
-    import inspect
-
-    keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {keyword: past, "use_cache": True}
+    return {_cache_keyword(type(model)): past, "use_cache": True}
 
 
 def cache_of(output: Any) -> Any:
