@@ -1,4 +1,5 @@
 # Two entry points for a fresh machine: `make run` (the demo pipeline) and `make test`.
+# Both install the exact versions in constraints.txt (what CI tested); `make lock` refreshes it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,14 +7,15 @@ PACKAGES := -e ".[test]" \
 	-e capabilities/reasoning -e capabilities/math -e capabilities/voice -e capabilities/vision \
 	-e plugins/nexus-quant-bnb
 STAMP := $(VENV)/.installed
+LOCK_VENV := .lock-venv
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench lock clean
 
-$(STAMP): pyproject.toml capabilities/*/pyproject.toml plugins/*/pyproject.toml
+$(STAMP): pyproject.toml capabilities/*/pyproject.toml plugins/*/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel; an unpinned torch pulls gigabytes of CUDA packages.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet $(PACKAGES)
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt $(PACKAGES)
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,10 +27,24 @@ test: install
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/pca.py --json runs/benchmarks/pca.json
 	$(BIN)/python benchmarks/profiling.py --json runs/benchmarks/profiling.json
 	$(BIN)/python benchmarks/distill.py --json runs/benchmarks/distill.json
+
+# On purpose only: resolve the newest versions the packages' own ranges allow, in a scratch
+# venv, and write them to constraints.txt (then run `make test` and commit it).
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet torch==2.13.0
+	$(LOCK_VENV)/bin/pip install --quiet -e ".[test,bench]" \
+		-e capabilities/reasoning -e capabilities/math -e capabilities/voice -e capabilities/vision \
+		-e plugins/nexus-quant-bnb
+	{ echo "# Exact versions make run / make test install (pip -c). Refresh on purpose: make lock."; \
+	  $(LOCK_VENV)/bin/pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf $(VENV) runs

@@ -122,9 +122,22 @@ class ProbePlan:
     mask_of: Callable[[Any], Any] | None = None
 
 
-DemoBuild = Callable[[Path, Mapping[str, Any], Callable[[int], None]], "Mapping[str, Score]"]
-"""`(folder, recipe, progress) -> held-out scores`: trains the teacher the recipe describes,
-saves it into the (empty) `folder` with `save_pretrained`, and scores it on held-out items."""
+@dataclass(frozen=True)
+class DemoBuildResult:
+    """What a demo build returns: the held-out scores (`benchmark -> Score`, on the test split
+    the build never trained or validated on) and the training loop's record
+    (`nexus_kernel.training.TrainingRecord.to_json()`: steps trained, each round's validation
+    score, the target and whether it was reached)."""
+
+    scores: Mapping[str, Score]
+    training: Mapping[str, Any] = field(default_factory=dict)
+
+
+DemoBuild = Callable[[Path, Mapping[str, Any], Callable[[int], None]], "DemoBuildResult | Mapping[str, Score]"]
+"""`(folder, recipe, progress) -> DemoBuildResult`: trains the teacher the recipe describes
+(until its validation score reaches `recipe["validation_target"]`, or the plan's step cap),
+saves it into the (empty) `folder` with `save_pretrained`, and scores it on held-out items. A
+build without validation may return the held-out scores alone."""
 
 
 @dataclass(frozen=True)
@@ -132,11 +145,14 @@ class DemoTeacher:
     """A small teacher a capability plugin can train locally, so a run needs no download.
 
     `recipe` is everything that decides the weights (data seed, sizes, model shape, training
-    plan); its hash keys the cache, so the same recipe is never trained twice. `build` must be a
-    module-level function (it runs in a worker process). `steps` sizes the progress bar;
-    `minimum` is the held-out score the build must reach on `benchmark`, else it fails.
-    `seconds_per_step` (on one CPU core) orders the builds longest first, so two workers
-    finish together; it is not part of the recipe.
+    plan, validation target); its hash keys the cache, so the same recipe is never trained
+    twice. `build` must be a module-level function (it runs in a worker process). `steps` (the
+    plan's cap) sizes the progress bar; `minimum` is the held-out score the build must reach
+    on `benchmark`, else it fails. A build trains in rounds until its score on a validation
+    split (never the held-out one) reaches `minimum + margin`, so a machine whose floats take
+    another path trains longer rather than falling short. `seconds_per_step` (on one CPU core)
+    and `expected_steps` (the first round) order the builds longest first, so two workers
+    finish together; neither is part of the recipe.
     """
 
     name: str
@@ -147,19 +163,29 @@ class DemoTeacher:
     benchmark: str
     minimum: float
     seconds_per_step: float = 0.1
+    expected_steps: int = 0
 
     @property
     def expected_seconds(self) -> float:
-        return self.steps * self.seconds_per_step
+        return (self.expected_steps or self.steps) * self.seconds_per_step
+
+    @property
+    def validation_target(self) -> float | None:
+        target = self.recipe.get("validation_target")
+        return float(target) if target is not None else None
 
     @classmethod
     def of(cls, name: str, capability: str, build: DemoBuild, benchmark: str, plan: Any,
-           minimum: float = 0.9, seed: int = 42, seconds_per_step: float = 0.1, **parts: Any) -> DemoTeacher:
-        """A demo teacher whose recipe is `seed`, the training `plan` and the named `parts`
-        (dataclasses or mappings: data recipe, model shape, feature settings)."""
-        recipe = {"seed": seed, "plan": _plain(plan),
+           minimum: float = 0.9, margin: float = 0.04, seed: int = 42, seconds_per_step: float = 0.1,
+           **parts: Any) -> DemoTeacher:
+        """A demo teacher whose recipe is `seed`, the training `plan` (a
+        `nexus_kernel.training.TrainingPlan`), the validation target `minimum + margin` and the
+        named `parts` (dataclasses or mappings: data recipe, model shape, feature settings)."""
+        recipe = {"seed": seed, "plan": _plain(plan), "validation_target": round(minimum + margin, 6),
                   **{key: _plain(value) for key, value in parts.items()}}
-        return cls(name, capability, recipe, plan.steps, build, benchmark, minimum, seconds_per_step)
+        first_round = plan.rounds()[0][1] if hasattr(plan, "rounds") else plan.steps
+        return cls(name, capability, recipe, plan.steps, build, benchmark, minimum, seconds_per_step,
+                   first_round)
 
 
 def _plain(value: Any) -> Any:

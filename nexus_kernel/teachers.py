@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nexus_kernel.contracts import DemoTeacher, Score
+from nexus_kernel.contracts import DemoBuildResult, DemoTeacher
 from nexus_kernel.errors import RegistryError, StageError
 from nexus_kernel.fsio import atomic_write_json, canonical_json, sha256_bytes
 from nexus_kernel.logs import get_logger
@@ -87,8 +87,10 @@ def plan_builds(
     return planned
 
 
-def _build_in_worker(demo: DemoTeacher, digest: str, folder: str, queue: Any) -> dict[str, Any]:
-    """Worker-process body: train into a partial folder, check the score, rename into place."""
+def build_in_worker(demo: DemoTeacher, digest: str, folder: str, queue: Any) -> dict[str, Any]:
+    """Worker-process body: train into a partial folder, check the scores, rename into place,
+    and return the build record (what `nexus_demo.json` holds). `queue.put(steps)` gets the
+    progress; a build that falls short raises `StageError` with its figures and saves nothing."""
     from transformers.utils import logging as transformers_logging
 
     from nexus_kernel.training import seed_everything
@@ -103,24 +105,48 @@ def _build_in_worker(demo: DemoTeacher, digest: str, folder: str, queue: Any) ->
     seed_everything(int(demo.recipe.get("seed", 0)))
     started = time.perf_counter()
     try:
-        scores = demo.build(partial, demo.recipe, queue.put)
+        result = demo.build(partial, demo.recipe, queue.put)
+        if not isinstance(result, DemoBuildResult):
+            result = DemoBuildResult(dict(result))
         seconds = time.perf_counter() - started
-        headline = scores[demo.benchmark]
-        if headline.value < demo.minimum:
-            raise StageError(
-                f"demo teacher {demo.name!r} scored {headline.value:.3f} on held-out "
-                f"{demo.benchmark}, below its minimum {demo.minimum:.2f}; not saved"
-            )
+        _check_build(demo, result)
         record = {
             "name": demo.name, "capability": demo.capability, "recipe_sha256": digest,
             "recipe": dict(demo.recipe), "build_seconds": round(seconds, 1),
-            "scores": {name: score.to_json() for name, score in scores.items()},
+            "scores": {name: score.to_json() for name, score in result.scores.items()},
+            "training": dict(result.training),
         }
         atomic_write_json(partial / RECIPE_FILE, record)
         _replace_folder(target, partial)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return record
+
+
+def _check_build(demo: DemoTeacher, result: DemoBuildResult) -> None:
+    """Refuse a build that never reached its validation target within the step cap, or whose
+    held-out score is below the minimum; the error gives the figures and what to change."""
+    headline = result.scores.get(demo.benchmark)
+    if headline is None:
+        raise StageError(f"demo teacher {demo.name!r}: its build reported {sorted(result.scores)}, "
+                         f"not its headline benchmark {demo.benchmark!r}")
+    training = result.training
+    rounds = training.get("rounds") or []
+    trained = f"after {training['steps']} steps" if "steps" in training else ""
+    validation = (f"; validation {rounds[-1]['score']:.3f} {trained} (target {training['target']:.2f})"
+                  if rounds and training.get("target") is not None else "")
+    if training.get("reached") is False:
+        raise StageError(
+            f"demo teacher {demo.name!r} did not reach its validation target within its cap of "
+            f"{demo.steps} steps{validation}; held-out {demo.benchmark} {headline.value:.3f}; not saved. "
+            "The recipe has too little margin for this machine: raise its plan's `steps`, or put a "
+            "trained teacher in the folder the CSV names"
+        )
+    if headline.value < demo.minimum:
+        raise StageError(
+            f"demo teacher {demo.name!r} scored {headline.value:.3f} on held-out "
+            f"{demo.benchmark}, below its minimum {demo.minimum:.2f}{validation}; not saved"
+        )
 
 
 def _replace_folder(target: Path, partial: Path) -> None:
@@ -145,17 +171,22 @@ class BuildReport:
     cached: bool
     seconds: float
     scores: dict[str, dict[str, Any]]
+    training: dict[str, Any]
 
     def headline(self) -> str:
         figures = ", ".join(f"{name} {score['value']:.3f} (n={score['n']})"
                             for name, score in self.scores.items())
         how = "cached" if self.cached else f"built in {self.seconds:.0f} s"
+        rounds = self.training.get("rounds") or []
+        if rounds:
+            how += f", {self.training['steps']} steps, validation {rounds[-1]['score']:.3f}"
         return f"{self.name} [{self.capability}]: {how}; held-out {figures}"
 
 
 def _report_of(build: PlannedBuild, record: Mapping[str, Any], cached: bool) -> BuildReport:
     return BuildReport(build.demo.name, build.demo.capability, str(build.folder), cached,
-                       float(record.get("build_seconds", 0.0)), dict(record.get("scores", {})))
+                       float(record.get("build_seconds", 0.0)), dict(record.get("scores", {})),
+                       dict(record.get("training", {})))
 
 
 def build_teachers(
@@ -170,6 +201,10 @@ def build_teachers(
     from tqdm import tqdm
 
     reports: dict[str, BuildReport] = {}
+    for build in planned:
+        # Left by a build that was killed (the prefix marks them as ours), cached teacher or not.
+        for stale in build.folder.parent.glob(f"{PARTIAL_PREFIX}{build.folder.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     todo = []
     for build in planned:
         if build.cached and not force:
@@ -179,9 +214,6 @@ def build_teachers(
     if todo:
         for build in todo:
             build.folder.parent.mkdir(parents=True, exist_ok=True)
-            # Left by a build that was killed; the prefix marks them as ours.
-            for stale in build.folder.parent.glob(f"{PARTIAL_PREFIX}{build.folder.name}-*"):
-                shutil.rmtree(stale, ignore_errors=True)
         todo.sort(key=lambda build: build.demo.expected_seconds, reverse=True)  # longest first
         context = multiprocessing.get_context("spawn")
         with context.Manager() as manager, concurrent.futures.ProcessPoolExecutor(
@@ -189,9 +221,11 @@ def build_teachers(
         ) as pool:
             steps = manager.Queue()
             futures = {
-                pool.submit(_build_in_worker, build.demo, build.digest, str(build.folder), steps): build
+                pool.submit(build_in_worker, build.demo, build.digest, str(build.folder), steps): build
                 for build in todo
             }
+            # The total is every build's step cap: a build that reaches its target early
+            # reports the steps it did not need, so the bar still ends full.
             bar = tqdm(total=sum(build.demo.steps for build in todo), unit="step",
                        desc=f"training {len(todo)} demo teacher{'s' * (len(todo) > 1)}",
                        disable=not show_progress, dynamic_ncols=True)

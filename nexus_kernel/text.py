@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerFast
 
+    from nexus_kernel.training import TrainingRecord
+
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
@@ -267,10 +269,12 @@ class CausalTextModel:
 def train_causal_teacher(
     folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None],
     words: Iterable[str], pairs: Iterator[tuple[str, str]],
-) -> CausalTextModel:
+    validate: Callable[[CausalTextModel], float] | None = None,
+) -> tuple[CausalTextModel, TrainingRecord]:
     """Train a LLaMA-style causal LM (shape `recipe["model"]`, plan `recipe["plan"]`) on
-    `(prompt, completion)` pairs with the loss on completions only, save it and its tokenizer
-    to `folder`, and return it ready to score."""
+    `(prompt, completion)` pairs with the loss on completions only, round by round until
+    `validate` reaches `recipe["validation_target"]` (see `nexus_kernel.training.fit`), save it
+    and its tokenizer to `folder`, and return it ready to score with its training record."""
     import itertools
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -291,10 +295,15 @@ def train_causal_teacher(
         input_ids, mask, labels = batch
         return model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
 
-    fit(model, plan, make_batch, loss_of, progress)
+    def scored(model: torch.nn.Module) -> float:
+        assert validate is not None
+        return validate(CausalTextModel(model, tokenizer))
+
+    record = fit(model, plan, make_batch, loss_of, progress, validate=scored if validate else None,
+                 target=recipe.get("validation_target"))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return CausalTextModel(model, tokenizer)
+    return CausalTextModel(model, tokenizer), record
 
 
 def causal_probe_plan(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,

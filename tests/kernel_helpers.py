@@ -12,6 +12,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+HANG_GUARD = 1800.0
+"""Seconds after which a subprocess of a test counts as hung. Sized for a 2-core machine busy
+with other work (a test must not fail for being slow; speed is measured in benchmarks/)."""
+
 
 def install_fake_distribution(
     site: Path, distribution: str, module: str, source: str, entry_name: str | None = None
@@ -28,7 +32,7 @@ def install_fake_distribution(
 
 
 def nexus(*args: str, cwd: Path, extra_path: Path | None = None,
-          env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+          env: dict[str, str] | None = None, timeout: float = HANG_GUARD) -> subprocess.CompletedProcess[str]:
     """Run the installed `nexus` command in a subprocess."""
     environment = {k: v for k, v in os.environ.items() if k != "NEXUS_PLUGINS"}
     environment.update(env or {})
@@ -41,20 +45,29 @@ def nexus(*args: str, cwd: Path, extra_path: Path | None = None,
 
 
 
-def fake_demo_build(folder: Path, recipe: dict, progress) -> dict:
+def fake_demo_build(folder: Path, recipe: dict, progress):
     """A demo-teacher build for tests: writes one file, reports every step, and scores the
-    recipe's `score` (so a test can make it fall below the minimum)."""
+    recipe's `score` (so a test can make it fall below the minimum). With a `validation` key
+    it returns a `DemoBuildResult` whose training record validated at that score against
+    the recipe's `validation_target`; without, the scores alone (a build with no rounds)."""
     from nexus_kernel import Score
+    from nexus_kernel.contracts import DemoBuildResult
 
     for _ in range(recipe["steps"]):
         progress(1)
     (folder / "config.json").write_text(json.dumps({"recipe": recipe}))
-    return {"toy": Score.from_items("toy", [recipe["score"]], 0.0)}
+    scores = {"toy": Score.from_items("toy", [recipe["score"]], 0.0)}
+    if "validation" not in recipe:
+        return scores
+    target = recipe["validation_target"]
+    training = {"steps": recipe["steps"], "target": target, "reached": recipe["validation"] >= target,
+                "rounds": [{"steps": recipe["steps"], "score": recipe["validation"]}]}
+    return DemoBuildResult(scores, training)
 
 
 def run_and_kill_when(args: list[str], cwd: Path, reached: Callable[[], bool], what: str,
                       extra_path: Path | None = None, env: dict[str, str] | None = None,
-                      timeout: float = 600, poll: float = 0.01) -> None:
+                      timeout: float = HANG_GUARD, poll: float = 0.01) -> None:
     """Start `nexus <args>` and SIGKILL it as soon as `reached()` is true; fails if the run
     ends first or `what` is not reached within `timeout` seconds."""
     import signal

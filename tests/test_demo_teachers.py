@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from kernel_helpers import REPO, nexus
+from kernel_helpers import HANG_GUARD, REPO, nexus
 
 from nexus_kernel.teachers import RECIPE_FILE
 
@@ -20,7 +20,7 @@ DEMO_TEACHERS = {"nexus-demo-reasoning": "MMLU", "nexus-demo-math": "GSM8K",
 @pytest.mark.slow
 def test_teachers_build_trains_all_four_then_caches(tmp_path: Path) -> None:
     shutil.copytree(REPO / "configs", tmp_path / "configs")
-    built = nexus("teachers", "build", "--config", "configs/nexus.toml", cwd=tmp_path, timeout=1200)
+    built = nexus("teachers", "build", "--config", "configs/nexus.toml", cwd=tmp_path, timeout=2 * HANG_GUARD)
     assert built.returncode == 0, built.stderr
     for name, benchmark in DEMO_TEACHERS.items():
         folder = tmp_path / "models" / name

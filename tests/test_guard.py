@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kernel_helpers import HANG_GUARD
+
 CHILD = """
 import sys
 from pathlib import Path
@@ -47,7 +49,7 @@ def _run(tmp_path: Path, attempt: str) -> subprocess.CompletedProcess[str]:
     if not alias.exists():
         alias.symlink_to(teacher / "config.json")
     return subprocess.run([sys.executable, "-c", CHILD, str(teacher), str(elsewhere), attempt],
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=HANG_GUARD, check=False)
 
 
 def test_the_guard_catches_a_student_reading_a_teacher_file(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def _inputs(tmp_path: Path) -> dict[str, list[str]]:
 
 
 def test_validate_package_infer_and_clean_up(project: Path, tmp_path: Path) -> None:
-    result = nexus("run", "--run-dir", "runs/r", cwd=project, timeout=600)
+    result = nexus("run", "--run-dir", "runs/r", cwd=project)
     assert result.returncode == 0, result.stderr
     for line in ("5 validate      passed", "6 package       passed", "7 cleanup       passed", "capability  rank"):
         assert line in result.stdout
@@ -105,7 +105,7 @@ def test_validate_package_infer_and_clean_up(project: Path, tmp_path: Path) -> N
     (outside / "keep.txt").write_text("not the run's")
     (project / "models/nexus-demo-voice/link-out").symlink_to(outside)
     (run_dir / "checkpoints/math/link-out.txt").symlink_to(outside / "keep.txt")
-    cleaned = nexus("run", "--run-dir", "runs/r", "--yes", cwd=project, timeout=600)
+    cleaned = nexus("run", "--run-dir", "runs/r", "--yes", cwd=project)
     assert cleaned.returncode == 0, cleaned.stderr
     assert "7 cleanup       passed" in cleaned.stdout
     assert (outside / "keep.txt").read_text() == "not the run's"

@@ -69,6 +69,38 @@ def test_a_teacher_below_its_minimum_is_not_saved(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_build_that_never_reaches_its_validation_target_is_not_saved(tmp_path: Path) -> None:
+    plugin = ToyPlugin(score=0.95)
+    plugin.recipe = {**plugin.recipe, "validation": 0.91, "validation_target": 0.94}
+    with pytest.raises(StageError, match=r"toy-demo' did not reach its validation target within its cap of 3 "
+                                         r"steps; validation 0.910 after 3 steps \(target 0.94\); held-out toy "
+                                         r"0.950; not saved.*raise its plan's `steps`"):
+        build_teachers(_plan(plugin, tmp_path), show_progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_build_that_reaches_its_target_records_its_rounds(tmp_path: Path) -> None:
+    plugin = ToyPlugin(score=0.93)
+    plugin.recipe = {**plugin.recipe, "validation": 0.96, "validation_target": 0.94}
+    [report] = build_teachers(_plan(plugin, tmp_path), show_progress=False)
+    marker = json.loads((tmp_path / "toy-demo" / RECIPE_FILE).read_text())
+    assert marker["training"] == {"steps": 3, "target": 0.94, "reached": True,
+                                  "rounds": [{"steps": 3, "score": 0.96}]}
+    assert "3 steps, validation 0.960; held-out toy 0.930" in report.headline()
+
+
+def test_a_killed_builds_partial_folder_goes_even_when_the_teacher_is_cached(tmp_path: Path) -> None:
+    plugin = ToyPlugin()
+    build_teachers(_plan(plugin, tmp_path), show_progress=False)
+    killed = tmp_path / f"{PARTIAL_PREFIX}toy-demo-424242"
+    (killed / "half").mkdir(parents=True)
+    [planned] = _plan(plugin, tmp_path)
+    assert planned.cached
+    build_teachers([planned], show_progress=False)
+    assert not killed.exists()
+    assert (tmp_path / "toy-demo" / RECIPE_FILE).is_file()
+
+
 def test_a_user_folder_is_never_planned_or_touched(tmp_path: Path) -> None:
     folder = tmp_path / "toy-demo"
     folder.mkdir()

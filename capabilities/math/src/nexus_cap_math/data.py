@@ -71,6 +71,7 @@ class SyntheticRecipe:
     low: int = 2
     high: int = 49
     test_size: int = 300
+    validation_size: int = 500
 
     def problem(self, rng: random.Random) -> Problem:
         name, things = rng.choice(_NAMES), rng.choice(_THINGS)
@@ -88,20 +89,29 @@ class SyntheticRecipe:
             work, result = f"{first} - {second}", first - second
         return Problem(question, f"{work} = {result}\n{ANSWER_MARK}{result}")
 
-    def test(self) -> list[Problem]:
-        """The held-out split: `test_size` distinct problems."""
-        rng = random.Random(f"{self.seed}:test")
+    def _distinct(self, label: str, size: int, avoid: set[str]) -> list[Problem]:
+        rng = random.Random(f"{self.seed}:{label}")
         seen: dict[str, Problem] = {}
-        while len(seen) < self.test_size:
+        while len(seen) < size:
             problem = self.problem(rng)
-            seen.setdefault(problem.question, problem)
+            if problem.question not in avoid:
+                seen.setdefault(problem.question, problem)
         return list(seen.values())
 
+    def test(self) -> list[Problem]:
+        """The held-out split: `test_size` distinct problems."""
+        return self._distinct("test", self.test_size, set())
+
+    def validation(self) -> list[Problem]:
+        """`validation_size` distinct problems, none of them held out: what a build watches
+        to decide when to stop (the held-out split stays unseen until the end)."""
+        return self._distinct("validation", self.validation_size, {p.question for p in self.test()})
+
     def train(self, seed_offset: int = 0) -> Iterator[Problem]:
-        """An endless stream of training problems, none of them in the held-out split."""
-        held_out = {problem.question for problem in self.test()}
+        """An endless stream of training problems, none of them held out or for validation."""
+        kept_out = {problem.question for problem in (*self.test(), *self.validation())}
         rng = random.Random(f"{self.seed}:train:{seed_offset}")
         while True:
             problem = self.problem(rng)
-            if problem.question not in held_out:
+            if problem.question not in kept_out:
                 yield problem

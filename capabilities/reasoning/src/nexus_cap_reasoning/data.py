@@ -88,6 +88,7 @@ class SyntheticRecipe:
     seed: int = 1234
     dev_size: int = 5
     test_size: int = 300
+    validation_size: int = 500
 
     def question(self, rng: random.Random) -> Question:
         kind = rng.randrange(3)
@@ -129,11 +130,16 @@ class SyntheticRecipe:
         """Few-shot examples, distinct from the held-out split."""
         return self._distinct("dev", self.dev_size, {"|".join(q.row()) for q in self.test()})
 
+    def validation(self) -> list[Question]:
+        """`validation_size` distinct questions, none of them held out: what a build watches to
+        decide when to stop (the held-out split stays unseen until the end)."""
+        return self._distinct("validation", self.validation_size, {"|".join(q.row()) for q in self.test()})
+
     def train(self) -> Iterator[Question]:
-        """An endless stream of training questions, none of them held out."""
-        held_out = {"|".join(q.row()) for q in self.test()}
+        """An endless stream of training questions, none of them held out or for validation."""
+        kept_out = {"|".join(q.row()) for q in (*self.test(), *self.validation())}
         rng = random.Random(f"{self.seed}:train")
         while True:
             question = self.question(rng)
-            if "|".join(question.row()) not in held_out:
+            if "|".join(question.row()) not in kept_out:
                 yield question

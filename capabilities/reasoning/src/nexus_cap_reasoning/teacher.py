@@ -6,8 +6,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nexus_kernel import Score
-from nexus_kernel.contracts import DemoTeacher, ProbePlan
+from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
 from nexus_kernel.text import SMALL_DECODER
 from nexus_kernel.training import TrainingPlan
 
@@ -16,7 +15,7 @@ from nexus_cap_reasoning.data import TEMPLATE_WORDS, SyntheticRecipe, load_split
 
 NAME = "nexus-demo-reasoning"
 MODEL = {**SMALL_DECODER, "max_position_embeddings": 256}
-PLAN = TrainingPlan(steps=800, learning_rate=3e-3, batch_size=48)
+PLAN = TrainingPlan(steps=2200, learning_rate=3e-3, batch_size=48, first_round=700, round_steps=300)
 
 
 def demo() -> DemoTeacher:
@@ -24,13 +23,17 @@ def demo() -> DemoTeacher:
                           data=SyntheticRecipe(), model=MODEL)
 
 
-def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> dict[str, Score]:
-    """Train the teacher `recipe` describes, save it to `folder`, return its held-out scores."""
+def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> DemoBuildResult:
+    """Train the teacher `recipe` describes until it clears its validation target, save it to
+    `folder`, return its held-out scores and training record."""
     from nexus_kernel.text import train_causal_teacher
 
     data = SyntheticRecipe(**recipe["data"])
-    model = train_causal_teacher(folder, recipe, progress, TEMPLATE_WORDS, map(_pair, data.train()))
-    return benchmark.evaluate(model, data.test())
+    validation = data.validation()
+    model, training = train_causal_teacher(
+        folder, recipe, progress, TEMPLATE_WORDS, map(_pair, data.train()),
+        validate=lambda model: benchmark.evaluate(model, validation)[benchmark.NAME].value)
+    return DemoBuildResult(benchmark.evaluate(model, data.test()), training.to_json())
 
 
 def _pair(q: Any) -> tuple[str, str]:

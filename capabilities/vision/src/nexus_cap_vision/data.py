@@ -121,6 +121,7 @@ class SyntheticRecipe:
 
     seed: int = 1234
     test_size: int = 300
+    validation_size: int = 500
 
     def question(self, rng: random.Random) -> VisualQuestion:
         kind = rng.randrange(5)
@@ -145,6 +146,12 @@ class SyntheticRecipe:
         """The held-out split (its own random stream)."""
         rng = random.Random(f"{self.seed}:test")
         return [self.question(rng) for _ in range(self.test_size)]
+
+    def validation(self) -> list[VisualQuestion]:
+        """`validation_size` questions from a stream of their own: what a build watches to
+        decide when to stop (the held-out split stays unseen until the end)."""
+        rng = random.Random(f"{self.seed}:validation")
+        return [self.question(rng) for _ in range(self.validation_size)]
 
     def train(self) -> Iterator[VisualQuestion]:
         """An endless stream of training questions, from a stream separate from the test one."""

@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from nexus_kernel import Score
-from nexus_kernel.contracts import DemoTeacher, ProbePlan
+from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
 from nexus_kernel.training import TrainingPlan
 
 from nexus_cap_vision import benchmark
@@ -24,7 +23,7 @@ ENCODER = {"image_size": IMAGE_SIZE, "patch_size": 8, "num_channels": CHANNELS, 
            "num_hidden_layers": 2,
            "num_attention_heads": 4, "intermediate_size": 192}
 DECODER = {"n_embd": 96, "n_layer": 2, "n_head": 4, "n_positions": 64}
-PLAN = TrainingPlan(steps=1500, learning_rate=2e-3, batch_size=64)
+PLAN = TrainingPlan(steps=4500, learning_rate=2e-3, batch_size=64, first_round=1500, round_steps=500)
 
 
 def pixels(images: Sequence[np.ndarray]) -> Any:
@@ -120,8 +119,9 @@ def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> Probe
                            mask_of=lambda batch: batch[2])
 
 
-def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> dict[str, Score]:
-    """Train the teacher `recipe` describes, save it to `folder`, return its held-out scores."""
+def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> DemoBuildResult:
+    """Train the teacher `recipe` describes until it clears its validation target, save it to
+    `folder`, return its held-out scores and training record."""
     from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
     from nexus_kernel.text import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
@@ -140,7 +140,10 @@ def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], Non
     def make_batch(_: int) -> Any:
         return _batch(list(itertools.islice(stream, plan.batch_size)), tokenizer)
 
-    fit(model, plan, make_batch, _loss, progress)
+    validation = data.validation()
+    training = fit(model, plan, make_batch, _loss, progress, target=recipe.get("validation_target"),
+                   validate=lambda model: benchmark.evaluate(VisionAnswerer(model, tokenizer),
+                                                             validation)[benchmark.NAME].value)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return benchmark.evaluate(VisionAnswerer(model.eval(), tokenizer), data.test())
+    return DemoBuildResult(benchmark.evaluate(VisionAnswerer(model, tokenizer), data.test()), training.to_json())

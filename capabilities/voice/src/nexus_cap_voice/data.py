@@ -209,18 +209,27 @@ class SyntheticRecipe:
     seed: int = 1234
     train_speakers: int = 40
     test_speakers: int = 6
+    validation_speakers: int = 10
     takes: int = 5
 
     def _speakers(self, label: str, count: int) -> list[tuple[str, Speaker]]:
         rng = random.Random(f"{self.seed}:{label}-speakers")
         return [(f"{label}{index}", Speaker.draw(rng)) for index in range(count)]
 
+    def _unseen(self, label: str, speakers: int) -> list[Utterance]:
+        rng = random.Random(f"{self.seed}:{label}")
+        return [Utterance(word, name, take, synthesize(word, speaker, rng))
+                for name, speaker in self._speakers(label, speakers)
+                for word in LABELS for take in range(self.takes)]
+
     def test(self) -> list[Utterance]:
         """Unseen speakers, every digit, `takes` takes each."""
-        rng = random.Random(f"{self.seed}:test")
-        return [Utterance(word, name, take, synthesize(word, speaker, rng))
-                for name, speaker in self._speakers("test", self.test_speakers)
-                for word in LABELS for take in range(self.takes)]
+        return self._unseen("test", self.test_speakers)
+
+    def validation(self) -> list[Utterance]:
+        """Other unseen speakers (`validation_speakers`), the same layout as the test split:
+        what a build watches to decide when to stop."""
+        return self._unseen("validation", self.validation_speakers)
 
     def train(self) -> Iterator[Utterance]:
         """An endless stream of utterances by the training speakers."""

@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from nexus_kernel import Score
-from nexus_kernel.contracts import DemoTeacher, ProbePlan
+from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
 from nexus_kernel.datasets import DatasetError
 from nexus_kernel.training import TrainingPlan
 
@@ -24,7 +23,7 @@ NAME = "nexus-demo-voice"
 FEATURES_KEY = "nexus_log_mel"
 MODEL = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
          "intermediate_size": 192, "patch_size": 8, "frequency_stride": 8, "time_stride": 8}
-PLAN = TrainingPlan(steps=600, learning_rate=2e-3, batch_size=32)
+PLAN = TrainingPlan(steps=1500, learning_rate=2e-3, batch_size=32, first_round=600, round_steps=300)
 
 
 @dataclass
@@ -89,8 +88,9 @@ def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> Probe
                            repeated_blocks(teacher.model), n_probe)
 
 
-def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> dict[str, Score]:
-    """Train the teacher `recipe` describes, save it to `folder`, return its held-out scores."""
+def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> DemoBuildResult:
+    """Train the teacher `recipe` describes until it clears its validation target, save it to
+    `folder`, return its held-out scores and training record."""
     from transformers import ASTConfig, ASTForAudioClassification
 
     from nexus_kernel.training import fit
@@ -108,8 +108,12 @@ def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], Non
     def make_batch(_: int) -> Any:
         return _batch(list(itertools.islice(stream, plan.batch_size)), features, config.label2id)
 
-    fit(model, plan, make_batch, _loss, progress)
+    def scores(model: Any, utterances: Sequence[Utterance]) -> dict[str, Any]:
+        embeddings = VoiceEncoder(model, features).embed([u.samples for u in utterances])
+        return benchmark.score(embeddings, [u.label for u in utterances])
+
+    validation = data.validation()
+    training = fit(model, plan, make_batch, _loss, progress, target=recipe.get("validation_target"),
+                   validate=lambda model: scores(model, validation)[benchmark.CENTROID].value)
     model.save_pretrained(folder)
-    test = data.test()
-    embeddings = VoiceEncoder(model.eval(), features).embed([u.samples for u in test])
-    return benchmark.score(embeddings, [u.label for u in test])
+    return DemoBuildResult(scores(model, data.test()), training.to_json())
