@@ -22,7 +22,8 @@ EXIT_INCOMPLETE = 3
 _plugins_option = click.option(
     "--plugins", "plugins_text", metavar="A,B",
     help="Allow-list of plugins (entry-point or distribution names); overrides NEXUS_PLUGINS "
-         "and the config's plugins.enabled. Plugins left out are never imported.")
+         "and the config's plugins.enabled. Plugins left out are never registered, and their "
+         "teachers' CSV rows are left out.")
 _strict_option = click.option(
     "--strict", is_flag=True, help="A plugin that fails to load is an error, not a warning.")
 _config_option = click.option(
@@ -174,7 +175,9 @@ def teachers_build_command(config_path: Path, plugins_text: str | None, strict: 
 
     config = load_config(config_path)
     plugin_set, selection_active = _load_selected_plugins(plugins_text, strict, config)
-    _, reports = ensure_teachers(config, plugin_set, selection_active, jobs=jobs, force=force)
+    bound, reports = ensure_teachers(config, plugin_set, selection_active, jobs=jobs, force=force)
+    if bound.skipped:
+        click.echo(bound.skipped_summary())
     if not reports:
         click.echo("no demo teachers in the CSV; nothing to build")
     for report in reports:

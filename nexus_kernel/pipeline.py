@@ -26,7 +26,7 @@ def build_scope(context: RunContext) -> dict[str, Any]:
     """What stage 0 locks: config, plugin versions and capability taxonomy (no file contents)."""
     config = context.config
     owned = context.plugins.capabilities()
-    # A table for an installed but unselected plugin is fine: its plugin was never imported.
+    # A table for an installed but unselected plugin is fine: that plugin is never registered.
     config.check_capability_names([*owned, *(r.name for r in context.plugins.not_selected)])
     capabilities = {}
     for name, (capability, record) in owned.items():
@@ -111,10 +111,14 @@ def _teacher_folders(models_dir: Path) -> dict[str, str | None]:
 def run_registry(context: RunContext) -> str:
     registry = context.config.section("registry")
     owned = context.plugins.capabilities()
-    entries, builds = ensure_teachers(context.config, context.plugins, context.selection_active)
+    bound, builds = ensure_teachers(context.config, context.plugins, context.selection_active)
+    entries = bound.entries
+    skipped = bound.skipped_summary()
+    if skipped:
+        log.info(skipped)
     for report in builds:
-        log.info("demo teacher", teacher=report.name, cached=report.cached,
-                 seconds=report.seconds, scores={k: v["value"] for k, v in report.scores.items()})
+        log.info("demo teacher", teacher=report.name, cached=report.cached, seconds=report.seconds,
+                 steps=report.training.get("steps"), scores={k: v["value"] for k, v in report.scores.items()})
     served = {entry.capability for entry in entries}
     for name in owned:
         if name not in served:
@@ -124,12 +128,16 @@ def run_registry(context: RunContext) -> str:
         "csv": registry["csv"],
         "models_dir": registry["models_dir"],
         "teachers": [entry.to_json() for entry in entries],
-        "demo_builds": {report.name: {"scores": report.scores, "seconds": report.seconds}
+        "skipped": [row.to_json() for row in bound.skipped],
+        "demo_builds": {report.name: {"scores": report.scores, "seconds": report.seconds,
+                                      "training": report.training}
                         for report in builds},
         "capabilities": {name: [e.name for e in entries if e.capability == name] for name in owned},
     })
     built = sum(not report.cached for report in builds)
-    return f"{len(entries)} teachers for {len(served)} capabilities ({built} demo teachers built)"
+    left_out = f", {len(bound.skipped)} rows of unselected plugins left out" if bound.skipped else ""
+    return (f"{len(entries)} teachers for {len(served)} capabilities ({built} demo teachers "
+            f"built{left_out})")
 
 
 def _profile_inputs(context: RunContext) -> dict[str, Any]:

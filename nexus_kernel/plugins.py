@@ -2,7 +2,8 @@
 
 Entry points of group `nexus` are loaded one by one; a plugin that fails to import or breaks
 the hook contract is reported under its distribution's name and skipped (an error with
-`strict`). An allow-list chooses plugins before anything is imported.
+`strict`). An allow-list chooses plugins before anything is imported: a plugin left out is never
+registered, and is imported only if asked what it declares (`PluginSet.unselected_capabilities`).
 """
 
 from __future__ import annotations
@@ -63,6 +64,18 @@ class PluginRecord:
         return described
 
 
+@dataclass(frozen=True)
+class UnselectedCapabilities:
+    """What the installed plugins outside the selection declare.
+
+    `capabilities` pairs each declared `Capability` with the distribution declaring it;
+    `unreadable` pairs each distribution whose declaration could not be read with the reason.
+    """
+
+    capabilities: tuple[tuple[Capability, str], ...] = ()
+    unreadable: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass
 class PluginSet:
     """The loaded plugins, their capabilities, and the hooks to call on them."""
@@ -72,6 +85,7 @@ class PluginSet:
     failed: list[PluginRecord] = field(default_factory=list)
     not_selected: list[PluginRecord] = field(default_factory=list)
     builtin_names: tuple[str, ...] = ()
+    _unselected: UnselectedCapabilities | None = field(default=None, init=False, repr=False)
 
     def conflicts(self) -> list[str]:
         """One message per capability claimed by more than one distribution."""
@@ -151,6 +165,26 @@ class PluginSet:
         self.loaded.append(added)
         return added
 
+    def unselected_capabilities(self) -> UnselectedCapabilities:
+        """The capabilities the plugins in `not_selected` declare, read on the first call only.
+
+        Each such plugin is imported and its `register_capabilities` called, but it is never
+        registered in `manager`, so none of its other hooks can run. A plugin that fails to
+        import or to declare is listed in `unreadable` instead of raising.
+        """
+        if self._unselected is None:
+            declared: list[tuple[Capability, str]] = []
+            unreadable: list[tuple[str, str]] = []
+            for record in self.not_selected:
+                try:
+                    capabilities = read_declared_capabilities(record)
+                except Exception as exc:  # a third-party plugin may raise anything on import
+                    unreadable.append((record.distribution, f"{type(exc).__name__}: {exc}"))
+                    continue
+                declared += [(capability, record.distribution) for capability in capabilities]
+            self._unselected = UnselectedCapabilities(tuple(declared), tuple(unreadable))
+        return self._unselected
+
     def versions(self) -> dict[str, str]:
         """Distribution name to version of every loaded plugin, for the config lock."""
         return {record.distribution: record.version for record in self.loaded}
@@ -214,6 +248,18 @@ def _declared_capabilities(manager: pluggy.PluginManager, plugin: object) -> tup
     return tuple(declared)
 
 
+def read_declared_capabilities(record: PluginRecord) -> tuple[Capability, ...]:
+    """Import the plugin `record` describes and return what its `register_capabilities` declares.
+
+    The plugin is registered only in a throwaway manager (which validates its hook signatures)
+    and its other hooks are never called. Raises whatever importing or declaring raises.
+    """
+    plugin = metadata.EntryPoint(record.name, record.target, ENTRY_POINT_GROUP).load()
+    scratch = new_manager()
+    scratch.register(plugin, name=record.name)
+    return _declared_capabilities(scratch, plugin)
+
+
 def _unknown_names_error(wanted: Iterable[str], records: Sequence[PluginRecord]) -> str | None:
     missing = [name for name in sorted(wanted) if not any(r.matches(name) for r in records)]
     if not missing:
@@ -242,9 +288,10 @@ def load_plugins(
 
     `allow` lists entry-point or distribution names to load (None: all; empty: none), and
     `always` names plugins loaded whatever the allow-list says (infrastructure such as
-    `quant-bnb`). Plugins left out are never imported. A plugin that fails is recorded in
-    `failed` and skipped, or raises `PluginError` when `strict`. `entry_points` replaces
-    discovery (tests); `builtins` are `(name, object)` pairs registered as kernel defaults.
+    `quant-bnb`). Plugins left out go to `not_selected`, neither imported nor registered. A
+    plugin that fails is recorded in `failed` and skipped, or raises `PluginError` when
+    `strict`. `entry_points` replaces discovery (tests); `builtins` are `(name, object)` pairs
+    registered as kernel defaults.
     """
     manager = new_manager()
     found = list(

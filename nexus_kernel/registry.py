@@ -2,7 +2,8 @@
 
 The CSV has columns `Model Name, Parameters, Category, Best Feature` and an optional `Path`.
 Every problem is a `RegistryError` shaped `<file>: row <n>, column '<column>': <problem>`, where
-row 1 is the header, as a spreadsheet numbers it.
+row 1 is the header, as a spreadsheet numbers it. With a plugin selection, a row whose category
+only an installed but unselected plugin serves is left out and reported, not an error.
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ import csv
 import difflib
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from nexus_kernel.capability import Capability
 from nexus_kernel.errors import RegistryError
+
+if TYPE_CHECKING:
+    from nexus_kernel.plugins import UnselectedCapabilities
 
 REQUIRED_COLUMNS = ("Model Name", "Parameters", "Category", "Best Feature")
 OPTIONAL_COLUMNS = ("Path",)
@@ -107,28 +111,107 @@ def _map_header(source: Path, header: list[str]) -> dict[str, int]:
     return columns
 
 
+@dataclass(frozen=True)
+class SkippedRow:
+    """A CSV row left out because only an installed but unselected plugin serves its category."""
+
+    row: int
+    name: str
+    category: str
+    capability: str
+    plugin: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        return f"row {self.row} {self.name} ({self.category}, {self.plugin})"
+
+
+@dataclass(frozen=True)
+class TeacherRegistry(Sequence[TeacherEntry]):
+    """The teachers a CSV binds to the selected capabilities, and the rows it left out.
+
+    It is a sequence of its `entries`, so code that only wants the teachers can treat it as one.
+    """
+
+    entries: tuple[TeacherEntry, ...]
+    skipped: tuple[SkippedRow, ...] = ()
+
+    @overload
+    def __getitem__(self, index: int) -> TeacherEntry: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[TeacherEntry, ...]: ...
+    def __getitem__(self, index: int | slice) -> TeacherEntry | tuple[TeacherEntry, ...]:
+        return self.entries[index]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def skipped_summary(self) -> str | None:
+        """One line naming every left-out row, or None when none was."""
+        if not self.skipped:
+            return None
+        return (f"left out {len(self.skipped)} CSV rows of unselected plugins: "
+                + ", ".join(row.describe() for row in self.skipped))
+
+
 class _Binder:
-    """Finds the capability serving a category, with errors that say what would serve it."""
+    """Finds the capability serving a category, with errors that say what would serve it.
+
+    `unselected`, when given with an active selection, is called at most once, and only for a
+    category no selected capability serves, to learn what the unselected plugins declare.
+    """
 
     def __init__(
-        self, capabilities: Mapping[str, tuple[Capability, str]], selection_active: bool
+        self,
+        capabilities: Mapping[str, tuple[Capability, str]],
+        selection_active: bool,
+        unselected: Callable[[], UnselectedCapabilities] | None,
     ) -> None:
         self.capabilities = capabilities
         self.selection_active = selection_active
+        self._ask_unselected = unselected if selection_active else None
+        self._unselected: UnselectedCapabilities | None = None
 
-    def bind(self, category: str) -> tuple[Capability, str] | str:
-        """`(capability, plugin distribution)`, or the problem as a message."""
-        for capability, plugin in self.capabilities.values():
-            if capability.serves(category):
-                return capability, plugin
-        served = sorted({c for cap, _ in self.capabilities.values() for c in cap.categories})
-        served_text = ", ".join(served) or "none"
-        if self.selection_active:
-            return (
-                f"category {category!r} is served by no selected plugin (the selected ones serve: "
-                f"{served_text}); add its plugin to --plugins or remove the row"
-            )
-        return f"unknown category {category!r} (known categories: {served_text})"
+    def bind(self, category: str) -> tuple[Capability, str] | None:
+        """`(capability, plugin distribution)` of the selected capability serving `category`."""
+        return _first_serving(self.capabilities.values(), category)
+
+    def bind_unselected(self, category: str) -> tuple[Capability, str] | None:
+        """The same among the installed but unselected plugins (None when not asked for)."""
+        other = self._other_plugins()
+        return None if other is None else _first_serving(other.capabilities, category)
+
+    def unserved(self, category: str) -> str:
+        """The problem with a category no installed plugin serves, as a message."""
+        served = _categories_text(self.capabilities.values())
+        if not self.selection_active:
+            return f"unknown category {category!r} (known categories: {served})"
+        message = f"category {category!r} is served by no selected plugin (the selected ones serve: {served})"
+        other = self._other_plugins()
+        if other is None:
+            return message + "; add its plugin to --plugins or remove the row"
+        found = [f"they serve: {_categories_text(other.capabilities)}"]
+        found += [f"{plugin} could not be read: {why}" for plugin, why in other.unreadable]
+        return (f"{message} nor by any installed unselected one ({'; '.join(found)}); "
+                "install a plugin that serves it or remove the row")
+
+    def _other_plugins(self) -> UnselectedCapabilities | None:
+        if self._unselected is None and self._ask_unselected is not None:
+            self._unselected = self._ask_unselected()
+        return self._unselected
+
+
+def _first_serving(
+    capabilities: Iterable[tuple[Capability, str]], category: str
+) -> tuple[Capability, str] | None:
+    return next(((cap, plugin) for cap, plugin in capabilities if cap.serves(category)), None)
+
+
+def _categories_text(capabilities: Iterable[tuple[Capability, str]]) -> str:
+    categories = {category for capability, _ in capabilities for category in capability.categories}
+    return ", ".join(sorted(categories)) or "none"
 
 
 def _teacher_folder(source: Path, row: int, name: str, explicit: str, models_dir: Path) -> Path:
@@ -149,12 +232,16 @@ def read_registry(
     models_dir: Path,
     *,
     selection_active: bool = False,
-) -> list[TeacherEntry]:
-    """Read and validate the teacher CSV at `source`.
+    unselected: Callable[[], UnselectedCapabilities] | None = None,
+) -> TeacherRegistry:
+    """Read and validate the teacher CSV at `source` and bind each row to its capability.
 
     `capabilities` maps capability name to (spec, owning distribution) for the selected
-    plugins; `selection_active` says whether an allow-list chose them (it changes the wording
-    of the error for a category nobody serves).
+    plugins; `selection_active` says whether an allow-list chose them. With a selection and
+    `unselected` (what the installed but unselected plugins declare; called at most once, and
+    only for a category no selected plugin serves), a row of an unselected plugin is left out
+    and listed in `skipped`. A category no installed plugin serves is a `RegistryError`, and so
+    is a CSV whose every row is left out.
     """
     try:
         text = source.read_text(encoding="utf-8-sig")
@@ -172,8 +259,9 @@ def read_registry(
         raise RegistryError(f"{source}: row 1: the file is empty; expected a header row")
     header_row, header = numbered[0]
     columns = _map_header(source, header)
-    binder = _Binder(capabilities, selection_active)
+    binder = _Binder(capabilities, selection_active, unselected)
     entries: list[TeacherEntry] = []
+    skipped: list[SkippedRow] = []
     first_seen: dict[str, int] = {}
     for row, cells in numbered[1:]:
         if len(cells) > len(header):
@@ -202,8 +290,12 @@ def read_registry(
         if not category:
             raise fail("Category", "empty category")
         bound = binder.bind(category)
-        if isinstance(bound, str):
-            raise fail("Category", bound)
+        if bound is None:
+            elsewhere = binder.bind_unselected(category)
+            if elsewhere is None:
+                raise fail("Category", binder.unserved(category))
+            skipped.append(SkippedRow(row, name, category, elsewhere[0].name, elsewhere[1]))
+            continue
         capability, plugin = bound
         folder = _teacher_folder(source, row, name, cell("Path"), models_dir)
         entries.append(
@@ -219,7 +311,15 @@ def read_registry(
                 row=row,
             )
         )
+    if skipped and not entries:
+        served = _categories_text(capabilities.values())
+        raise RegistryError(
+            f"{source}: row {header_row + 1}: no teachers for the selected plugins (they serve: "
+            f"{served}); every row belongs to an unselected one: "
+            + ", ".join(row.describe() for row in skipped)
+            + "; add their plugins to --plugins or add rows for the selected ones"
+        )
     if not entries:
         raise RegistryError(f"{source}: row {header_row + 1}: no teachers listed below the header")
-    return entries
+    return TeacherRegistry(tuple(entries), tuple(skipped))
 

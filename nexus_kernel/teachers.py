@@ -22,7 +22,7 @@ from nexus_kernel.errors import RegistryError, StageError
 from nexus_kernel.fsio import atomic_write_json, canonical_json, sha256_bytes
 from nexus_kernel.logs import get_logger
 from nexus_kernel.plugins import PluginSet
-from nexus_kernel.registry import TeacherEntry
+from nexus_kernel.registry import TeacherEntry, TeacherRegistry
 
 RECIPE_FILE = "nexus_demo.json"
 PARTIAL_PREFIX = ".partial-"
@@ -256,17 +256,19 @@ def build_teachers(
 def ensure_teachers(
     config: Any, plugins: PluginSet, selection_active: bool, jobs: int = 2, force: bool = False,
     show_progress: bool = True,
-) -> tuple[list[TeacherEntry], list[BuildReport]]:
+) -> tuple[TeacherRegistry, list[BuildReport]]:
     """Read the config's teacher CSV and build every demo teacher it names that is missing or
     stale (every one with `force`); a user's teacher folder is left as it is. Returns the
-    registry entries and what was done for each demo teacher."""
+    registry (its entries, and the rows left out for unselected plugins) and what was done for
+    each demo teacher."""
     from nexus_kernel.registry import read_registry
 
     registry = config.section("registry")
     owned = {name: (capability, record.distribution)
              for name, (capability, record) in plugins.capabilities().items()}
     entries = read_registry(Path(registry["csv"]), owned, Path(registry["models_dir"]),
-                            selection_active=selection_active)
+                            selection_active=selection_active,
+                            unselected=plugins.unselected_capabilities)
     settings = {name: config.capability_settings(name) for name in owned}
     reports = build_teachers(plan_builds(entries, plugins, settings), jobs=jobs, force=force,
                              show_progress=show_progress)

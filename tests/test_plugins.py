@@ -6,6 +6,7 @@ import importlib.metadata as metadata
 import json
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from kernel_helpers import install_fake_distribution, nexus
 from nexus_kernel import Capability, hookimpl
 from nexus_kernel.errors import CapabilityConflict, PluginError
 from nexus_kernel.plugins import choose_allow_list, load_plugins, parse_allow_list
+from nexus_kernel.registry import SkippedRow, read_registry
 from nexus_kernel.testing import plugin_set_of
 
 CLAIMS_VISION = """
@@ -25,6 +27,23 @@ def register_capabilities():
 """
 
 RAISES_ON_IMPORT = "raise RuntimeError('acme is broken')\n"
+
+# Records every hook call, so a test can tell which of its hooks ever ran.
+SPY = """
+from nexus_kernel import Capability, hookimpl
+
+CALLS = []
+
+@hookimpl
+def register_capabilities():
+    CALLS.append("register_capabilities")
+    return [Capability("spy", "text", ("Spying",), ("spy bench",))]
+
+@hookimpl
+def resolve_datasets(capability, settings):
+    CALLS.append("resolve_datasets")
+    return {"test": "synthetic:spy"}
+"""
 
 
 def _capability_plugin(name: str, category: str = "Cat") -> types.SimpleNamespace:
@@ -83,6 +102,40 @@ def test_plugins_outside_the_allow_list_are_never_imported(fake_site: Path) -> N
     assert plugin_set.failed == []  # the broken one was never imported
     by_distribution = load_plugins(frozenset({"acme-vision"}), entry_points=_entry_points(fake_site))
     assert [r.name for r in by_distribution.loaded] == ["acme"]
+
+
+@pytest.fixture
+def spy_site(fake_site: Path) -> Iterator[Path]:
+    """`fake_site` plus `acme-spy` (module `acme_spy`), imported afresh by the test using it."""
+    install_fake_distribution(fake_site, "acme-spy", "acme_spy", SPY, "spy")
+    yield fake_site
+    sys.modules.pop("acme_spy", None)
+
+
+def test_unselected_plugins_declare_capabilities_but_are_never_registered(
+    spy_site: Path, tmp_path: Path
+) -> None:
+    plugin_set = load_plugins(frozenset({"acme"}), entry_points=_entry_points(spy_site))
+    assert [r.name for r in plugin_set.not_selected] == ["acme_broken", "spy"]
+    assert "acme_spy" not in sys.modules  # loading a selection imports nothing else
+    source = tmp_path / "teachers.csv"
+    source.write_text("Model Name,Parameters,Category,Best Feature\n"
+                      "eye,1M,Images,x\nsnoop,2M,spying,y\nagent,3M,Spying,z\n")
+    registry = read_registry(source, {"vision": (plugin_set.capabilities()["vision"][0], "acme-vision")},
+                             tmp_path / "models", selection_active=True,
+                             unselected=plugin_set.unselected_capabilities)
+    assert [e.name for e in registry.entries] == ["eye"]
+    assert registry.skipped == (SkippedRow(3, "snoop", "spying", "spy", "acme-spy"),
+                                SkippedRow(4, "agent", "Spying", "spy", "acme-spy"))
+    declared = plugin_set.unselected_capabilities()
+    assert [(capability.name, plugin) for capability, plugin in declared.capabilities] == [("spy", "acme-spy")]
+    assert declared.unreadable == (("acme-broken", "RuntimeError: acme is broken"),)
+
+    assert plugin_set.manager.get_plugin("spy") is None
+    assert [r.name for r in plugin_set.loaded] == ["acme"] and plugin_set.failed == []
+    vision = plugin_set.capabilities()["vision"][0]
+    assert plugin_set.manager.hook.resolve_datasets(capability=vision, settings={}) == []
+    assert sys.modules["acme_spy"].CALLS == ["register_capabilities"]  # read once, nothing else ran
 
 
 def test_an_empty_allow_list_loads_nothing_but_always_load(fake_site: Path) -> None:

@@ -1,4 +1,5 @@
-"""Stage 1's teacher CSV: parameter counts, binding to capabilities, and every error's shape."""
+"""Stage 1's teacher CSV: parameter counts, binding to capabilities, rows left out for
+unselected plugins, and every error's shape."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from hypothesis import strategies as st
 
 from nexus_kernel import Capability
 from nexus_kernel.errors import RegistryError
+from nexus_kernel.plugins import UnselectedCapabilities
 from nexus_kernel.registry import (
     REQUIRED_COLUMNS,
+    SkippedRow,
     format_parameter_count,
     parse_parameter_count,
     read_registry,
@@ -154,3 +157,90 @@ def test_missing_and_undecodable_files(tmp_path: Path) -> None:
     latin.write_bytes("Model Name,Parameters,Category,Best Feature\ncaf\xe9,1M,Math,x\n".encode("latin-1"))
     with pytest.raises(RegistryError, match=r"latin.csv: not UTF-8 text"):
         read_registry(latin, CAPABILITIES, tmp_path)
+
+
+UNSELECTED = UnselectedCapabilities(
+    capabilities=(
+        (Capability("vision", "image", ("Vision",), ("shapes QA",)), "nexus-cap-vision"),
+        (Capability("reasoning", "text", ("Reasoning", "Logic"), ("MMLU",)), "nexus-cap-reasoning"),
+    ),
+    unreadable=(("acme-broken", "RuntimeError: acme is broken"),),
+)
+
+
+class _Asked:
+    """An `unselected` callable that counts how often the registry asks it."""
+
+    def __init__(self, answer: UnselectedCapabilities = UNSELECTED) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    def __call__(self) -> UnselectedCapabilities:
+        self.calls += 1
+        return self.answer
+
+
+def test_rows_of_unselected_plugins_are_left_out_and_listed(tmp_path: Path) -> None:
+    source = _write(tmp_path / "teachers.csv", [
+        HEADER, ["see", "1M", "Vision", "x"], ["count", "2M", "Math", "y"],
+        ["think", "3M", " logic ", "z"], ["hear", "4M", "Voice", "w"],
+    ])
+    asked = _Asked()
+    registry = read_registry(source, CAPABILITIES, tmp_path / "models", selection_active=True,
+                             unselected=asked)
+    assert [(e.name, e.capability, e.plugin, e.row) for e in registry.entries] == [
+        ("count", "math", "nexus-cap-math", 3), ("hear", "voice", "nexus-cap-voice", 5)]
+    assert registry.skipped == (
+        SkippedRow(2, "see", "Vision", "vision", "nexus-cap-vision"),
+        SkippedRow(4, "think", "logic", "reasoning", "nexus-cap-reasoning"),
+    )
+    assert registry.skipped[0].to_json() == {
+        "row": 2, "name": "see", "category": "Vision", "capability": "vision", "plugin": "nexus-cap-vision"}
+    assert registry.skipped_summary() == (
+        "left out 2 CSV rows of unselected plugins: row 2 see (Vision, nexus-cap-vision), "
+        "row 4 think (logic, nexus-cap-reasoning)")
+    assert asked.calls == 1  # read once per CSV, however many rows need it
+
+
+def test_unselected_plugins_are_not_consulted_when_the_selection_serves_every_row(tmp_path: Path) -> None:
+    source = _write(tmp_path / "teachers.csv", [HEADER, ["count", "2M", "Math", "y"]])
+    asked = _Asked()
+    registry = read_registry(source, CAPABILITIES, tmp_path / "models", selection_active=True,
+                             unselected=asked)
+    assert [e.name for e in registry.entries] == ["count"]
+    assert registry.skipped == () and registry.skipped_summary() is None
+    assert asked.calls == 0
+
+
+@pytest.mark.parametrize(
+    ("selection_active", "message"),
+    [
+        (True, "category 'Chemistry' is served by no selected plugin (the selected ones serve: Math, "
+               "Voice) nor by any installed unselected one (they serve: Logic, Reasoning, Vision; "
+               "acme-broken could not be read: RuntimeError: acme is broken); install a plugin that "
+               "serves it or remove the row"),
+        (False, "unknown category 'Chemistry' (known categories: Math, Voice)"),
+    ],
+)
+def test_a_category_no_installed_plugin_serves_is_an_error(
+    tmp_path: Path, selection_active: bool, message: str
+) -> None:
+    source = _write(tmp_path / "teachers.csv", [
+        HEADER, ["count", "2M", "Math", "y"], ["mix", "3M", "Chemistry", "z"]])
+    asked = _Asked()
+    with pytest.raises(RegistryError) as caught:
+        read_registry(source, CAPABILITIES, tmp_path / "models", selection_active=selection_active,
+                      unselected=asked)
+    assert str(caught.value) == f"{source}: row 3, column 'Category': {message}"
+    # Without a selection every installed plugin is loaded: there is nothing else to ask.
+    assert asked.calls == int(selection_active)
+
+
+def test_every_row_left_out_is_an_error(tmp_path: Path) -> None:
+    source = _write(tmp_path / "teachers.csv", [HEADER, ["see", "1M", "Vision", "x"], ["think", "3M", "Reasoning", "z"]])
+    with pytest.raises(RegistryError) as caught:
+        read_registry(source, CAPABILITIES, tmp_path / "models", selection_active=True, unselected=_Asked())
+    assert str(caught.value) == (
+        f"{source}: row 2: no teachers for the selected plugins (they serve: Math, Voice); every row "
+        "belongs to an unselected one: row 2 see (Vision, nexus-cap-vision), row 3 think (Reasoning, "
+        "nexus-cap-reasoning); add their plugins to --plugins or add rows for the selected ones")

@@ -102,13 +102,46 @@ def test_run_writes_artifacts_and_refuses_a_changed_config(project: Path) -> Non
     assert "-1 doctor        skipped" in again.stdout and "1 registry      skipped" in again.stdout
 
 
-def test_selected_plugins_and_a_category_nobody_selected_serves(project: Path) -> None:
-    result = nexus("run", "--plugins", "reasoning,voice", cwd=project)
-    assert result.returncode == 2
-    assert ("row 3, column 'Category': category 'Math' is served by no selected plugin (the selected "
-            "ones serve: Reasoning, Voice)") in result.stderr
+def test_selected_plugins_distil_only_their_rows_of_the_csv(project: Path) -> None:
+    csv_path = project / "configs/ModelName-Parameters-Category-BestFeature.csv"
+    four_teachers = csv_path.read_text()
+    csv_path.write_text(four_teachers + "acme-chem-7b,7B,Chemistry,molecules\n")
+    unserved = nexus("run", "--plugins", "reasoning,voice", "--to", "registry", cwd=project)
+    assert unserved.returncode == 2
+    assert (f"{csv_path.name}: row 6, column 'Category': category 'Chemistry' is served by no selected "
+            "plugin (the selected ones serve: Reasoning, Voice) nor by any installed unselected one "
+            "(they serve: Math, Vision); install a plugin that serves it or remove the row") in unserved.stderr
     state = json.loads((project / "runs/demo/state.json").read_text())
     assert state["stages"]["registry"]["status"] == "failed"
+
+    csv_path.write_text("".join(line + "\n" for line in four_teachers.splitlines()
+                                if "nexus-demo-math" in line or "nexus-demo-vision" in line
+                                or line.startswith("Model Name")))
+    none_left = nexus("run", "--to", "registry", cwd=project, env={"NEXUS_PLUGINS": "reasoning,voice"})
+    assert none_left.returncode == 2
+    assert (f"{csv_path.name}: row 2: no teachers for the selected plugins (they serve: Reasoning, "
+            "Voice); every row belongs to an unselected one: row 2 nexus-demo-math (Math, nexus-cap-math), "
+            "row 3 nexus-demo-vision (Vision, nexus-cap-vision)") in none_left.stderr
+
+    csv_path.write_text(four_teachers)
+    result = nexus("run", "--plugins", "reasoning,voice", "--to", "distill", cwd=project)
+    assert result.returncode == 0, result.stderr
+    run_dir = project / "runs/demo"
+    registry = json.loads((run_dir / "configs/teacher_registry.json").read_text())
+    assert {t["name"]: t["capability"] for t in registry["teachers"]} == {
+        "nexus-demo-reasoning": "reasoning", "nexus-demo-voice": "voice"}
+    assert [(row["row"], row["name"], row["category"], row["plugin"]) for row in registry["skipped"]] == [
+        (3, "nexus-demo-math", "Math", "nexus-cap-math"), (5, "nexus-demo-vision", "Vision", "nexus-cap-vision")]
+    events = [json.loads(line) for line in (run_dir / "logs/events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events if e["event"].startswith("left out")] == [
+        "left out 2 CSV rows of unselected plugins: row 3 nexus-demo-math (Math, nexus-cap-math), "
+        "row 5 nexus-demo-vision (Vision, nexus-cap-vision)"]
+    lock = json.loads((run_dir / "configs/global_config.json").read_text())
+    assert sorted(lock["scope"]["capabilities"]) == ["reasoning", "voice"]
+    report = json.loads((run_dir / "distill_report.json").read_text())
+    assert sorted(report["capabilities"]) == ["reasoning", "voice"]
+    assert set(report["phases"]) == {"adapter-reasoning", "adapter-voice", "joint"}
+
     typo = nexus("run", "--plugins", "reasoning,voise", cwd=project)
     assert typo.returncode == 2 and "'voise' (did you mean 'voice'?)" in typo.stderr
 
@@ -153,7 +186,7 @@ def test_sigkill_during_a_stage_then_rerun_matches_an_uninterrupted_run(
 
     marker = tmp_path / "marker"
     run_and_kill_when(["run", "--run-dir", "runs/killed", "--to", "distill"], project, marker.exists, "stage 0",
-                      extra_path=site, env={"SLOWCAP_MARKER": str(marker)}, timeout=120, poll=0.05)
+                      extra_path=site, env={"SLOWCAP_MARKER": str(marker)}, poll=0.05)
     killed = project / "runs/killed"
     state = json.loads((killed / "state.json").read_text())
     assert state["stages"]["lock"]["status"] == "running"

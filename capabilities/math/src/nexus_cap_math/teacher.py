@@ -15,7 +15,7 @@ from nexus_cap_math.data import TEMPLATE_WORDS, SyntheticRecipe, load_split
 
 NAME = "nexus-demo-math"
 MODEL = {**SMALL_DECODER, "max_position_embeddings": 128}
-PLAN = TrainingPlan(steps=4200, learning_rate=3e-3, batch_size=32, first_round=1800, round_steps=600)
+PLAN = TrainingPlan(steps=3900, learning_rate=1e-3, batch_size=32, first_round=1400, round_steps=500)
 
 
 def demo() -> DemoTeacher:

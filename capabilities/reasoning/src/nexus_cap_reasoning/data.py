@@ -132,12 +132,15 @@ class SyntheticRecipe:
 
     def validation(self) -> list[Question]:
         """`validation_size` distinct questions, none of them held out: what a build watches to
-        decide when to stop (the held-out split stays unseen until the end)."""
+        decide when to stop (the held-out split stays unseen until the end). Unlike the held-out
+        split they are not kept out of training: the range questions have only 90 forms, the
+        held-out split takes about 60 of them, and keeping the rest out too would leave none
+        to learn from (a build then scored 0.83 held-out at 0.94 validation)."""
         return self._distinct("validation", self.validation_size, {"|".join(q.row()) for q in self.test()})
 
     def train(self) -> Iterator[Question]:
-        """An endless stream of training questions, none of them held out or for validation."""
-        kept_out = {"|".join(q.row()) for q in (*self.test(), *self.validation())}
+        """An endless stream of training questions, none of them held out."""
+        kept_out = {"|".join(q.row()) for q in self.test()}
         rng = random.Random(f"{self.seed}:train")
         while True:
             question = self.question(rng)

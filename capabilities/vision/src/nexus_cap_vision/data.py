@@ -82,7 +82,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), 
 SHAPES = ("circle", "square", "triangle")
 PLACES = {(0, 0): "top left", (0, 1): "top right", (1, 0): "bottom left", (1, 1): "bottom right"}
 TEMPLATE_WORDS = frozenset(
-    "How many shapes are there What colour is the shape it Where Is a yes no top bottom left "
+    "How many shapes are there What colour is the shape it Where top bottom left "
     "right one two three four".split()
 ) | frozenset(COLOURS) | frozenset(SHAPES)
 _NUMBERS = ("zero", "one", "two", "three", "four")
@@ -117,14 +117,16 @@ def draw(things: Sequence[Thing], rng: random.Random, size: int = IMAGE_SIZE) ->
 @dataclass(frozen=True)
 class SyntheticRecipe:
     """Questions about one shape (its colour, kind, or place on a 2x2 grid) or about a scene of
-    one to three shapes of distinct kinds and colours (how many; is there a given kind)."""
+    one to three shapes of distinct kinds and colours (how many). (Presence questions, "Is there
+    a circle?", are not asked: no build of the demo teacher's size learnt them within its
+    budget; every one answered "yes", the base rate.)"""
 
     seed: int = 1234
     test_size: int = 300
     validation_size: int = 500
 
     def question(self, rng: random.Random) -> VisualQuestion:
-        kind = rng.randrange(5)
+        kind = rng.randrange(4)
         count = 1 if kind < 3 else rng.randint(1, len(SHAPES))
         cells = rng.sample(sorted(PLACES), count)
         things = [Thing(shape, colour, cell) for shape, colour, cell in
@@ -136,11 +138,7 @@ class SyntheticRecipe:
             return VisualQuestion(image, "What shape is it?", things[0].shape)
         if kind == 2:
             return VisualQuestion(image, "Where is the shape?", PLACES[things[0].cell])
-        if kind == 3:
-            return VisualQuestion(image, "How many shapes are there?", _NUMBERS[count])
-        shape = rng.choice(SHAPES)
-        present = any(thing.shape == shape for thing in things)
-        return VisualQuestion(image, f"Is there a {shape}?", "yes" if present else "no")
+        return VisualQuestion(image, "How many shapes are there?", _NUMBERS[count])
 
     def test(self) -> list[VisualQuestion]:
         """The held-out split (its own random stream)."""
