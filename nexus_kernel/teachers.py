@@ -89,8 +89,8 @@ def plan_builds(
 
 def build_in_worker(demo: DemoTeacher, digest: str, folder: str, queue: Any) -> dict[str, Any]:
     """Worker-process body: train into a partial folder, check the scores, rename into place,
-    and return the build record (what `nexus_demo.json` holds). `queue.put(steps)` gets the
-    progress; a build that falls short raises `StageError` with its figures and saves nothing."""
+    and return the build record (what `nexus_demo.json` holds). `queue.put((name, steps))` gets
+    the progress; a build that falls short raises `StageError` with its figures and saves nothing."""
     from transformers.utils import logging as transformers_logging
 
     from nexus_kernel.training import seed_everything
@@ -105,7 +105,7 @@ def build_in_worker(demo: DemoTeacher, digest: str, folder: str, queue: Any) -> 
     seed_everything(int(demo.recipe.get("seed", 0)))
     started = time.perf_counter()
     try:
-        result = demo.build(partial, demo.recipe, queue.put)
+        result = demo.build(partial, demo.recipe, lambda steps: queue.put((demo.name, steps)))
         if not isinstance(result, DemoBuildResult):
             result = DemoBuildResult(dict(result))
         seconds = time.perf_counter() - started
@@ -189,6 +189,40 @@ def _report_of(build: PlannedBuild, record: Mapping[str, Any], cached: bool) -> 
                        dict(record.get("training", {})))
 
 
+class _StepBar:
+    """One progress bar over several builds. Its total is what each build expects to train (its
+    first round); a build that trains past that counts at its cap until it ends, and an ended
+    build counts what it trained, so the estimate is honest either way."""
+
+    def __init__(self, demos: Sequence[DemoTeacher], show: bool) -> None:
+        from tqdm import tqdm
+
+        self.caps = {demo.name: demo.steps for demo in demos}
+        self.allotted = {demo.name: min(demo.expected_steps or demo.steps, demo.steps) for demo in demos}
+        self.done = dict.fromkeys(self.caps, 0)
+        self.bar = tqdm(total=sum(self.allotted.values()), unit="step",
+                        desc=f"training {len(demos)} demo teacher{'s' * (len(demos) > 1)}",
+                        disable=not show, dynamic_ncols=True)
+
+    def advance(self, name: str, steps: int) -> None:
+        self.done[name] += steps
+        if self.done[name] > self.allotted[name]:
+            self._allot(name, max(self.caps[name], self.done[name]))
+        self.bar.update(steps)
+
+    def finish(self, name: str, line: str) -> None:
+        self._allot(name, self.done[name])
+        self.bar.write(line)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def _allot(self, name: str, steps: int) -> None:
+        self.allotted[name] = steps
+        self.bar.total = sum(self.allotted.values())
+        self.bar.refresh()
+
+
 def build_teachers(
     planned: Sequence[PlannedBuild], jobs: int = 2, force: bool = False, show_progress: bool = True,
 ) -> list[BuildReport]:
@@ -197,8 +231,6 @@ def build_teachers(
     import concurrent.futures
     import multiprocessing
     import queue as queue_module
-
-    from tqdm import tqdm
 
     reports: dict[str, BuildReport] = {}
     for build in planned:
@@ -224,18 +256,14 @@ def build_teachers(
                 pool.submit(build_in_worker, build.demo, build.digest, str(build.folder), steps): build
                 for build in todo
             }
-            # The total is every build's step cap: a build that reaches its target early
-            # reports the steps it did not need, so the bar still ends full.
-            bar = tqdm(total=sum(build.demo.steps for build in todo), unit="step",
-                       desc=f"training {len(todo)} demo teacher{'s' * (len(todo) > 1)}",
-                       disable=not show_progress, dynamic_ncols=True)
+            bar = _StepBar([build.demo for build in todo], show_progress)
             pending = set(futures)
             failures = []
             while pending:
                 done, pending = concurrent.futures.wait(pending, timeout=0.5)
                 while True:
                     try:
-                        bar.update(steps.get_nowait())
+                        bar.advance(*steps.get_nowait())
                     except queue_module.Empty:
                         break
                 for future in done:
@@ -246,7 +274,7 @@ def build_teachers(
                         failures.append(f"{build.demo.name}: {exc}")
                         continue
                     reports[build.demo.name] = _report_of(build, record, False)
-                    bar.write(reports[build.demo.name].headline())
+                    bar.finish(build.demo.name, reports[build.demo.name].headline())
             bar.close()
         if failures:
             raise StageError("demo teacher build failed:\n  " + "\n  ".join(failures))

@@ -146,8 +146,7 @@ def fit(
     """Train `model` on `make_batch(step)` round by round (see the module docstring). With
     `validate`, the model is scored after each round and training stops at the first round
     whose score reaches `target` (without a target, every round runs); without it, all
-    `plan.steps` run. Steps not trained are still reported to `progress`, so a bar over the
-    cap ends full. A non-finite loss stops training with an error naming the step. The model
+    `plan.steps` run. `progress` gets the steps as they are trained. A non-finite loss stops training with an error naming the step. The model
     is left in eval mode."""
     import torch
 
@@ -183,7 +182,5 @@ def fit(
         results.append(RoundResult(step, float(validate(model))))
         if target is not None and results[-1].score >= target:
             break
-    if progress is not None and step < plan.steps:
-        progress(plan.steps - step)
     model.eval()
     return TrainingRecord(step, losses, tuple(results), target)

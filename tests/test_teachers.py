@@ -101,6 +101,23 @@ def test_a_killed_builds_partial_folder_goes_even_when_the_teacher_is_cached(tmp
     assert (tmp_path / "toy-demo" / RECIPE_FILE).is_file()
 
 
+def test_the_progress_bar_expects_first_rounds_and_ends_at_what_was_trained() -> None:
+    from nexus_kernel.teachers import _StepBar
+
+    quick = DemoTeacher("quick", "toy", {}, 300, fake_demo_build, "toy", 0.9, expected_steps=100)
+    slow = DemoTeacher("slow", "toy", {}, 500, fake_demo_build, "toy", 0.9, expected_steps=200)
+    bar = _StepBar([quick, slow], show=False)
+    assert bar.bar.total == 300
+    bar.advance("slow", 250)  # past its first round: counted at its cap until it ends
+    assert bar.bar.total == 100 + 500
+    bar.advance("quick", 100)
+    bar.finish("quick", "quick done")
+    bar.advance("slow", 50)
+    bar.finish("slow", "slow done")
+    assert bar.bar.total == sum(bar.done.values()) == 400
+    bar.close()
+
+
 def test_a_user_folder_is_never_planned_or_touched(tmp_path: Path) -> None:
     folder = tmp_path / "toy-demo"
     folder.mkdir()
