@@ -218,8 +218,10 @@ def _progress(total: int, description: str) -> Any:
 
 
 REVISIT_EVERY = 4
-CONVERGED_LOSS = {"kl": 0.02, "sequence": 0.02, "cosine": 0.02}
-"""Per objective: nats per token for `kl` and `sequence`; cosine distance for `cosine`."""
+CONVERGED_LOSS = {"kl": 0.02, "sequence": 0.02, "cosine": 0.05}
+"""Per objective: nats per token for `kl` and `sequence`; cosine distance for `cosine` (the
+demo voice student settles near 0.045, cosine 0.955, with centroid accuracy at the teacher's:
+below 0.05 it rests instead of costing a step every joint step)."""
 WAKE_FACTOR = 2.0
 """A resting capability trains fully again once its running loss passes this times its
 `CONVERGED_LOSS` (hysteresis: one hard batch on a revisit step does not wake it)."""
