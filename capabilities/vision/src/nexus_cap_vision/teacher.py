@@ -23,7 +23,7 @@ ENCODER = {"image_size": IMAGE_SIZE, "patch_size": 8, "num_channels": CHANNELS, 
            "num_hidden_layers": 2,
            "num_attention_heads": 4, "intermediate_size": 192}
 DECODER = {"n_embd": 96, "n_layer": 2, "n_head": 4, "n_positions": 64}
-PLAN = TrainingPlan(steps=3000, learning_rate=2e-3, batch_size=64, first_round=1000, round_steps=500)
+PLAN = TrainingPlan(steps=3000, learning_rate=1e-3, batch_size=64, first_round=1000, round_steps=500)
 
 
 def pixels(images: Sequence[np.ndarray]) -> Any:
