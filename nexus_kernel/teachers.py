@@ -178,7 +178,7 @@ class BuildReport:
                             for name, score in self.scores.items())
         how = "cached" if self.cached else f"built in {self.seconds:.0f} s"
         rounds = self.training.get("rounds") or []
-        if rounds:
+        if rounds and not self.cached:
             how += f", {self.training['steps']} steps, validation {rounds[-1]['score']:.3f}"
         return f"{self.name} [{self.capability}]: {how}; held-out {figures}"
 

@@ -87,6 +87,8 @@ def test_a_build_that_reaches_its_target_records_its_rounds(tmp_path: Path) -> N
     assert marker["training"] == {"steps": 3, "target": 0.94, "reached": True,
                                   "rounds": [{"steps": 3, "score": 0.96}]}
     assert "3 steps, validation 0.960; held-out toy 0.930" in report.headline()
+    [cached] = build_teachers(_plan(plugin, tmp_path), show_progress=False)
+    assert cached.cached and ": cached; held-out toy 0.930" in cached.headline()
 
 
 def test_a_killed_builds_partial_folder_goes_even_when_the_teacher_is_cached(tmp_path: Path) -> None:
