@@ -90,3 +90,15 @@ class Capability:
             "pool_scale": self.pool_scale,
             "description": self.description,
         }
+
+
+@dataclass(frozen=True)
+class UnselectedCapabilities:
+    """What the installed plugins outside the selection declare.
+
+    `capabilities` pairs each declared `Capability` with the distribution declaring it;
+    `unreadable` pairs each distribution whose declaration could not be read with the reason.
+    """
+
+    capabilities: tuple[tuple[Capability, str], ...] = ()
+    unreadable: tuple[tuple[str, str], ...] = ()

@@ -17,7 +17,7 @@ from typing import Any
 import pluggy
 
 from nexus_kernel import hookspecs
-from nexus_kernel.capability import Capability
+from nexus_kernel.capability import Capability, UnselectedCapabilities
 from nexus_kernel.errors import CapabilityConflict, PluginError
 
 ENTRY_POINT_GROUP = "nexus"
@@ -62,18 +62,6 @@ class PluginRecord:
         if self.error is not None:
             described["error"] = self.error
         return described
-
-
-@dataclass(frozen=True)
-class UnselectedCapabilities:
-    """What the installed plugins outside the selection declare.
-
-    `capabilities` pairs each declared `Capability` with the distribution declaring it;
-    `unreadable` pairs each distribution whose declaration could not be read with the reason.
-    """
-
-    capabilities: tuple[tuple[Capability, str], ...] = ()
-    unreadable: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass

@@ -16,13 +16,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
-from nexus_kernel.capability import Capability
+from nexus_kernel.capability import Capability, UnselectedCapabilities
 from nexus_kernel.errors import RegistryError
 
-if TYPE_CHECKING:
-    from nexus_kernel.plugins import UnselectedCapabilities
 
 REQUIRED_COLUMNS = ("Model Name", "Parameters", "Category", "Best Feature")
 OPTIONAL_COLUMNS = ("Path",)

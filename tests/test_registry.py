@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from nexus_kernel import Capability
 from nexus_kernel.errors import RegistryError
-from nexus_kernel.plugins import UnselectedCapabilities
+from nexus_kernel.capability import UnselectedCapabilities
 from nexus_kernel.registry import (
     REQUIRED_COLUMNS,
     SkippedRow,
