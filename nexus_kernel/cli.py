@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +17,9 @@ from nexus_kernel import __version__
 from nexus_kernel.config import DEFAULT_CONFIG, Config, load_config
 from nexus_kernel.errors import NexusError, StageError
 from nexus_kernel.plugins import PluginSet, choose_allow_list, load_plugins
+
+if TYPE_CHECKING:
+    from nexus_kernel.runner import RunContext
 
 EXIT_INCOMPLETE = 3
 
@@ -121,17 +125,35 @@ def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | Non
                 start: str | None, only: str | None, until: str | None, force: bool, relock: bool,
                 yes: bool, verbose: bool) -> None:
     """Run the pipeline, skipping stages whose inputs are unchanged."""
-    from nexus_kernel.lock import check_scope
-    from nexus_kernel.logs import configure_logging
-    from nexus_kernel.pipeline import build_scope, stages
-    from nexus_kernel.runner import NOT_IMPLEMENTED, RunContext, StageRunner
+    from nexus_kernel.logs import configure_logging, get_logger
+    from nexus_kernel.roots import check_run_roots
+    from nexus_kernel.run_lock import exclusive_run_directory
+    from nexus_kernel.runner import RunContext
+    from nexus_kernel.stage_validate import restore_moved_teachers
 
     config = load_config(config_path)
     plugin_set, selection_active = _load_selected_plugins(plugins_text, strict, config)
     plugin_set.capabilities()  # a conflict stops here, before anything is written
     run_dir = (run_dir or Path("runs") / config.section("run")["name"]).resolve()
-    configure_logging(run_dir / "logs" / "events.jsonl", verbose=verbose)
-    context = RunContext(run_dir, config, plugin_set, selection_active, confirm_deletions=yes)
+    check_run_roots(config, run_dir)
+    with exclusive_run_directory(run_dir) as previous:
+        configure_logging(run_dir / "logs" / "events.jsonl", verbose=verbose)
+        if previous is not None:
+            get_logger("run").warning("took over the run directory from a run that ended without "
+                                      "releasing it", previous=previous)
+        restore_moved_teachers(run_dir)  # before stage 1 could take a moved teacher for a missing one
+        context = RunContext(run_dir, config, plugin_set, selection_active, confirm_deletions=yes)
+        _run_stages(context, start, only, until, force, relock)
+
+
+def _run_stages(context: RunContext, start: str | None, only: str | None, until: str | None,
+                force: bool, relock: bool) -> None:
+    """`nexus run` once the run directory is held: the stages, then the summary table."""
+    from nexus_kernel.lock import check_scope
+    from nexus_kernel.pipeline import build_scope, stages
+    from nexus_kernel.runner import NOT_IMPLEMENTED, StageRunner
+
+    run_dir = context.run_dir
     if check_scope(run_dir, build_scope(context), relock):
         if only and only not in ("lock", "0"):
             raise StageError("--relock with a changed config reruns stage 0 and every stage "
@@ -173,7 +195,10 @@ def teachers_build_command(config_path: Path, plugins_text: str | None, strict: 
     """Build the demo teachers the CSV names whose folders are missing or out of date."""
     from nexus_kernel.teachers import ensure_teachers
 
+    from nexus_kernel.roots import check_run_roots
+
     config = load_config(config_path)
+    check_run_roots(config, None)
     plugin_set, selection_active = _load_selected_plugins(plugins_text, strict, config)
     bound, reports = ensure_teachers(config, plugin_set, selection_active, jobs=jobs, force=force)
     if bound.skipped:

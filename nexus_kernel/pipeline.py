@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from nexus_kernel import doctor
 from nexus_kernel.errors import EnvironmentCheckError
+from nexus_kernel.file_hashes import FileHashCache, folder_fingerprint
 from nexus_kernel.fsio import atomic_write_json, atomic_write_text, sha256_file
 from nexus_kernel.lock import LOCK_FILE, LOCK_FORMAT, SEED_FILE, scope_hash
 from nexus_kernel.logs import get_logger
 from nexus_kernel.runner import RunContext, Stage
 
-from nexus_kernel.teachers import PARTIAL_PREFIX, ensure_teachers, read_marker
+from nexus_kernel.teachers import ensure_teachers
 
 SUMMARY_FILE = "niwt_stage2_output/summary.json"
 
 ENV_FILE = "env.json"
 REGISTRY_FILE = "configs/teacher_registry.json"
+HASH_CACHE = "cache/teacher_file_hashes.json"
 
 log = get_logger("pipeline")
 
@@ -94,18 +97,26 @@ def _registry_inputs(context: RunContext) -> dict[str, Any]:
         "csv": registry["csv"],
         "csv_sha256": sha256_file(csv_path) if csv_path.is_file() else None,
         "models_dir": registry["models_dir"],
-        "teacher_folders": _teacher_folders(Path(registry["models_dir"])),
+        "teachers": _registered_teacher_fingerprints(context.run_dir),
     }
 
 
-def _teacher_folders(models_dir: Path) -> dict[str, str | None]:
-    """Each teacher folder and the recipe hash of its demo build (None for a user's folder), so
-    a deleted or rebuilt teacher reruns the registry stage."""
-    if not models_dir.is_dir():
+def _registered_teacher_fingerprints(run_dir: Path) -> dict[str, str]:
+    """The content fingerprint of every teacher folder the last registry bound, so a teacher
+    deleted, rebuilt or with its weights replaced in place reruns the registry stage (and,
+    through its output, every stage after it)."""
+    registry_file = run_dir / REGISTRY_FILE
+    if not registry_file.is_file():
         return {}
-    return {folder.name: (read_marker(folder) or {}).get("recipe_sha256")
-            for folder in sorted(models_dir.iterdir())
-            if folder.is_dir() and not folder.name.startswith(PARTIAL_PREFIX)}
+    try:
+        teachers = json.loads(registry_file.read_text(encoding="utf-8"))["teachers"]
+        paths = [Path(entry["path"]) for entry in teachers]
+    except (ValueError, KeyError, TypeError):
+        return {}  # unreadable: its output hash no longer matches, so the stage reruns anyway
+    cache = FileHashCache(run_dir / HASH_CACHE)
+    fingerprints = {str(path): folder_fingerprint(path, cache) for path in paths}
+    cache.save()
+    return fingerprints
 
 
 def run_registry(context: RunContext) -> str:
@@ -124,10 +135,14 @@ def run_registry(context: RunContext) -> str:
         if name not in served:
             log.warning("capability has no teacher in the CSV; it will not be distilled",
                         capability=name, csv=registry["csv"])
+    cache = FileHashCache(context.run_dir / HASH_CACHE)
+    teachers = [{**entry.to_json(), "files_sha256": folder_fingerprint(Path(entry.path), cache)}
+                for entry in entries]
+    cache.save()
     atomic_write_json(context.run_dir / REGISTRY_FILE, {
         "csv": registry["csv"],
         "models_dir": registry["models_dir"],
-        "teachers": [entry.to_json() for entry in entries],
+        "teachers": teachers,
         "skipped": [row.to_json() for row in bound.skipped],
         "demo_builds": {report.name: {"scores": report.scores, "seconds": report.seconds,
                                       "training": report.training}

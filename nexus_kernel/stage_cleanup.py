@@ -4,9 +4,11 @@ It writes `report.html`, then `archive/<run>.tar.gz` (reproducible: sorted entri
 timestamps) with the logs, the training journal, every stage report, the profiles and PCA
 summaries (`profile.json`, never the bases), the architecture and the bundle's manifest.
 
-Sanitization lists what it would delete: the teachers' folders (only those inside
-`registry.models_dir`, and only with `cleanup.delete_teachers`) and the run's training-only
-artifacts (pools, phase checkpoints, PCA bases, the validation and staging scratch). The
+Sanitization lists what it would delete: the run's training-only artifacts (pools, phase
+checkpoints, PCA bases, the validation and staging scratch) and the teachers' folders inside
+`registry.models_dir`: the demo teachers Nexus built (`nexus_demo.json`; unless
+`cleanup.delete_teachers = false`) and, only with `cleanup.delete_user_teachers = true`, a
+user's own. A teacher folder outside `registry.models_dir` is never deleted. The
 declared roots are the run directory and `registry.models_dir`; links are removed, never
 followed. It is a dry run unless `nexus run --yes`; the plan and what was done go to
 `cleanup_report.json`.
@@ -78,21 +80,26 @@ def training_only(run_dir: Path) -> list[Path]:
 def sanitization_plan(context: RunContext) -> tuple[list[Deletion], list[Path], list[str]]:
     """What stage 7 would delete, the roots it may delete in, and what it leaves and why."""
     from nexus_kernel.stage_validate import teacher_folders
+    from nexus_kernel.teachers import read_marker
 
     models_dir = Path(context.config.section("registry")["models_dir"]).resolve()
     roots = [context.run_dir.resolve(), models_dir]
     targets = training_only(context.run_dir)
+    settings = context.config.section("cleanup")
     kept = []
-    if context.config.section("cleanup")["delete_teachers"]:
-        for name, folder in sorted(teacher_folders(context.run_dir).items()):
-            if not folder.exists() and not folder.is_symlink():
-                continue
-            if (folder.parent.resolve() / folder.name).is_relative_to(models_dir):
-                targets.append(folder)
-            else:
-                kept.append(f"teacher {name}: {folder} is outside registry.models_dir {models_dir}; not deleted")
-    else:
-        kept.append("teacher folders: cleanup.delete_teachers is false")
+    for name, folder in sorted(teacher_folders(context.run_dir).items()):
+        if not folder.exists() and not folder.is_symlink():
+            continue
+        ours = read_marker(folder) is not None
+        if not (folder.parent.resolve() / folder.name).is_relative_to(models_dir):
+            kept.append(f"teacher {name}: {folder} is outside registry.models_dir {models_dir}; not deleted")
+        elif ours and not settings["delete_teachers"]:
+            kept.append(f"teacher {name}: a demo teacher, and cleanup.delete_teachers is false")
+        elif not ours and not settings["delete_user_teachers"]:
+            kept.append(f"teacher {name}: your own folder (no nexus_demo.json); deleted only with "
+                        "cleanup.delete_user_teachers = true")
+        else:
+            targets.append(folder)
     return plan_removal(targets, roots), roots, kept
 
 

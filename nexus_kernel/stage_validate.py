@@ -2,8 +2,9 @@
 
 No teacher is loaded in this process. The student is scored twice in a child process
 (`student_eval`): first with the audit guard refusing every read under the teachers' folders,
-then again with those folders moved away as well (renamed next to themselves, and put back
-afterwards, also after a crash: the next run restores them first). A child that wants a
+then again with those folders moved away as well (renamed next to themselves after a journal
+of the moves is written, and put back afterwards; after a crash the next `nexus run` puts
+them back from the journal before any stage: see `teacher_removal`). A child that wants a
 teacher file fails the gate with the path it wanted. The two passes must agree item for item.
 
 Retention compares those student scores with the teacher's scores that stage 4 measured on
@@ -15,10 +16,7 @@ goes to `verify_report.json`; a capability below the threshold fails the stage.
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,9 @@ from nexus_kernel.logs import get_logger
 from nexus_kernel.retention import THRESHOLD, verdict
 from nexus_kernel.runner import RunContext
 from nexus_kernel.student_eval import TEACHER_ACCESS_EXIT, evaluate_in_child
+from nexus_kernel.teacher_removal import JOURNAL_FILE, restore_from_journal, teachers_moved_away
 
 VERIFY_REPORT = "verify_report.json"
-AWAY_SUFFIX = ".nexus-removed"
 WORK_DIR = "validate"
 
 log = get_logger("validate")
@@ -44,38 +42,14 @@ def teacher_folders(run_dir: Path) -> dict[str, Path]:
     return {entry["name"]: Path(entry["path"]).absolute() for entry in registry["teachers"]}
 
 
-def away_path(folder: Path) -> Path:
-    return folder.with_name(f".{folder.name}{AWAY_SUFFIX}")
-
-
-def restore_moved(folders: dict[str, Path]) -> list[Path]:
-    """Put back teacher folders a killed pass left moved away; returns those restored."""
-    restored = []
-    for folder in folders.values():
-        away = away_path(folder)
-        if away.is_dir() and not folder.exists():
-            os.rename(away, folder)
-            restored.append(folder)
-    return restored
-
-
-@contextmanager
-def teachers_moved_away(folders: dict[str, Path]) -> Iterator[list[str]]:
-    """Rename every existing teacher folder out of its place for the block; always put back."""
-    moved: list[Path] = []
-    try:
-        for folder in folders.values():
-            if folder.exists():
-                try:
-                    os.rename(folder, away_path(folder))
-                except OSError as exc:
-                    raise StageError(f"teacher removal: cannot move {folder} away ({exc}); the second pass "
-                                     "needs write access to the teachers' folder") from None
-                moved.append(folder)
-        yield [str(folder) for folder in moved]
-    finally:
-        for folder in moved:
-            os.rename(away_path(folder), folder)
+def restore_moved_teachers(run_dir: Path) -> None:
+    """Put back the teacher folders a killed stage 5 left moved away (see `teacher_removal`);
+    `nexus run` calls it before any stage."""
+    outcome = restore_from_journal(run_dir / JOURNAL_FILE)
+    for folder in outcome.restored:
+        log.warning("restored a teacher folder a killed run had moved away", folder=str(folder))
+    for folder in outcome.missing:
+        log.warning("a teacher folder a killed run had moved away is in neither place", folder=str(folder))
 
 
 def teacher_scores(run_dir: Path, name: str) -> dict[str, Any]:
@@ -154,10 +128,9 @@ def failing(table: dict[str, Any]) -> list[str]:
 def run_validate(context: RunContext) -> str:
     """Stage 5 (see the module docstring)."""
     folders = teacher_folders(context.run_dir)
-    for folder in restore_moved(folders):
-        log.warning("restored a teacher folder a killed run had moved away", folder=str(folder))
+    restore_moved_teachers(context.run_dir)
     guarded, first = run_pass(context, "guarded", folders)
-    with teachers_moved_away(folders) as moved:
+    with teachers_moved_away(folders, context.run_dir / JOURNAL_FILE) as moved:
         removed, second = run_pass(context, "teachers moved away", folders)
         second["moved"] = moved
     if removed != guarded:

@@ -23,6 +23,7 @@ from nexus_kernel.fsio import atomic_write_json, canonical_json, sha256_bytes
 from nexus_kernel.logs import get_logger
 from nexus_kernel.plugins import PluginSet
 from nexus_kernel.registry import TeacherEntry, TeacherRegistry
+from nexus_kernel.teacher_removal import away_path
 
 RECIPE_FILE = "nexus_demo.json"
 PARTIAL_PREFIX = ".partial-"
@@ -67,6 +68,11 @@ def plan_builds(
     planned = []
     for entry in entries:
         folder = Path(entry.path)
+        moved = away_path(folder)
+        if not folder.exists() and moved.exists():
+            raise RegistryError(
+                f"teacher {entry.name!r}: its folder {folder} is at {moved}, where a killed stage 5 moved "
+                "it; `nexus run` on that run directory puts it back first (or rename it back yourself)")
         marker = read_marker(folder)
         if folder.exists() and marker is None:
             continue

@@ -90,7 +90,8 @@ def test_validate_package_infer_and_clean_up(project: Path, tmp_path: Path) -> N
 
     # A student whose weights live in a teacher's folder fails the gate, naming the file.
     student = run_dir / "checkpoints/student.safetensors"
-    stolen = project / "models/nexus-demo-math/student-copy.safetensors"
+    # (A hidden name, which teacher fingerprints leave out, so stage 1 stays up to date for --only.)
+    stolen = project / "models/nexus-demo-math/.student-copy.safetensors"
     shutil.move(student, stolen)
     student.symlink_to(stolen)
     failed = nexus("run", "--run-dir", "runs/r", "--only", "validate", cwd=project)

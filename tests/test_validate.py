@@ -3,14 +3,24 @@ teacher path it wanted, and the retention table's failure rule."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from nexus_kernel.errors import StageError
 from nexus_kernel.guard import TeacherAccessError
-from nexus_kernel.stage_validate import away_path, failing, restore_moved, teachers_moved_away
+from nexus_kernel.stage_validate import failing
 from nexus_kernel.student_eval import _teacher_path
+from nexus_kernel.teacher_removal import (
+    JOURNAL_FILE,
+    RemovalJournalError,
+    away_path,
+    restore_from_journal,
+    teachers_moved_away,
+)
 
 
 def _teachers(tmp_path: Path) -> dict[str, Path]:
@@ -25,28 +35,62 @@ def _teachers(tmp_path: Path) -> dict[str, Path]:
 
 def test_teacher_folders_are_moved_away_for_the_block_and_always_put_back(tmp_path: Path) -> None:
     folders = _teachers(tmp_path)
-    with teachers_moved_away(folders) as moved:
+    journal = tmp_path / "run" / JOURNAL_FILE
+    with teachers_moved_away(folders, journal) as moved:
         assert sorted(moved) == sorted(str(f) for f in folders.values())
         assert not any(folder.exists() for folder in folders.values())
+        listed = json.loads(journal.read_text())["moves"]
+        assert [Path(move["away"]) for move in listed] == [away_path(f) for f in folders.values()]
     assert all((folder / "model.safetensors").read_bytes() == b"weights" for folder in folders.values())
-    with pytest.raises(RuntimeError, match="student crashed"), teachers_moved_away(folders):
+    assert not journal.exists()
+    with pytest.raises(RuntimeError, match="student crashed"), teachers_moved_away(folders, journal):
         raise RuntimeError("student crashed")
-    assert all(folder.is_dir() for folder in folders.values())
-    # A run killed inside the block leaves them away: the next run restores them first.
-    folders["alpha"].rename(away_path(folders["alpha"]))
-    assert away_path(folders["alpha"]).name == ".alpha.nexus-removed"
-    assert restore_moved(folders) == [folders["alpha"]]
-    assert (folders["alpha"] / "model.safetensors").is_file() and restore_moved(folders) == []
+    assert all(folder.is_dir() for folder in folders.values()) and not journal.exists()
+
+
+def _killed_inside_the_block(folders: dict[str, Path], journal: Path) -> None:
+    """A process that dies (no clean-up at all) while the teachers are moved away."""
+    program = ("import os, sys; from pathlib import Path; "
+               "from nexus_kernel.teacher_removal import teachers_moved_away\n"
+               "folders = {p: Path(p) for p in sys.argv[2:]}\n"
+               "with teachers_moved_away(folders, Path(sys.argv[1])):\n    os._exit(9)")
+    died = subprocess.run([sys.executable, "-c", program, str(journal), *map(str, folders.values())], check=False)
+    assert died.returncode == 9
+
+
+def test_a_killed_removal_is_put_back_from_its_journal(tmp_path: Path) -> None:
+    folders = _teachers(tmp_path)
+    journal = tmp_path / "run" / JOURNAL_FILE
+    _killed_inside_the_block(folders, journal)
+    assert not any(folder.exists() for folder in folders.values()) and journal.is_file()
+    # As if killed between the two renames: alpha moved, beta not yet.
+    away_path(folders["beta"]).rename(folders["beta"])
+    assert away_path(folders["alpha"]).name == ".alpha.nexus-removed" and journal.is_file()
+    outcome = restore_from_journal(journal)
+    assert outcome.restored == (folders["alpha"],) and outcome.missing == ()
+    assert all((f / "model.safetensors").read_bytes() == b"weights" for f in folders.values())
+    assert not journal.exists() and restore_from_journal(journal).restored == ()
+
+
+def test_restoring_never_overwrites_a_folder_that_took_the_teachers_place(tmp_path: Path) -> None:
+    folders = _teachers(tmp_path)
+    journal = tmp_path / "run" / JOURNAL_FILE
+    _killed_inside_the_block(folders, journal)
+    folders["alpha"].mkdir()  # e.g. an old Nexus rebuilt a demo teacher there
+    with pytest.raises(RemovalJournalError, match="both places are now taken: .*alpha and .*.alpha.nexus-removed"):
+        restore_from_journal(journal)
+    assert away_path(folders["alpha"]).is_dir() and away_path(folders["beta"]).is_dir() and journal.is_file()
 
 
 def test_a_folder_that_cannot_move_is_a_clear_error(tmp_path: Path) -> None:
     folders = _teachers(tmp_path)
     away_path(folders["beta"]).mkdir()
     (away_path(folders["beta"]) / "occupied").write_text("x")  # rename onto a non-empty folder fails
+    journal = tmp_path / "run" / JOURNAL_FILE
     with pytest.raises(StageError, match="teacher removal: cannot move .*beta away"):
-        with teachers_moved_away(folders):
-            pass
-    assert all(folder.is_dir() for folder in folders.values())
+        with teachers_moved_away(folders, journal):
+            pytest.fail("the block must not run")
+    assert all(folder.is_dir() for folder in folders.values()) and not journal.exists()
 
 
 def test_the_child_names_the_teacher_path_it_wanted(tmp_path: Path) -> None:
