@@ -3,16 +3,17 @@ before anything in it is loaded.
 
 `write_bundle` writes every file into a temporary sibling folder, records each file's size
 and sha256 in the manifest, and renames the folder into place (an existing bundle is replaced
-only once the new one is complete). `verify_bundle` refuses a manifest whose paths leave the
-bundle (absolute paths, `..`, or links pointing outside), a missing or tampered file, a file
-the manifest does not list, and a bundle that needs a plugin distribution that is not
-installed. Stage 6 and `load_bundle` build on these two.
+only once the new one is complete). `verify_bundle` refuses a manifest of the wrong shape
+(`check_manifest_schema`), one whose paths leave the bundle (absolute paths, `..`, or links
+pointing outside), a missing or tampered file, a file the manifest does not list, and a
+bundle that needs a plugin distribution that is not installed. Stage 6 and `load_bundle` build on these two.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from importlib import metadata
@@ -39,6 +40,42 @@ def _safe_relative(bundle: Path, name: str) -> Path:
     if not path.resolve().is_relative_to(bundle.resolve()):
         raise BundleError(f"{bundle}: {name!r} resolves outside the bundle (a link?)")
     return path
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_manifest_schema(path: Path, manifest: Any) -> dict[str, Any]:
+    """`manifest` (parsed from `path`) once its shape is right: a JSON object whose `format` is
+    `BUNDLE_FORMAT`, whose `files` map each relative path to `{"bytes": int >= 0, "sha256": 64
+    lowercase hex digits}`, and whose optional `requires` maps distribution names to versions.
+    Anything else raises `BundleError` naming `path` and the key. Paths and checksums
+    themselves are checked by `verify_bundle`."""
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: the manifest must be a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: bundle format {manifest.get('format')!r}, this Nexus reads {BUNDLE_FORMAT}")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{path}: 'files' must list the bundle's files")
+    for name, entry in files.items():
+        if not isinstance(entry, dict):
+            raise BundleError(f"{path}: files[{name!r}] must be an object with 'bytes' and 'sha256', "
+                              f"got {type(entry).__name__}")
+        size, digest = entry.get("bytes"), entry.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise BundleError(f"{path}: files[{name!r}]['bytes'] must be an integer >= 0, got {size!r}")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise BundleError(f"{path}: files[{name!r}]['sha256'] must be 64 lowercase hex digits, got {digest!r}")
+    requires = manifest.get("requires", {})
+    if not isinstance(requires, dict):
+        raise BundleError(f"{path}: 'requires' must be an object of distribution name to version, "
+                          f"got {type(requires).__name__}")
+    for distribution, version in requires.items():
+        if not isinstance(version, str):
+            raise BundleError(f"{path}: requires[{distribution!r}] must be a version string, "
+                              f"got {type(version).__name__}")
+    return manifest
 
 
 def write_bundle(folder: Path, files: Mapping[str, bytes], manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,19 +113,16 @@ def verify_bundle(folder: Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise BundleError(f"{folder}: no {MANIFEST} (not a Nexus bundle)")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        parsed = json.loads(manifest_path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{manifest_path}: bundle format {manifest.get('format')!r}, this Nexus reads {BUNDLE_FORMAT}")
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise BundleError(f"{manifest_path}: 'files' must list the bundle's files")
+    manifest = check_manifest_schema(manifest_path, parsed)
+    files = manifest["files"]
     for name, expected in sorted(files.items()):
         path = _safe_relative(folder, name)
         if not path.is_file():
             raise BundleError(f"{folder}: {name} is listed in the manifest but missing")
-        if path.stat().st_size != expected.get("bytes") or sha256_file(path) != expected.get("sha256"):
+        if path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
             raise BundleError(f"{folder}: {name} does not match its checksum in the manifest (tampered or truncated)")
     present = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file() or path.is_symlink()}
     unlisted = sorted(present - set(files) - {MANIFEST})
@@ -105,4 +139,4 @@ def verify_bundle(folder: Path) -> dict[str, Any]:
             missing.append(f"{distribution}=={version} (installed: {installed})")
     if missing:
         raise BundleError(f"{folder}: needs plugin distributions {', '.join(missing)}; pip install them first")
-    return manifest  # type: ignore[no-any-return]
+    return manifest

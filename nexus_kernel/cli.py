@@ -118,8 +118,9 @@ def doctor_command(config_path: Path, as_json: bool) -> None:
 @click.option("--to", "until", metavar="STAGE", help="Stop after STAGE (name or number).")
 @click.option("--force", is_flag=True, help="Rerun every stage.")
 @click.option("--relock", is_flag=True, help="Accept a config changed since the lock.")
-@click.option("--yes", is_flag=True, help="Stage 7 deletes what its dry run lists (teacher files and "
-              "training-only artifacts inside the run's roots).")
+@click.option("--yes", is_flag=True, help="Stage 7 deletes what its dry run lists: the run's training-only "
+              "artifacts and the demo teachers Nexus built in registry.models_dir (your own teacher folders "
+              "only with cleanup.delete_user_teachers = true).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug-level log lines.")
 def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | None, strict: bool,
                 start: str | None, only: str | None, until: str | None, force: bool, relock: bool,
@@ -132,10 +133,10 @@ def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | Non
     from nexus_kernel.stage_validate import restore_moved_teachers
 
     config = load_config(config_path)
-    plugin_set, selection_active = _load_selected_plugins(plugins_text, strict, config)
-    plugin_set.capabilities()  # a conflict stops here, before anything is written
     run_dir = (run_dir or Path("runs") / config.section("run")["name"]).resolve()
     check_run_roots(config, run_dir)
+    plugin_set, selection_active = _load_selected_plugins(plugins_text, strict, config)
+    plugin_set.capabilities()  # a conflict stops here, before anything is written
     with exclusive_run_directory(run_dir) as previous:
         configure_logging(run_dir / "logs" / "events.jsonl", verbose=verbose)
         if previous is not None:

@@ -8,6 +8,8 @@ nearest valid key. Resolution fills defaults and turns relative paths into absol
 from __future__ import annotations
 
 import difflib
+import math
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,29 +28,42 @@ DEFAULT_CONFIG = Path("configs/nexus.toml")
 
 @dataclass(frozen=True)
 class Key:
-    """One config key: its kind, default and a line of help for the docs."""
+    """One config key: its kind, default and a line of help for the docs.
 
-    kind: str  # "str", "int", "float", "bool", "path", "list[str]"
+    `minimum` and `maximum` bound a number, both inclusive unless `exclusive_minimum`; a
+    "float" must also be finite. A "name" is one safe path component (see `NAME_PATTERN`).
+    """
+
+    kind: str  # "str", "name", "int", "float", "bool", "path", "list[str]"
     default: Any
     help: str
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+"""A "name" key: it becomes a folder or file name (runs/<name>, archive/<name>.tar.gz), so
+only these characters, never hidden, `.`/`..`, or starting with `-` (read as an option)."""
 
 
 CAPABILITY_KEYS: dict[str, Key] = {
     "max_rank": Key("int", None, "adapter rank ceiling; default: the plugin's max rank", minimum=1),
     "alpha_scale": Key("float", None, "multiplies distill.alpha for this capability's anchor; "
-                       "default: the plugin's", minimum=0.0),
+                       "default: the plugin's", minimum=0.0, maximum=1e4),
     "pool_scale": Key("float", None, "multiplies distill.pool_size for this capability; "
-                      "default: the plugin's", minimum=0.01),
+                      "default: the plugin's", minimum=0.01, maximum=100.0),
     "data_dir": Key("path", None, "folder of real benchmark data; default: synthetic data"),
 }
 """Keys of each `[capabilities.<name>]` table; `<name>` must be an installed capability."""
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "run": {
-        "name": Key("str", "demo", "run name; the run directory defaults to runs/<name>"),
-        "seed": Key("int", 42, "seed for every random number generator", minimum=0),
+        "name": Key("name", "demo", "run name: 1-128 letters, digits, '.', '_' or '-', starting with a "
+                    "letter, digit or '_'; the run directory defaults to runs/<name>"),
+        "seed": Key("int", 42, "seed for every random number generator (numpy's range: 0 to 2**32 - 1)",
+                    minimum=0, maximum=2**32 - 1),
     },
     "plugins": {
         "enabled": Key("list[str]", [], "plugins to use (entry-point or distribution names); "
@@ -56,15 +71,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "always_load": Key("list[str]", ["quant-bnb"], "plugins loaded whatever the selection"),
     },
     "hardware": {
-        "memory_budget_gb": Key("float", 16.0, "memory the run may use, in GB", minimum=0.5),
+        "memory_budget_gb": Key("float", 16.0, "memory the run may use, in GB", minimum=0.5, maximum=1e5),
         "device": Key("str", "auto", "where to compute", choices=("auto", "cpu", "cuda")),
     },
     "profiling": {
         "probe_samples": Key("int", 20, "samples per capability for the layer ablation", minimum=1),
         "key_layers": Key("int", 3, "layers kept (largest loss increase) and profiled", minimum=1),
         "samples": Key("int", 512, "samples streamed through the key layers' PCA", minimum=1),
-        "variance_threshold": Key("float", 0.95, "explained variance that defines the intrinsic "
-                                  "dimension", minimum=0.01),
+        "variance_threshold": Key("float", 0.95, "share of explained variance (in (0, 1]) that defines "
+                                  "the intrinsic dimension", minimum=0.0, exclusive_minimum=True, maximum=1.0),
         "quantization": Key("str", "nf4", "first quantization tried when loading a teacher",
                             choices=("nf4", "int8", "dynamic-int8", "bf16", "fp32")),
         "batch_size": Key("int", 0, "profiling batch size; 0 chooses it from the memory budget "
@@ -80,24 +95,30 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_positions": Key("int", 512, "longest sequence, prefix included (backbone = config)", minimum=16),
     },
     "distill": {
-        "alpha": Key("float", 10.0, "weight of the anchor loss: L = L_output + alpha * L_anchor", minimum=0.0),
+        "alpha": Key("float", 10.0, "weight of the anchor loss: L = L_output + alpha * L_anchor", minimum=0.0,
+                     maximum=1e4),
         "adapter_steps": Key("int", 100, "adapter-first steps per capability (backbone frozen)", minimum=1),
         "joint_steps": Key("int", 1000, "joint steps over every capability with the backbone unfrozen; "
                            "0 skips the joint phase", minimum=0),
         "batch_size": Key("int", 32, "items per capability per step", minimum=1),
-        "learning_rate": Key("float", 3e-3, "peak learning rate of the adapter phase", minimum=0.0),
+        "learning_rate": Key("float", 3e-3, "peak learning rate of the adapter phase", minimum=0.0,
+                             exclusive_minimum=True, maximum=1.0),
         "joint_learning_rate": Key("float", 3e-3, "peak learning rate of the joint phase (lower it for a "
-                                   "pretrained backbone)", minimum=0.0),
+                                   "pretrained backbone)", minimum=0.0, exclusive_minimum=True, maximum=1.0),
         "pool_size": Key("int", 2048, "training items per capability answered by its teacher", minimum=8),
         "eval_samples": Key("int", 300, "held-out items scored per capability after training", minimum=1),
         "threads": Key("int", 2, "CPU threads for training (results repeat exactly for the same count)",
                        minimum=1),
         "checkpoint_every": Key("int", 100, "steps between checkpoints", minimum=1),
         "check_every": Key("int", 50, "steps between reconstruction checks", minimum=1),
-        "spike_factor": Key("float", 5.0, "a loss above this times its running mean is a spike", minimum=1.0),
-        "drift_threshold": Key("float", 0.3, "a reconstruction this far below its best rolls back", minimum=0.0),
-        "alpha_escalation": Key("float", 2.0, "alpha is multiplied by this at each rollback", minimum=1.0),
-        "lr_backoff": Key("float", 0.5, "the learning rate is multiplied by this at each rollback", minimum=0.0),
+        "spike_factor": Key("float", 5.0, "a loss above this times its running mean is a spike", minimum=1.0,
+                            exclusive_minimum=True, maximum=1000.0),
+        "drift_threshold": Key("float", 0.3, "a reconstruction (a share of variance) this far below its best "
+                               "rolls back", minimum=0.0, maximum=1.0),
+        "alpha_escalation": Key("float", 2.0, "alpha is multiplied by this at each rollback (1: kept)",
+                                minimum=1.0, maximum=100.0),
+        "lr_backoff": Key("float", 0.5, "the learning rate is multiplied by this at each rollback (1: kept)",
+                          minimum=0.0, exclusive_minimum=True, maximum=1.0),
         "max_rollbacks": Key("int", 8, "rollbacks allowed per phase before the stage fails", minimum=0),
     },
     "package": {
@@ -105,13 +126,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "bundle_dir": Key("str", "", "bundle folder (relative to this config file); empty: "
                           "<run dir>/bundles/nexus_bundle_v1"),
         "max_fp32_ratio": Key("float", 0.35, "largest bundle weights size as a share of the fp32 student",
-                              minimum=0.0),
+                              minimum=0.0, exclusive_minimum=True, maximum=1.0),
         "max_size_gb": Key("float", 4.0, "largest bundle weights size in GB (the seed's 2-4 GB target for "
-                           "real backbones)", minimum=0.0),
+                           "real backbones)", minimum=0.0, exclusive_minimum=True, maximum=1e4),
     },
     "cleanup": {
-        "delete_teachers": Key("bool", True, "with --yes, stage 7 also deletes the teachers' folders "
-                               "(inside registry.models_dir only)"),
+        "delete_teachers": Key("bool", True, "with --yes, stage 7 also deletes the demo teachers' folders "
+                               "(the ones Nexus built: inside registry.models_dir, with nexus_demo.json)"),
+        "delete_user_teachers": Key("bool", False, "with --yes, stage 7 also deletes your own teacher folders "
+                                    "(inside registry.models_dir only); off unless you set it"),
     },
     "registry": {
         "csv": Key("path", "ModelName-Parameters-Category-BestFeature.csv",
@@ -122,6 +145,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
 
 _KIND_NAMES = {
     "str": "a string",
+    "name": "a string",
     "path": "a path string",
     "int": "an integer",
     "float": "a number",
@@ -133,6 +157,7 @@ _KIND_NAMES = {
 def _kind_matches(kind: str, value: Any) -> bool:
     checks: dict[str, Callable[[Any], bool]] = {
         "str": lambda v: isinstance(v, str),
+        "name": lambda v: isinstance(v, str),
         "path": lambda v: isinstance(v, str) and v.strip() != "",
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
         "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -140,6 +165,22 @@ def _kind_matches(kind: str, value: Any) -> bool:
         "list[str]": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
     }
     return checks[kind](value)
+
+
+def _range_text(key: Key) -> str:
+    """`> 0.0 and <= 1.0` style: the allowed range of a bounded number."""
+    parts = []
+    if key.minimum is not None:
+        parts.append(f"{'>' if key.exclusive_minimum else '>='} {key.minimum}")
+    if key.maximum is not None:
+        parts.append(f"<= {key.maximum}")
+    return " and ".join(parts)
+
+
+def _in_range(key: Key, value: float) -> bool:
+    if key.minimum is not None and (value <= key.minimum if key.exclusive_minimum else value < key.minimum):
+        return False
+    return key.maximum is None or value <= key.maximum
 
 
 def _nearest(name: str, candidates: list[str], prefix: str) -> str:
@@ -166,8 +207,16 @@ def _check_table(
             raise ConfigError(
                 f"{source}: key '{path}' must be one of {', '.join(key.choices)}; got {value!r}"
             )
-        if key.minimum is not None and value < key.minimum:
-            raise ConfigError(f"{source}: key '{path}' must be >= {key.minimum}; got {value!r}")
+        if key.kind == "name" and not NAME_PATTERN.fullmatch(value):
+            raise ConfigError(
+                f"{source}: key '{path}' must be a name of 1-128 letters, digits, '.', '_' or '-' "
+                f"starting with a letter, digit or '_' (it names a folder); got {value!r}"
+            )
+        # An int is finite (and math.isfinite overflows on one beyond float's range).
+        if key.kind == "float" and not isinstance(value, int) and not math.isfinite(value):
+            raise ConfigError(f"{source}: key '{path}' must be a finite number; got {value!r}")
+        if key.kind in ("int", "float") and not _in_range(key, value):
+            raise ConfigError(f"{source}: key '{path}' must be {_range_text(key)}; got {value!r}")
 
 
 def validate(source: Path, raw: Mapping[str, Any]) -> None:

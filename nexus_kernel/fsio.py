@@ -35,8 +35,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and fixed separators, so equal values give equal bytes."""
-    return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    """JSON with sorted keys and fixed separators, so equal values give equal bytes.
+
+    NaN and infinities raise `ValueError`: they are not JSON, and other readers refuse them.
+    """
+    return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def atomic_write_json(path: Path, value: Any) -> None:

@@ -5,13 +5,14 @@ capability's adapter without its training-only anchor projections) the quantized
 safetensors. The manifest's `student` section says how to rebuild it: the adapter specs, the
 scheme and which quantizer (a plugin's name, or `nexus-kernel`) made each module. Loading
 builds the same modules from the specs (each owner's `build_adapter`), quantizes them the same
-way and loads the saved state strictly, after `verify_bundle` has checked every checksum.
+way and loads the saved state strictly, after `verify_bundle` has checked every checksum and
+`check_package_schema` the shape of the manifest's `capabilities` and `student` sections.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nexus_kernel.bundle import BundleError, verify_bundle
+from nexus_kernel.bundle import MANIFEST, BundleError, verify_bundle
 from nexus_kernel.contracts import AdapterSpec
 from nexus_kernel.plugins import PluginSet
 from nexus_kernel.quantize import quantize_module
@@ -104,6 +105,75 @@ def student_section(student: NexusStudent, scheme: str, quantizers: Mapping[str,
             "adapters": {name: adapter.spec.to_json() for name, adapter in student.adapters.items()}}
 
 
+def _count(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+_SPEC_SHAPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "capability": ("a string", lambda v: isinstance(v, str)),
+    "rank": ("an integer >= 1", lambda v: _count(v, 1)),
+    "hidden_size": ("an integer >= 1", lambda v: _count(v, 1)),
+    "targets": ("an object of layer name to [in_features, out_features]",
+                lambda v: isinstance(v, dict) and all(isinstance(shape, list) and len(shape) == 2
+                                                      and all(_count(n, 1) for n in shape) for shape in v.values())),
+    "anchored_layers": ("a list of integers >= 0", lambda v: isinstance(v, list) and all(_count(i, 0) for i in v)),
+    "input_projector": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "output": ("a string", lambda v: isinstance(v, str)),
+    "output_dim": ("an integer >= 1 or null", lambda v: v is None or _count(v, 1)),
+}
+"""Each `AdapterSpec.to_json` key: what it must be, and the test (one entry per field)."""
+_SPEC_REQUIRED = ("capability", "rank", "hidden_size", "targets", "anchored_layers")
+
+
+def _mapping_of_strings(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
+
+
+def check_package_schema(path: Path, manifest: Mapping[str, Any]) -> None:
+    """Raise `BundleError` naming `path` and the key unless the keys `load_bundle` and `Bundle`
+    read have their shape: `capabilities` an object of capability to object (its `plugin`, if
+    given, a string), and `student` an object with `scheme` a string, `quantizers` an object of
+    module to quantizer name and `adapters` an object of capability to `AdapterSpec.to_json`;
+    the backbone's and each adapter's weights listed in `files` (so checked, and inside the
+    bundle). `check_manifest_schema` (bundle.py) has checked the bundle-level keys before."""
+    capabilities = manifest.get("capabilities")
+    if not isinstance(capabilities, dict):
+        raise BundleError(f"{path}: 'capabilities' must be an object of capability name to object, "
+                          f"got {type(capabilities).__name__}")
+    for name, item in capabilities.items():
+        if not isinstance(item, dict) or not isinstance(item.get("plugin", ""), str):
+            raise BundleError(f"{path}: capabilities[{name!r}] must be an object whose 'plugin' is a string, "
+                              f"got {type(item).__name__} {item!r}")
+    section = manifest.get("student")
+    if not isinstance(section, dict):
+        raise BundleError(f"{path}: no 'student' section to rebuild the student from")
+    if not isinstance(section.get("scheme"), str):
+        raise BundleError(f"{path}: student['scheme'] must be a string, got {section.get('scheme')!r}")
+    if not _mapping_of_strings(section.get("quantizers")):
+        raise BundleError(f"{path}: student['quantizers'] must be an object of module to quantizer name, "
+                          f"got {section.get('quantizers')!r}")
+    adapters = section.get("adapters")
+    if not isinstance(adapters, dict):
+        raise BundleError(f"{path}: student['adapters'] must be an object of capability name to adapter spec, "
+                          f"got {type(adapters).__name__}")
+    for name, spec in adapters.items():
+        where = f"{path}: student['adapters'][{name!r}]"
+        if not isinstance(spec, dict):
+            raise BundleError(f"{where} must be an object (an adapter spec), got {type(spec).__name__}")
+        unknown = sorted(set(spec) - set(_SPEC_SHAPES))
+        missing = [key for key in _SPEC_REQUIRED if key not in spec]
+        if unknown or missing:
+            raise BundleError(f"{where} is not an adapter spec (unknown keys: {', '.join(unknown) or 'none'}; "
+                              f"missing: {', '.join(missing) or 'none'})")
+        for key, value in spec.items():
+            wanted, test = _SPEC_SHAPES[key]
+            if not test(value):
+                raise BundleError(f"{where}[{key!r}] must be {wanted}, got {value!r}")
+    for weights in [WEIGHTS["backbone"], *map(adapter_file, adapters)]:
+        if weights not in manifest["files"]:
+            raise BundleError(f"{path}: 'files' does not list {weights!r}, which 'student' needs")
+
+
 @dataclass
 class Bundle:
     """A loaded bundle: the packaged student, its manifest and each capability's assets."""
@@ -153,11 +223,10 @@ def load_bundle(path: str | Path, plugins: PluginSet | None = None) -> Bundle:
 
     folder = Path(path)
     manifest = verify_bundle(folder)
+    check_package_schema(folder / MANIFEST, manifest)
     plugin_set = plugins if plugins is not None else load_plugins(None)
     owned = plugin_set.capabilities()
-    section = manifest.get("student")
-    if not isinstance(section, dict) or not isinstance(section.get("adapters"), dict):
-        raise BundleError(f"{folder}: manifest.json has no 'student' section to rebuild the student from")
+    section = manifest["student"]
     missing = [name for name in section["adapters"] if name not in owned]
     if missing:
         plugins_needed = {name: manifest["capabilities"].get(name, {}).get("plugin", "?") for name in missing}

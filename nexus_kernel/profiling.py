@@ -13,6 +13,7 @@ when the batch carries a mask.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nexus_kernel.errors import NexusError
+from nexus_kernel.errors import NexusError, StageError
 from nexus_kernel.pca import StreamingPCA
 
 LossOf = Callable[[nn.Module, Any], torch.Tensor]
@@ -117,7 +118,9 @@ class AblationResult:
     ablated: dict[str, float]
 
     def increases(self) -> dict[str, float]:
-        return {name: loss - self.baseline for name, loss in self.ablated.items()}
+        """Loss increase per layer; `inf` where ablating the layer made the loss diverge."""
+        return {name: loss - self.baseline if math.isfinite(loss) else math.inf
+                for name, loss in self.ablated.items()}
 
     def ranking(self) -> list[str]:
         """Layers by loss increase, largest first (ties keep the candidate order)."""
@@ -136,6 +139,9 @@ def rank_layers_by_ablation(model: nn.Module, layers: Sequence[str], batches: Se
             return float(sum(float(loss_of(model, batch)) for batch in batches) / len(batches))
 
     baseline = mean_loss()
+    if not math.isfinite(baseline):
+        raise StageError(f"teacher {teacher!r}: its loss on the probe samples is {baseline} before any layer "
+                         "is ablated; the weights or the probe data are broken")
     ablated = {}
     for name, module in modules.items():
         def replace(_module: nn.Module, _inputs: Any, output: Any, name: str = name) -> Any:

@@ -80,8 +80,12 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, kind: str, **fields: Any) -> None:
+        """Append one event; a non-finite number (a NaN loss) is written as its string, so
+        every line stays strict JSON."""
+        entry = {key: str(value) if isinstance(value, float) and not math.isfinite(value) else value
+                 for key, value in {"phase": self.phase, "kind": kind, **fields}.items()}
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"phase": self.phase, "kind": kind, **fields}, sort_keys=True) + "\n")
+            handle.write(json.dumps(entry, sort_keys=True, allow_nan=False) + "\n")
 
 
 def _optimiser_tensors(optimiser: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -298,6 +302,9 @@ class RecoveringTrainer:
             self.module.eval()
             explained = float(self.check())
             self.module.train()
+        if not math.isfinite(explained):
+            self._rollback("nan", step, explained, skip=False)
+            return True
         best = self.state.best_reconstruction
         self.journal.write("check", step=step, reconstruction=explained, best=best)
         # Drift means losing a reconstruction the student had (best above the threshold).

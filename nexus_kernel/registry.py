@@ -13,7 +13,7 @@ import difflib
 import io
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, overload
@@ -27,6 +27,9 @@ OPTIONAL_COLUMNS = ("Path",)
 DEFAULT_CSV_NAME = "ModelName-Parameters-Category-BestFeature.csv"
 
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+MAX_PARAMETERS = 100 * 10**12
+"""100T: fifty times the largest published models (about 2T parameters). A larger count is a
+typo (a unit given twice, zeros too many), and memory plans computed from it would be absurd."""
 _PARAMETERS = re.compile(
     r"^(?P<number>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)\s*(?P<unit>[KMBT]?)$",
     re.IGNORECASE,
@@ -37,7 +40,7 @@ def parse_parameter_count(text: str) -> int:
     """`"7B"` to 7_000_000_000, `"1.5B"`, `"350M"`, `"22M"`, `"0.4M"`, `"1,450,000"` likewise.
 
     Raises `ValueError` for anything else, including counts that are not whole numbers
-    (`"0.5K5"`, `"1.2345K"`) and zero.
+    (`"0.5K5"`, `"1.2345K"`), zero, and counts above `MAX_PARAMETERS` (100T).
     """
     match = _PARAMETERS.match(text.strip())
     if match is None:
@@ -50,6 +53,9 @@ def parse_parameter_count(text: str) -> int:
         raise ValueError(f"{text!r} is not a whole number of parameters ({count})")
     if count <= 0:
         raise ValueError(f"{text!r}: a teacher has at least one parameter")
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"{text!r} is more than {format_parameter_count(MAX_PARAMETERS)} parameters "
+                         "(the largest published models have about 2T); check the number and its unit")
     return int(count)
 
 
@@ -86,7 +92,10 @@ class TeacherEntry:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TeacherEntry:
-        return cls(**{**data, "benchmarks": tuple(data["benchmarks"])})
+        """The entry `to_json` wrote; keys stages added beside it (a fingerprint) are ignored."""
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known and key != "benchmarks"},
+                   benchmarks=tuple(data["benchmarks"]))
 
 
 def _canonical_column(name: str) -> str:
@@ -212,16 +221,31 @@ def _categories_text(capabilities: Iterable[tuple[Capability, str]]) -> str:
     return ", ".join(sorted(categories)) or "none"
 
 
+def _folder_name_problem(name: str) -> str | None:
+    """Why `name` is not one plain folder name, or None when it is."""
+    for char, shown in (("/", "'/'"), ("\\", "'\\'"), ("\x00", "a NUL character")):
+        if char in name:
+            return f"contains {shown}"
+    # '.' and '..' are not folders of their own; '.partial-*' are the demo builds' scratch folders.
+    if name.startswith("."):
+        return "starts with '.'"
+    return None
+
+
 def _teacher_folder(source: Path, row: int, name: str, explicit: str, models_dir: Path) -> Path:
+    """The teacher's folder: the row's `Path` (relative to the CSV), else `models_dir/<name>`,
+    where the name must be one plain folder name."""
+    if "\x00" in explicit:
+        raise RegistryError(f"{source}: row {row}, column 'Path': {explicit!r} contains a NUL character")
     if explicit:
         return (source.parent / Path(explicit).expanduser()).resolve()
-    relative = Path(name)
-    if relative.is_absolute() or ".." in relative.parts:
+    problem = _folder_name_problem(name)
+    if problem is not None:
         raise RegistryError(
-            f"{source}: row {row}, column 'Model Name': {name!r} would resolve outside the "
-            f"models directory; give the folder in a 'Path' column"
+            f"{source}: row {row}, column 'Model Name': must be one folder name: {name!r} {problem}; "
+            "give the folder in a 'Path' column"
         )
-    return (models_dir / relative).resolve()
+    return (models_dir / name).resolve()
 
 
 def read_registry(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,10 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
     profile = {
         "capability": name, "teacher": entry.name, "load": model_quantization,
         "probe_samples": settings["probe_samples"], "samples": settings["samples"],
-        "ablation": {"baseline_loss": ablation.baseline, "loss_increase": ablation.increases(),
+        "ablation": {"baseline_loss": ablation.baseline,
+                     # null: ablating the layer made the loss diverge (ranked first)
+                     "loss_increase": {layer: increase if math.isfinite(increase) else None
+                                       for layer, increase in ablation.increases().items()},
                      "ranking": ablation.ranking()},
         "key_layers": key_layers, "batching": batching, "variance_threshold": settings["variance_threshold"],
         "layers": layers, "rank_audit": audit, "seconds": round(time.perf_counter() - started, 2),

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import math
+
 import pytest
 
-from nexus_kernel.config import SCHEMA, load_config
+from nexus_kernel.config import CAPABILITY_KEYS, SCHEMA, load_config, validate
 from nexus_kernel.errors import ConfigError
+from nexus_kernel.fsio import canonical_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +46,8 @@ def test_empty_config_gets_defaults(tmp_path: Path) -> None:
         ("[hardwre]\ndevice = 'cpu'\n", "unknown key 'hardwre' (did you mean 'hardware'?)"),
         ("[run]\nseed = '42'\n", "key 'run.seed' must be an integer, got str '42'"),
         ("[run]\nseed = true\n", "key 'run.seed' must be an integer, got bool True"),
-        ("[run]\nseed = -1\n", "key 'run.seed' must be >= 0; got -1"),
+        ("[run]\nseed = -1\n", "key 'run.seed' must be >= 0 and <= 4294967295; got -1"),
+        ("[run]\nseed = 4294967296\n", "key 'run.seed' must be >= 0 and <= 4294967295; got 4294967296"),
         ("[hardware]\ndevice = 'tpu'\n", "key 'hardware.device' must be one of auto, cpu, cuda; got 'tpu'"),
         ("[plugins]\nenabled = 'math'\n", "key 'plugins.enabled' must be a list of strings, got str 'math'"),
         ("run = 3\n", "key 'run' must be a table ([run])"),
@@ -52,6 +56,27 @@ def test_empty_config_gets_defaults(tmp_path: Path) -> None:
         ("[capabilities.math]\nmax_rank = 0\n", "key 'capabilities.math.max_rank' must be >= 1; got 0"),
         ("[registry]\ncsv = ''\n", "key 'registry.csv' must be a path string, got str ''"),
         ("[run\nname = 'x'\n", "invalid TOML"),
+        ("[hardware]\nmemory_budget_gb = nan\n", "key 'hardware.memory_budget_gb' must be a finite number; got nan"),
+        ("[distill]\nspike_factor = inf\n", "key 'distill.spike_factor' must be a finite number; got inf"),
+        ("[distill]\nalpha = -inf\n", "key 'distill.alpha' must be a finite number; got -inf"),
+        ("[capabilities.math]\npool_scale = nan\n",
+         "key 'capabilities.math.pool_scale' must be a finite number; got nan"),
+        ("[hardware]\nmemory_budget_gb = 0.25\n",
+         "key 'hardware.memory_budget_gb' must be >= 0.5 and <= 100000.0; got 0.25"),
+        ("[hardware]\nmemory_budget_gb = 1" + "0" * 400 + "\n",
+         "key 'hardware.memory_budget_gb' must be >= 0.5 and <= 100000.0; got 1" + "0" * 400),
+        ("[profiling]\nvariance_threshold = 5.0\n",
+         "key 'profiling.variance_threshold' must be > 0.0 and <= 1.0; got 5.0"),
+        ("[profiling]\nvariance_threshold = 0.0\n",
+         "key 'profiling.variance_threshold' must be > 0.0 and <= 1.0; got 0.0"),
+        ("[distill]\nlr_backoff = 0.0\n", "key 'distill.lr_backoff' must be > 0.0 and <= 1.0; got 0.0"),
+        ("[distill]\nlearning_rate = 0\n", "key 'distill.learning_rate' must be > 0.0 and <= 1.0; got 0"),
+        ("[distill]\njoint_learning_rate = 0.0\n",
+         "key 'distill.joint_learning_rate' must be > 0.0 and <= 1.0; got 0.0"),
+        ("[distill]\nspike_factor = 1.0\n", "key 'distill.spike_factor' must be > 1.0 and <= 1000.0; got 1.0"),
+        ("[distill]\ndrift_threshold = 1.5\n", "key 'distill.drift_threshold' must be >= 0.0 and <= 1.0; got 1.5"),
+        ("[package]\nmax_fp32_ratio = 1.5\n", "key 'package.max_fp32_ratio' must be > 0.0 and <= 1.0; got 1.5"),
+        ("[package]\nmax_size_gb = 0\n", "key 'package.max_size_gb' must be > 0.0 and <= 10000.0; got 0"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -60,6 +85,56 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> No
         load_config(path)
     assert str(caught.value).startswith(f"{path}: ")
     assert message in str(caught.value)
+
+
+NAME_RULE = ("must be a name of 1-128 letters, digits, '.', '_' or '-' starting with a letter, digit "
+             "or '_' (it names a folder); got ")
+
+
+@pytest.mark.parametrize(
+    ("toml_value", "shown"),
+    [
+        ("'../../../x'", "'../../../x'"),
+        ("''", "''"),
+        ("'a/b'", "'a/b'"),
+        ("'.hidden'", "'.hidden'"),
+        ("'..'", "'..'"),
+        ("'a\\b'", "'a\\\\b'"),
+        ("'-rf'", "'-rf'"),
+        ('"a\\u0000b"', "'a\\x00b'"),
+        ('"a\\tb"', "'a\\tb'"),
+        ('"caf\\u00e9"', "'caf\u00e9'"),
+        ("'" + "x" * 129 + "'", "'" + "x" * 129 + "'"),
+    ],
+)
+def test_run_name_must_be_one_safe_path_component(tmp_path: Path, toml_value: str, shown: str) -> None:
+    path = _config(tmp_path, f"[run]\nname = {toml_value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: key 'run.name' {NAME_RULE}{shown}"
+
+
+@pytest.mark.parametrize("name", ["demo", "run-2024_01.v2", "_x", "7", "x" * 128])
+def test_safe_run_names_are_accepted(tmp_path: Path, name: str) -> None:
+    assert load_config(_config(tmp_path, f"[run]\nname = '{name}'\n")).section("run")["name"] == name
+
+
+def test_every_float_key_is_bounded_and_every_default_is_valid(tmp_path: Path) -> None:
+    tables = {**{f"{section}.": keys for section, keys in SCHEMA.items()}, "capabilities.x.": CAPABILITY_KEYS}
+    for prefix, keys in tables.items():
+        for name, key in keys.items():
+            if key.kind == "float":
+                assert key.minimum is not None and key.maximum is not None, f"{prefix}{name} has no range"
+    validate(tmp_path / "nexus.toml", {
+        **{section: {name: key.default for name, key in keys.items()} for section, keys in SCHEMA.items()},
+        "capabilities": {"x": {"alpha_scale": 1.0, "pool_scale": 1.0}},
+    })
+
+
+def test_canonical_json_refuses_non_finite_numbers() -> None:
+    for value in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+            canonical_json({"hardware": {"memory_budget_gb": value}})
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
 import torch
 
-from nexus_kernel.loading import QUANTIZATION_ORDER, TeacherLoadError, load_teacher_folder
+from nexus_kernel.loading import QUANTIZATION_ORDER, TeacherLoadError, check_weight_file, load_teacher_folder
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,63 @@ def test_corrupt_weights_are_named(tiny_teacher: Path, tmp_path: Path) -> None:
     (broken / "model.safetensors").write_bytes((tiny_teacher / "model.safetensors").read_bytes()[:200])
     with pytest.raises(TeacherLoadError, match=r"teacher 'broken': .*model.safetensors is not a readable safetensors file"):
         load_teacher_folder("broken", broken)
+
+
+def _overwrite_tensors(file: Path, names: list[str], value: float) -> None:
+    """Write `value` (as float32) over the first elements of each named tensor, header kept."""
+    raw = bytearray(file.read_bytes())
+    header_size = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + header_size])
+    for name in names:
+        assert header[name]["dtype"] == "F32"
+        start = 8 + header_size + header[name]["data_offsets"][0]
+        raw[start:start + 16] = struct.pack("<f", value) * 4
+    file.write_bytes(bytes(raw))
+
+
+def _copy_teacher(source: Path, target: Path) -> Path:
+    target.mkdir()
+    for file in source.iterdir():
+        (target / file.name).write_bytes(file.read_bytes())
+    return target
+
+
+def test_non_finite_weights_are_named(tiny_teacher: Path, tmp_path: Path) -> None:
+    broken = _copy_teacher(tiny_teacher, tmp_path / "nan")
+    _overwrite_tensors(broken / "model.safetensors",
+                       ["model.norm.weight", "model.layers.1.mlp.down_proj.weight"], float("nan"))
+    with pytest.raises(TeacherLoadError) as caught:
+        load_teacher_folder("nan", broken, "fp32")
+    assert str(caught.value) == (
+        f"teacher 'nan': {broken / 'model.safetensors'} holds non-finite values (NaN or Inf) in 2 tensors: "
+        "model.layers.1.mlp.down_proj.weight, model.norm.weight; the file is corrupt or the model diverged")
+
+
+def test_more_than_five_non_finite_tensors_are_counted(tiny_teacher: Path, tmp_path: Path) -> None:
+    broken = _copy_teacher(tiny_teacher, tmp_path / "inf")
+    names = [f"model.layers.{layer}.{part}" for layer in (0, 1)
+             for part in ("input_layernorm.weight", "mlp.up_proj.weight", "self_attn.q_proj.weight")]
+    _overwrite_tensors(broken / "model.safetensors", names, float("-inf"))
+    with pytest.raises(TeacherLoadError) as caught:
+        load_teacher_folder("inf", broken, "fp32")
+    assert str(caught.value) == (
+        f"teacher 'inf': {broken / 'model.safetensors'} holds non-finite values (NaN or Inf) in 6 tensors: "
+        + ", ".join(sorted(names)[:5]) + " and 1 more; the file is corrupt or the model diverged")
+
+
+def test_half_precision_infinity_is_found_and_integers_are_ignored(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    file = tmp_path / "model.safetensors"
+    half = torch.zeros(8, dtype=torch.float16)
+    half[3] = float("inf")
+    save_file({"ok": torch.ones(4, dtype=torch.bfloat16), "ids": torch.arange(4), "scale": half}, str(file))
+    with pytest.raises(TeacherLoadError) as caught:
+        check_weight_file("half", file)
+    assert str(caught.value) == (f"teacher 'half': {file} holds non-finite values (NaN or Inf) in 1 tensor: "
+                                 "scale; the file is corrupt or the model diverged")
+    save_file({"ok": torch.ones(4, dtype=torch.bfloat16), "ids": torch.arange(4)}, str(file))
+    check_weight_file("half", file)
 
 
 def test_unknown_architecture_is_named(tiny_teacher: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from nexus_kernel import Capability
 from nexus_kernel.errors import RegistryError
 from nexus_kernel.capability import UnselectedCapabilities
 from nexus_kernel.registry import (
+    MAX_PARAMETERS,
     REQUIRED_COLUMNS,
     SkippedRow,
     format_parameter_count,
@@ -44,14 +45,28 @@ def test_bad_parameter_counts_are_rejected(text: str) -> None:
         parse_parameter_count(text)
 
 
-@given(st.integers(min_value=1, max_value=10**15))
+@pytest.mark.parametrize("text", ["1000000000000000000000000000000", "1000000000000000000T",
+                                  "100,000,000,000,001", "100.000000000001T", "101T"])
+def test_implausibly_large_parameter_counts_are_rejected(text: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_parameter_count(text)
+    assert str(caught.value) == (f"{text!r} is more than 100T parameters (the largest published "
+                                 "models have about 2T); check the number and its unit")
+
+
+def test_the_ceiling_itself_is_accepted() -> None:
+    assert MAX_PARAMETERS == 10**14
+    assert parse_parameter_count("100T") == parse_parameter_count("100,000,000,000,000") == MAX_PARAMETERS
+
+
+@given(st.integers(min_value=1, max_value=MAX_PARAMETERS))
 def test_parameter_count_format_round_trips(count: int) -> None:
     text = format_parameter_count(count)
     assert parse_parameter_count(text) == count
     assert parse_parameter_count(text.lower()) == count
 
 
-@given(st.integers(min_value=1, max_value=10**6), st.sampled_from(["K", "M", "B"]))
+@given(st.integers(min_value=1, max_value=10**5), st.sampled_from(["K", "M", "B"]))
 def test_whole_units_parse_exactly(mantissa: int, unit: str) -> None:
     scale = {"K": 10**3, "M": 10**6, "B": 10**9}[unit]
     assert parse_parameter_count(f"{mantissa}{unit}") == mantissa * scale
@@ -73,7 +88,7 @@ safe_text = st.text(
 
 
 @given(
-    names=st.lists(safe_text.filter(lambda s: "/" not in s and s not in (".", "..")),
+    names=st.lists(safe_text.filter(lambda s: not ({"/", "\\"} & set(s)) and not s.startswith(".")),
                    min_size=1, max_size=6, unique_by=str.casefold),
     counts=st.lists(st.integers(min_value=1, max_value=10**13), min_size=6, max_size=6),
     features=st.lists(st.text(max_size=40).map(lambda s: s.replace("\x00", "").replace("\r", "")),
@@ -129,7 +144,32 @@ def test_binding_quoted_fields_and_path_column(tmp_path: Path) -> None:
         ([HEADER, ["a", "1M", "", "x"]], "row 2, column 'Category': empty category"),
         ([HEADER, ["a", "1M", "Math", "x", "extra"]], "row 2: 5 cells but the header has 4 columns"),
         ([HEADER, ["../escape", "1M", "Math", "x"]],
-         "row 2, column 'Model Name': '../escape' would resolve outside the models directory"),
+         "row 2, column 'Model Name': must be one folder name: '../escape' contains '/'; "
+         "give the folder in a 'Path' column"),
+        ([HEADER, ["a", "1M", "Math", "x"], ["org/model", "1M", "Math", "x"]],
+         "row 3, column 'Model Name': must be one folder name: 'org/model' contains '/'; "
+         "give the folder in a 'Path' column"),
+        ([HEADER, ["/etc", "1M", "Math", "x"]],
+         "row 2, column 'Model Name': must be one folder name: '/etc' contains '/'; "
+         "give the folder in a 'Path' column"),
+        ([HEADER, ["a\\b", "1M", "Math", "x"]],
+         "row 2, column 'Model Name': must be one folder name: 'a\\\\b' contains '\\'; "
+         "give the folder in a 'Path' column"),
+        ([HEADER, [".hidden", "1M", "Math", "x"]],
+         "row 2, column 'Model Name': must be one folder name: '.hidden' starts with '.'; "
+         "give the folder in a 'Path' column"),
+        ([HEADER, [" . ", "1M", "Math", "x"]],
+         "row 2, column 'Model Name': must be one folder name: '.' starts with '.'; "
+         "give the folder in a 'Path' column"),
+        ([HEADER, ["a\x00b", "1M", "Math", "x"]],
+         "row 2, column 'Model Name': must be one folder name: 'a\\x00b' contains a NUL character; "
+         "give the folder in a 'Path' column"),
+        ([[*HEADER, "Path"], ["a", "1M", "Math", "x", "in\x00side"]],
+         "row 2, column 'Path': 'in\\x00side' contains a NUL character"),
+        ([HEADER, ["   ", "1M", "Math", "x"]], "row 2, column 'Model Name': empty model name"),
+        ([HEADER, ["a", "1000000000000000000T", "Math", "x"]],
+         "row 2, column 'Parameters': '1000000000000000000T' is more than 100T parameters "
+         "(the largest published models have about 2T); check the number and its unit"),
         ([HEADER], "row 2: no teachers listed below the header"),
         ([], "row 1: the file is empty; expected a header row"),
     ],

@@ -60,6 +60,58 @@ def test_bad_names_and_formats_are_clear_errors(tmp_path: Path, monkeypatch: pyt
         load_folder(tmp_path)
 
 
+def test_truncated_and_empty_wavs_are_errors(tmp_path: Path) -> None:
+    whole = data.wav_bytes(np.zeros(1000, np.float32))
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[:60])  # a 44-byte header promising 2000 bytes, then 16 of them
+    with pytest.raises(DatasetError) as caught:
+        data.read_wav(cut)
+    assert str(caught.value) == f"{cut}: truncated WAV: the header promises 2000 bytes of samples, the file holds 16"
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(data.wav_bytes(np.zeros(0, np.float32)))
+    with pytest.raises(DatasetError) as caught:
+        data.read_audio(empty)
+    assert str(caught.value) == f"{empty}: the WAV file holds no samples"
+
+
+@pytest.mark.parametrize("name", ["folder", "folder.wav", "folder.mp3"])
+def test_a_directory_or_a_missing_path_is_named_as_such(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).mkdir()
+    with pytest.raises(DatasetError) as caught:
+        data.read_audio(tmp_path / name)
+    assert str(caught.value) == f"{tmp_path / name}: is a directory, not an audio file"
+    missing = tmp_path / f"missing-{name}"
+    with pytest.raises(DatasetError) as caught:
+        data.read_audio(missing)
+    assert str(caught.value) == f"{missing}: audio file does not exist"
+
+
+def test_ffmpeg_output_with_no_samples_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    silent = tmp_path / "silent.ogg"
+    silent.write_bytes(b"OggS")
+    monkeypatch.setattr(data.shutil, "which", lambda name: "/usr/bin/ffmpeg")
+    monkeypatch.setattr(data.subprocess, "run",
+                        lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, b"", b""))
+    with pytest.raises(DatasetError) as caught:
+        data.read_audio(silent)
+    assert str(caught.value) == f"{silent}: ffmpeg decoded no samples from it"
+
+
+def test_answer_names_a_bad_audio_path_before_touching_the_model(tmp_path: Path) -> None:
+    import torch
+    from nexus_cap_voice import student
+
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(data.wav_bytes(np.zeros(1000, np.float32))[:60])
+    centroids = {f"{student.CENTROID_PREFIX}one": torch.ones(4)}
+    with pytest.raises(DatasetError, match=r"cut.wav: truncated WAV: the header promises 2000 bytes"):
+        student.answer(None, [str(cut)], centroids)
+    with pytest.raises(DatasetError, match=r": is a directory, not an audio file$"):
+        student.answer(None, [str(tmp_path)], centroids)
+
+
 def test_synthetic_words_are_deterministic_and_round_trip(tmp_path: Path) -> None:
     recipe = SyntheticRecipe(test_speakers=2, takes=1)
     test = recipe.test()

@@ -52,16 +52,36 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndar
     return (np.fft.irfft(kept, n=count) * count / len(samples)).astype(np.float32)
 
 
+def _require_file(path: Path) -> None:
+    """A `DatasetError` unless `path` is an existing file (not a folder)."""
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, not an audio file")
+    if not path.exists():
+        raise DatasetError(f"{path}: audio file does not exist")
+
+
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """Samples of a PCM WAV file as float32 in [-1, 1] (channels averaged) and its rate."""
+    """Samples of a PCM WAV file as float32 in [-1, 1] (channels averaged) and its rate.
+
+    A missing file, a folder, a file with no samples and a truncated file (fewer sample bytes
+    than its header promises) are each a `DatasetError` naming the file.
+    """
+    _require_file(path)
     try:
         with wave.open(str(path), "rb") as reader:
             width, channels, rate = reader.getsampwidth(), reader.getnchannels(), reader.getframerate()
+            promised = reader.getnframes() * width * channels
             raw = reader.readframes(reader.getnframes())
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: audio file not found") from None
     except (wave.Error, EOFError) as exc:
         raise DatasetError(f"{path}: not a PCM WAV file ({exc})") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    # wave reads a cut file without complaint: readframes just returns fewer bytes.
+    if len(raw) < promised:
+        raise DatasetError(f"{path}: truncated WAV: the header promises {promised} bytes of samples, "
+                           f"the file holds {len(raw)}")
+    if not raw:
+        raise DatasetError(f"{path}: the WAV file holds no samples")
     if width == 1:
         samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128) / 128
     elif width in (2, 4):
@@ -78,6 +98,7 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
 
 def read_audio(path: Path) -> np.ndarray:
     """Mono float32 samples at `SAMPLE_RATE` from a WAV file, or any format ffmpeg reads."""
+    _require_file(path)
     if path.suffix.lower() == ".wav":
         samples, rate = read_wav(path)
         return resample(samples, rate, SAMPLE_RATE)
@@ -91,6 +112,8 @@ def read_audio(path: Path) -> np.ndarray:
     )
     if result.returncode != 0:
         raise DatasetError(f"{path}: ffmpeg could not decode it: {result.stderr.decode(errors='replace').strip()}")
+    if len(result.stdout) < 2:
+        raise DatasetError(f"{path}: ffmpeg decoded no samples from it")
     return np.frombuffer(result.stdout, np.int16).astype(np.float32) / 32767
 
 
