@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -86,3 +89,52 @@ def run_and_kill_when(args: list[str], cwd: Path, reached: Callable[[], bool], w
         time.sleep(poll)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+# Two training steps and a handful of held-out items: real architectures, built in seconds.
+_TINY_RECIPES = {
+    "math": {"plan": {"steps": 2}, "data": {"test_size": 4}},
+    "reasoning": {"plan": {"steps": 2}, "data": {"test_size": 4, "dev_size": 1}},
+    "voice": {"plan": {"steps": 2}, "data": {"train_speakers": 2, "test_speakers": 1, "takes": 1}},
+    "vision": {"plan": {"steps": 2}, "data": {"test_size": 4}},
+}
+
+TINY_DISTILL = """
+# Tests: a few steps of each distillation phase on a small pool.
+[distill]
+adapter_steps = 6
+joint_steps = 6
+pool_size = 48
+batch_size = 8
+eval_samples = 8
+checkpoint_every = 3
+check_every = 3
+"""
+
+
+def build_tiny_demo_teachers(root: Path) -> Path:
+    """The four demo teachers' architectures, each trained for two steps, in `root/<name>`."""
+    for capability, overrides in _TINY_RECIPES.items():
+        demo = importlib.import_module(f"nexus_cap_{capability}.teacher").demo()
+        recipe = {key: {**value, **overrides.get(key, {})} if isinstance(value, dict) else value
+                  for key, value in demo.recipe.items()}
+        folder = root / demo.name
+        folder.mkdir(parents=True)
+        demo.build(folder, recipe, lambda steps: None)
+    return root
+
+
+def tiny_project(root: Path, teachers: Path) -> Path:
+    """A copy of the default configs in `root`, with tiny distillation settings
+    (`TINY_DISTILL`); returns `root`.
+
+    Each teacher the CSV names is a copy of a tiny (two-step) build of its demo teacher from
+    `teachers`, as a user's folder (no demo marker), so runs use real stages but never train
+    for long."""
+    shutil.copytree(REPO / "configs", root / "configs")
+    with (root / "configs/nexus.toml").open("a") as config:
+        config.write(TINY_DISTILL)
+    csv_path = root / "configs/ModelName-Parameters-Category-BestFeature.csv"
+    for row in csv.DictReader(csv_path.read_text().splitlines()):
+        shutil.copytree(teachers / row["Model Name"], root / "models" / row["Model Name"])
+    return root

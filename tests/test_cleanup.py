@@ -52,3 +52,35 @@ def test_a_target_outside_the_roots_is_refused(tmp_path: Path) -> None:
     plan = plan_removal([tree["teacher"] / "linked_dir"], [tree["root"]])
     remove(plan, [tree["root"]], dry_run=False)
     assert not (tree["teacher"] / "linked_dir").exists() and (tree["outside"] / "data.bin").exists()
+
+
+@pytest.mark.parametrize(("user_teachers", "deleted"), [(False, {"demo"}), (True, {"demo", "mine"})])
+def test_yes_deletes_a_users_own_teacher_only_when_asked_separately(tmp_path: Path, user_teachers: bool,
+                                                                    deleted: set[str]) -> None:
+    from nexus_kernel.config import load_config
+    from nexus_kernel.fsio import atomic_write_json
+    from nexus_kernel.pipeline import REGISTRY_FILE
+    from nexus_kernel.plugins import PluginSet
+    from nexus_kernel.runner import RunContext
+    from nexus_kernel.stage_cleanup import sanitization_plan
+    from nexus_kernel.teachers import RECIPE_FILE
+
+    config_file = tmp_path / "configs/nexus.toml"
+    config_file.parent.mkdir()
+    config_file.write_text(f'[registry]\nmodels_dir = "../models"\n[cleanup]\n'
+                           f'delete_user_teachers = {str(user_teachers).lower()}\n')
+    folders = {name: tmp_path / "models" / name for name in ("demo", "mine")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"w")
+    (folders["demo"] / RECIPE_FILE).write_text("{}")  # built by Nexus
+    outside = tmp_path / "elsewhere" / "theirs"
+    outside.mkdir(parents=True)
+    run_dir = tmp_path / "runs/demo"
+    atomic_write_json(run_dir / REGISTRY_FILE, {"teachers": [
+        {"name": name, "path": str(folder)} for name, folder in {**folders, "theirs": outside}.items()]})
+    context = RunContext(run_dir, load_config(config_file), PluginSet())
+    plan, _, kept = sanitization_plan(context)
+    assert {item.path.parent.name for item in plan} == deleted
+    assert any("teacher theirs:" in line and "outside registry.models_dir" in line for line in kept)
+    assert any(line.startswith("teacher mine: your own folder") for line in kept) is not user_teachers

@@ -40,6 +40,9 @@ def _inputs(tmp_path: Path) -> dict[str, list[str]]:
 
 
 def test_validate_package_infer_and_clean_up(project: Path, tmp_path: Path) -> None:
+    # The tiny teachers are the user's own folders: --yes deletes them only when asked to.
+    with (project / "configs/nexus.toml").open("a") as config:
+        config.write("\n[cleanup]\ndelete_user_teachers = true\n")
     result = nexus("run", "--run-dir", "runs/r", cwd=project)
     assert result.returncode == 0, result.stderr
     for line in ("5 validate      passed", "6 package       passed", "7 cleanup       passed", "capability  rank"):
