@@ -3,7 +3,7 @@ before anything in it is loaded.
 
 `write_bundle` writes every file into a temporary sibling folder, records each file's size
 and sha256 in the manifest, and renames the folder into place (an existing bundle is replaced
-only once the new one is complete). `verify_bundle` refuses a manifest of the wrong shape
+only once the new one is complete; an existing folder that is not a bundle is never replaced). `verify_bundle` refuses a manifest of the wrong shape
 (`check_manifest_schema`), one whose paths leave the bundle (absolute paths, `..`, or links
 pointing outside), a missing or tampered file, a file the manifest does not list, and a
 bundle that needs a plugin distribution that is not installed. Stage 6 and `load_bundle` build on these two.
@@ -86,6 +86,9 @@ def write_bundle(folder: Path, files: Mapping[str, bytes], manifest: Mapping[str
         if name == MANIFEST:
             raise BundleError(f"{folder}: {MANIFEST} is written by the bundle itself")
         _safe_relative(folder, name)
+    if folder.exists() and not (folder / MANIFEST).is_file() and (not folder.is_dir() or any(folder.iterdir())):
+        raise BundleError(f"{folder} exists and is not a Nexus bundle (no {MANIFEST}); a bundle replaces only an "
+                          "earlier bundle: choose another package.bundle_dir, or move that folder")
     partial = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)

@@ -34,6 +34,19 @@ def test_a_written_bundle_verifies_and_lists_every_file(tmp_path: Path) -> None:
     assert json.loads((folder / MANIFEST).read_text())["files"].keys() == {"backbone.safetensors"}
 
 
+def test_a_folder_that_is_not_a_bundle_is_never_replaced(tmp_path: Path) -> None:
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("mine")
+    with pytest.raises(BundleError, match=r"documents exists and is not a Nexus bundle \(no manifest.json\); "
+                                          "a bundle replaces only an earlier bundle"):
+        write_bundle(folder, FILES, {})
+    assert (folder / "thesis.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["documents"]
+    (folder / "thesis.txt").unlink()
+    write_bundle(folder, FILES, {})  # an empty folder is taken
+    assert verify_bundle(folder)["files"].keys() == FILES.keys()
+
+
 def test_a_tampered_missing_or_unlisted_file_is_refused(tmp_path: Path) -> None:
     folder = _bundle(tmp_path)
     (folder / "adapters/math.safetensors").write_bytes(b"\x01adaptes")  # same size, other bytes
