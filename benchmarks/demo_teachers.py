@@ -24,9 +24,9 @@ from typing import Any
 
 from nexus_kernel.contracts import DemoTeacher
 from nexus_kernel.errors import StageError
-from nexus_kernel.fsio import atomic_write_json
 from nexus_kernel.plugins import load_plugins
-from nexus_kernel.teachers import build_in_worker, recipe_digest
+from nexus_kernel.run.fsio import atomic_write_json
+from nexus_kernel.teachers.demo import build_in_worker, recipe_digest
 
 
 def reseeded(demo: DemoTeacher, seed: int) -> DemoTeacher:

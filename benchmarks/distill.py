@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nexus_kernel.fsio import atomic_write_json
+from nexus_kernel.run.fsio import atomic_write_json
 
 ALPHA = 0.1
 RANK = 21
@@ -34,17 +34,22 @@ BATCH = 32
 
 def build() -> tuple[object, object, object, object]:
     """The student with its math adapter, the stage-4 task and one fixed batch."""
+    from nexus_cap_math import student as math_student
+    from nexus_cap_math.data import TEMPLATE_WORDS
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from nexus_cap_math import student as math_student
-    from nexus_cap_math.data import TEMPLATE_WORDS, SyntheticRecipe
     from nexus_kernel.config import SCHEMA
     from nexus_kernel.contracts import AdapterSpec
     from nexus_kernel.plugins import load_plugins
-    from nexus_kernel.distill_pool import Pool
-    from nexus_kernel.stage_distill import CapabilityTask
-    from nexus_kernel.student import CapabilityAdapter, NexusStudent, default_targets, linear_targets
-    from nexus_kernel.text import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
+    from nexus_kernel.stages.distill import CapabilityTask
+    from nexus_kernel.stages.distill_pool import Pool
+    from nexus_kernel.student.decoding import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
+    from nexus_kernel.student.model import (
+        CapabilityAdapter,
+        NexusStudent,
+        default_targets,
+        linear_targets,
+    )
 
     torch.manual_seed(0)
     shape = {key: item.default for key, item in SCHEMA["student"].items()}
@@ -75,7 +80,7 @@ def build() -> tuple[object, object, object, object]:
 
 def hand_written(student: object, batch: object, steps: int) -> float:
     """Seconds for `steps` steps of the plain loop."""
-    from nexus_kernel.text import IGNORE_INDEX
+    from nexus_kernel.student.decoding import IGNORE_INDEX
 
     adapter = student.adapters["math"]  # type: ignore[attr-defined]
     parameters = [p for p in adapter.parameters() if p.requires_grad]
@@ -101,9 +106,18 @@ def framework(student: object, task: object, batch: object, plugins: object, ste
     """Seconds for `steps` steps of `RecoveringTrainer` as stage 4 runs it."""
     import shutil
 
-    from nexus_kernel.recovery import Journal, RecoveringTrainer, RecoverySettings, named_trainable
-    from nexus_kernel.runner import RunContext
-    from nexus_kernel.stage_distill import plugin_anchor_loss, reconstruction, task_loss
+    from nexus_kernel.algorithms.recovery import (
+        Journal,
+        RecoveringTrainer,
+        RecoverySettings,
+        named_trainable,
+    )
+    from nexus_kernel.run.runner import RunContext
+    from nexus_kernel.stages.distill import (
+        plugin_anchor_loss,
+        reconstruction,
+        task_loss,
+    )
 
     shutil.rmtree(scratch, ignore_errors=True)
     context = RunContext(scratch, None, plugins)  # type: ignore[arg-type]

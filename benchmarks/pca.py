@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nexus_kernel.fsio import atomic_write_json
-from nexus_kernel.pca import StreamingPCA
+from nexus_kernel.algorithms.pca import StreamingPCA
+from nexus_kernel.run.fsio import atomic_write_json
 
 RANK = 40
 COMPONENTS = 64
@@ -114,7 +114,7 @@ def peak_rss_streaming(n: int, dim: int, batch: int) -> int:
         "import resource, sys\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from pca import planted_batches\n"
-        "from nexus_kernel.pca import StreamingPCA\n"
+        "from nexus_kernel.algorithms.pca import StreamingPCA\n"
         f"pca = StreamingPCA({dim})\n"
         f"for part in planted_batches({n}, {dim}, {batch}):\n"
         "    pca.update(part)\n"

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from nexus_kernel.fsio import atomic_write_json
-from nexus_kernel.loading import load_teacher_folder
-from nexus_kernel.profiling import profile_layers
-from nexus_kernel.testing import tiny_causal_teacher
+from nexus_kernel.algorithms.profiling import profile_layers
+from nexus_kernel.kit.testing import tiny_causal_teacher
+from nexus_kernel.run.fsio import atomic_write_json
+from nexus_kernel.teachers.loading import load_teacher_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,10 +31,9 @@ def _teacher_folder(scratch: Path) -> Path:
     built = REPO / "models" / "nexus-demo-math"
     if (built / "config.json").is_file():
         return built
-    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
-
     from nexus_cap_math.data import TEMPLATE_WORDS
     from nexus_cap_math.teacher import MODEL
+    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
 
     folder = tiny_causal_teacher(scratch / "math", TEMPLATE_WORDS)
     vocab = AutoConfig.from_pretrained(folder).vocab_size

@@ -19,10 +19,10 @@ hookimpl = pluggy.HookimplMarker("nexus")
 
 
 def load_bundle(path: object, plugins: object = None) -> object:
-    """Verify and load a bundle (see `nexus_kernel.packaging.load_bundle`); imports torch."""
+    """Verify and load a bundle (see `nexus_kernel.student.packaging.load_bundle`); imports torch."""
     from pathlib import Path
 
-    from nexus_kernel.packaging import load_bundle as load
+    from nexus_kernel.student.packaging import load_bundle as load
 
     return load(Path(str(path)), plugins)  # type: ignore[arg-type]
 

@@ -19,7 +19,7 @@ from nexus_kernel.errors import NexusError, StageError
 from nexus_kernel.plugins import PluginSet, choose_allow_list, load_plugins
 
 if TYPE_CHECKING:
-    from nexus_kernel.runner import RunContext
+    from nexus_kernel.run.runner import RunContext
 
 EXIT_INCOMPLETE = 3
 
@@ -89,7 +89,7 @@ def plugins_command(as_json: bool, plugins_text: str | None, strict: bool) -> No
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def doctor_command(config_path: Path, as_json: bool) -> None:
     """Check the environment (stage -1): torch, bitsandbytes, ffmpeg, devices, memory."""
-    from nexus_kernel.doctor import examine
+    from nexus_kernel.stages.doctor import examine
 
     hardware = load_config(config_path).section("hardware") if config_path.exists() else {
         "memory_budget_gb": 16.0, "device": "auto"}
@@ -126,11 +126,11 @@ def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | Non
                 start: str | None, only: str | None, until: str | None, force: bool, relock: bool,
                 yes: bool, verbose: bool) -> None:
     """Run the pipeline, skipping stages whose inputs are unchanged."""
-    from nexus_kernel.logs import configure_logging, get_logger
-    from nexus_kernel.roots import check_run_roots
-    from nexus_kernel.run_lock import exclusive_run_directory
-    from nexus_kernel.runner import RunContext
-    from nexus_kernel.stage_validate import restore_moved_teachers
+    from nexus_kernel.run.directory_lock import exclusive_run_directory
+    from nexus_kernel.run.logs import configure_logging, get_logger
+    from nexus_kernel.run.roots import check_run_roots
+    from nexus_kernel.run.runner import RunContext
+    from nexus_kernel.stages.validate import restore_moved_teachers
 
     config = load_config(config_path)
     run_dir = (run_dir or Path("runs") / config.section("run")["name"]).resolve()
@@ -150,9 +150,9 @@ def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | Non
 def _run_stages(context: RunContext, start: str | None, only: str | None, until: str | None,
                 force: bool, relock: bool) -> None:
     """`nexus run` once the run directory is held: the stages, then the summary table."""
-    from nexus_kernel.lock import check_scope
-    from nexus_kernel.pipeline import build_scope, stages
-    from nexus_kernel.runner import NOT_IMPLEMENTED, StageRunner
+    from nexus_kernel.run.runner import NOT_IMPLEMENTED, StageRunner
+    from nexus_kernel.stages.lock import build_scope, check_scope
+    from nexus_kernel.stages.pipeline import stages
 
     run_dir = context.run_dir
     if check_scope(run_dir, build_scope(context), relock):
@@ -167,11 +167,12 @@ def _run_stages(context: RunContext, start: str | None, only: str | None, until:
         click.echo(f"  {outcome.stage.number:>2} {outcome.stage.name:<13} {outcome.status:<16}"
                    f"{timing}  {outcome.detail}")
     if (run_dir / "verify_report.json").is_file():
-        from nexus_kernel.report import REPORT_FILE, collect, table
+        from nexus_kernel.run.layout import REPORT_HTML
+        from nexus_kernel.run.report import collect, table
 
         click.echo("\n" + table(collect(run_dir)))
-        if (run_dir / REPORT_FILE).is_file():
-            click.echo(f"report: {run_dir / REPORT_FILE}")
+        if (run_dir / REPORT_HTML).is_file():
+            click.echo(f"report: {run_dir / REPORT_HTML}")
     pending = [o.stage.name for o in outcomes if o.status == NOT_IMPLEMENTED]
     if pending:
         click.echo(f"run incomplete: {', '.join(pending)} not implemented in nexus-kernel "
@@ -194,9 +195,8 @@ def teachers_group() -> None:
 def teachers_build_command(config_path: Path, plugins_text: str | None, strict: bool, force: bool,
                            jobs: int) -> None:
     """Build the demo teachers the CSV names whose folders are missing or out of date."""
-    from nexus_kernel.teachers import ensure_teachers
-
-    from nexus_kernel.roots import check_run_roots
+    from nexus_kernel.run.roots import check_run_roots
+    from nexus_kernel.teachers.demo import ensure_teachers
 
     config = load_config(config_path)
     check_run_roots(config, None)
@@ -224,7 +224,7 @@ def infer_command(bundle: Path, capability: str, inputs: tuple[str, ...]) -> Non
     """
     import torch
 
-    from nexus_kernel.packaging import load_bundle
+    from nexus_kernel.student.packaging import load_bundle
 
     loaded = load_bundle(bundle)
     with torch.inference_mode():

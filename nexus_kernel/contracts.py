@@ -81,7 +81,7 @@ class DistillPlan:
     rows as tensors); `teacher_batch(items, outputs)` and `teacher_forward(model, batch)` run
     the teacher on them (the kernel hooks its key layers there, as in profiling; `mask_of`
     marks real positions); `student_batch(items, outputs)` turns items and the teacher's
-    answers into a `nexus_kernel.student.StudentBatch`.
+    answers into a `nexus_kernel.student.model.StudentBatch`.
     `objective` is `kl` (every teacher token is a student token: the student matches the
     teacher's next-token distribution on the completion, given by `teacher_distributions`),
     `sequence` (cross-entropy on the teacher's completions, for teachers whose vocabulary

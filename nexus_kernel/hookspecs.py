@@ -18,8 +18,14 @@ if TYPE_CHECKING:
     from torch import nn
 
     from nexus_kernel.capability import Capability
-    from nexus_kernel.contracts import AdapterSpec, DemoTeacher, DistillPlan, ProbePlan, Score
-    from nexus_kernel.registry import TeacherEntry
+    from nexus_kernel.contracts import (
+        AdapterSpec,
+        DemoTeacher,
+        DistillPlan,
+        ProbePlan,
+        Score,
+    )
+    from nexus_kernel.teachers.registry import TeacherEntry
 
 hookspec = pluggy.HookspecMarker("nexus")
 
@@ -80,7 +86,7 @@ def profile_capability(
 @hookspec
 def build_adapter(capability: Capability, spec: AdapterSpec) -> nn.Module | None:
     """Build the adapter for `capability` as stage 3 specified it: a
-    `nexus_kernel.student.CapabilityAdapter` with low-rank deltas on `spec.target_modules`
+    `nexus_kernel.student.model.CapabilityAdapter` with low-rank deltas on `spec.target_modules`
     plus the input projector its modality needs. The kernel answers for text capabilities
     (no projector); image and audio plugins answer with their projector.
 
@@ -121,7 +127,7 @@ def retention_metric(
 ) -> dict[str, Score] | None:
     """Score `model` on the first `limit` items (all when None) of `split` of the capability's
     benchmark, with the same scorer, items and prompts for teacher and student. `model` is a `LoadedTeacher` or a
-    `nexus_kernel.student.StudentCapability`; the first score is the headline retention uses.
+    `nexus_kernel.student.model.StudentCapability`; the first score is the headline retention uses.
 
     .. versionadded:: 0.1
     """

@@ -1,19 +1,25 @@
-"""Text plumbing shared by text-producing demo teachers: a lossless word-and-character
-tokenizer, prompt/completion batches, greedy decoding and continuation log-likelihoods.
-
-The tokenizer keeps a fixed set of whole words (the words of a plugin's templates) as single
-tokens and spells everything else character by character, so sequences stay short on the demo
-tasks while any ASCII text still round-trips exactly. Digits are always single tokens: small
-models learn arithmetic far more easily that way.
+"""Text helpers for text-producing demo teachers and their plugins: the demo teachers'
+causal LM, its training, probe and distillation plans, and answering with it. Tokenizing and
+decoding live in `nexus_kernel.student.decoding` (the student uses them too).
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from nexus_kernel.student.decoding import (
+    BOS_ID,
+    EOS_ID,
+    IGNORE_INDEX,
+    PAD_ID,
+    build_tokenizer,
+    cached_step,
+    complete,
+    completion_batch,
+    continuation_logprobs,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -21,211 +27,9 @@ if TYPE_CHECKING:
 
     from nexus_kernel.training import TrainingRecord
 
-PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
-SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-_CHARS = tuple(chr(code) for code in range(32, 127)) + ("\n",)
-# A pre-token is an optionally space-led word, digit or other character, or a lone space.
-_PIECE_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^A-Za-z0-9 ]| "
-
-IGNORE_INDEX = -100
-"""Label value the loss skips (prompt positions and padding)."""
-
 SMALL_DECODER = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
                  "num_attention_heads": 4}
 """The LLaMA-style shape of the text demo teachers (about 0.5M parameters with their vocabulary)."""
-
-
-def build_tokenizer(words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
-    """A `PreTrainedTokenizerFast` whose vocabulary is the special tokens, every printable ASCII
-    character (alone, space-led and as a word continuation) and `words` (alone and space-led).
-    The same `words` always give the same ids; `save_pretrained` / `AutoTokenizer` round-trip it.
-    """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    word_list = sorted({word for word in words if word.isascii() and word.isalpha()})
-    pieces = [*SPECIAL_TOKENS, *_CHARS, *(" " + c for c in _CHARS if c not in " \n"),
-              *("##" + c for c in _CHARS if c != " "), *word_list, *(" " + w for w in word_list)]
-    vocab = {piece: index for index, piece in enumerate(dict.fromkeys(pieces))}
-    model = models.WordPiece(vocab=vocab, unk_token=UNK, max_input_chars_per_word=1000)
-    tokenizer = Tokenizer(model)
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(_PIECE_PATTERN), behavior="isolated")
-    tokenizer.decoder = decoders.Sequence([decoders.Replace("##", ""), decoders.Fuse()])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
-    )
-
-
-def encode(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
-    """Token ids of `text`, without special tokens."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def completion_batch(
-    tokenizer: PreTrainedTokenizerFast, pairs: Sequence[tuple[str, str]],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`(input_ids, attention_mask, labels)` for `<s> prompt completion </s>`, right-padded;
-    labels are set on the completion and `</s>` only, so the loss teaches answers, not questions.
-    """
-    import torch
-
-    rows: list[list[int]] = []
-    labels: list[list[int]] = []
-    for prompt, completion in pairs:
-        prompt_ids = [BOS_ID, *encode(tokenizer, prompt)]
-        completion_ids = [*encode(tokenizer, completion), EOS_ID]
-        rows.append(prompt_ids + completion_ids)
-        labels.append([IGNORE_INDEX] * len(prompt_ids) + completion_ids)
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    label_ids = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for index, (row, label) in enumerate(zip(rows, labels, strict=True)):
-        input_ids[index, : len(row)] = torch.tensor(row)
-        mask[index, : len(row)] = 1
-        label_ids[index, : len(label)] = torch.tensor(label)
-    return input_ids, mask, label_ids
-
-
-def left_padded(
-    tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(input_ids, attention_mask)` of `<s> prompt`, left-padded so every row ends together."""
-    import torch
-
-    rows = [[BOS_ID, *encode(tokenizer, prompt)] for prompt in prompts]
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        input_ids[index, width - len(row):] = torch.tensor(row)
-        mask[index, width - len(row):] = 1
-    return input_ids, mask
-
-
-NextTokenLogits = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
-"""`(input_ids, attention_mask, position_ids) -> logits (batch, seq, vocab)` of a causal decoder."""
-
-StepLogits = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", Any], "tuple[torch.Tensor, Any]"]
-"""`(new_ids, attention_mask, new_position_ids, past) -> (logits of the new positions, past)`:
-one decoding step of a causal decoder that keeps its own state in `past` (None on the first
-call, which gets the whole prompt; a key/value cache for a model that has one). The mask
-covers every position so far, the new ones included."""
-
-
-def recomputing(logits_of: NextTokenLogits) -> StepLogits:
-    """A decoding step for a decoder without a cache: each step reruns the whole sequence
-    (what `past` keeps). Slower than a cache by about the sequence length; for models whose
-    forward cannot take one."""
-    import torch
-
-    def step(new_ids: torch.Tensor, mask: torch.Tensor, new_positions: torch.Tensor, past: Any
-             ) -> tuple[torch.Tensor, Any]:
-        ids = new_ids if past is None else torch.cat([past, new_ids], dim=1)
-        logits = logits_of(ids, mask, (mask.cumsum(dim=1) - 1).clamp(min=0))
-        return logits[:, -new_ids.shape[1]:], ids
-
-    return step
-
-
-@functools.cache
-def _cache_keyword(model_class: type) -> str:
-    parameters = inspect.signature(model_class.forward).parameters  # type: ignore[attr-defined]
-    return "cache" if "cache" in parameters else "past_key_values"
-
-
-def cache_arguments(model: torch.nn.Module, past: Any) -> dict[str, Any]:
-    """The keyword arguments that hand `past` to a transformers model's `forward` and ask for
-    the cache back: `cache` from transformers 5.24 on, `past_key_values` before."""
-    return {_cache_keyword(type(model)): past, "use_cache": True}
-
-
-def cache_of(output: Any) -> Any:
-    """The key/value cache a transformers forward returned (under either name, see `cache_arguments`)."""
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
-
-
-def cached_step(model: torch.nn.Module) -> StepLogits:
-    """A decoding step for a transformers causal LM through its key/value cache."""
-    def step(new_ids: torch.Tensor, mask: torch.Tensor, new_positions: torch.Tensor, past: Any
-             ) -> tuple[torch.Tensor, Any]:
-        output = model(input_ids=new_ids, attention_mask=mask, position_ids=new_positions,
-                       **cache_arguments(model, past))
-        return output.logits, cache_of(output)
-
-    return step
-
-
-def greedy_decode(
-    step: StepLogits, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
-) -> list[list[int]]:
-    """Greedy continuation of left-padded prompts until `</s>` or `max_new_tokens`; returns the
-    new token ids per row, without `</s>`. Position ids come from the mask so left padding does
-    not shift positions (the batch answer equals the one-by-one answer). Each step feeds `step`
-    only the new tokens (see `StepLogits`).
-    """
-    import torch
-
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool)
-    generated: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    new_ids, past = input_ids, None
-    with torch.inference_mode():
-        for _ in range(max_new_tokens):
-            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -new_ids.shape[1]:]
-            logits, past = step(new_ids, mask, positions, past)
-            next_ids = logits[:, -1].argmax(dim=-1)
-            for row in torch.nonzero(~finished).flatten().tolist():
-                if next_ids[row].item() == EOS_ID:
-                    finished[row] = True
-                else:
-                    generated[row].append(int(next_ids[row]))
-            if bool(finished.all()):
-                break
-            new_ids = next_ids[:, None]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-    return generated
-
-
-def complete(step: StepLogits, tokenizer: PreTrainedTokenizerFast,
-             prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    """Greedy text completions of one batch of `prompts` (see `greedy_decode`)."""
-    input_ids, mask = left_padded(tokenizer, prompts)
-    return [tokenizer.decode(ids) for ids in greedy_decode(step, input_ids, mask, max_new_tokens)]
-
-
-def continuation_logprobs(
-    logits_of: NextTokenLogits, tokenizer: PreTrainedTokenizerFast,
-    requests: Sequence[tuple[str, str]],
-) -> list[float]:
-    """Sum of log-probabilities of each `continuation` after its `prompt` (the lm-evaluation-
-    harness `loglikelihood` request), computed for the whole batch in one forward pass."""
-    import torch
-
-    rows: list[list[int]] = []
-    spans: list[tuple[int, int]] = []
-    for prompt, continuation in requests:
-        prompt_ids = [BOS_ID, *encode(tokenizer, prompt)]
-        continuation_ids = encode(tokenizer, continuation)
-        if not continuation_ids:
-            raise ValueError(f"empty continuation after prompt {prompt[-40:]!r}")
-        rows.append(prompt_ids + continuation_ids)
-        spans.append((len(prompt_ids), len(prompt_ids) + len(continuation_ids)))
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        input_ids[index, : len(row)] = torch.tensor(row)
-        mask[index, : len(row)] = 1
-    positions = torch.arange(width).expand(len(rows), width)
-    with torch.inference_mode():
-        logprobs = torch.log_softmax(logits_of(input_ids, mask, positions).float(), dim=-1)
-    totals = []
-    for index, (start, end) in enumerate(spans):
-        targets = input_ids[index, start:end]
-        totals.append(float(logprobs[index, start - 1 : end - 1].gather(1, targets[:, None]).sum()))
-    return totals
 
 
 class CausalTextModel:
@@ -311,7 +115,7 @@ def causal_probe_plan(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast
     """A `ProbePlan` for a causal LM whose task is `(prompt, completion)` pairs: `pairs()`
     starts a fresh stream; the loss is the completion loss, the mask the attention mask, the
     candidates the decoder blocks."""
-    from nexus_kernel.profiling import plan_from_items, repeated_blocks
+    from nexus_kernel.algorithms.profiling import plan_from_items, repeated_blocks
 
     def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         input_ids, mask, labels = batch
@@ -328,7 +132,7 @@ def text_probe_plan(teacher: Any, n_probe: int, source: str, split: str,
     items come from a locked `source`: the `synthetic()` stream, or `split` of a real folder."""
     from transformers import AutoTokenizer
 
-    from nexus_kernel.datasets import items_of
+    from nexus_kernel.kit.datasets import items_of
 
     def pairs() -> Iterator[tuple[str, str]]:
         return map(to_pair, items_of(source, split, lambda _: synthetic(), read_folder))
@@ -341,7 +145,7 @@ def text_model_of(model: Any) -> Any:
     teacher (`.model`, `.folder`) as a `CausalTextModel` with its own tokenizer."""
     from transformers import AutoTokenizer
 
-    from nexus_kernel.student import StudentCapability, StudentTextModel
+    from nexus_kernel.student.model import StudentCapability, StudentTextModel
 
     if isinstance(model, StudentCapability):
         return StudentTextModel(model.student, model.capability)
@@ -381,7 +185,7 @@ def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[A
     with the student's own tokenizer). The anchor activations are the teacher's on that same
     text. `teacher` may be None when only items and student batches are asked for."""
     from nexus_kernel.contracts import DistillPlan
-    from nexus_kernel.student import StudentBatch
+    from nexus_kernel.student.model import StudentBatch
 
     teacher_model = text_model_of(teacher) if teacher is not None else None
 

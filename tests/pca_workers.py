@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from nexus_kernel.pca import StreamingPCA, all_reduce
+from nexus_kernel.algorithms.pca import StreamingPCA, all_reduce
 
 WORLD_SIZE = 2
 

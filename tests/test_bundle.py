@@ -11,8 +11,13 @@ from typing import Any
 import pytest
 from kernel_helpers import nexus
 
-from nexus_kernel.bundle import MANIFEST, BundleError, verify_bundle, write_bundle
-from nexus_kernel.fsio import sha256_bytes
+from nexus_kernel.run.fsio import sha256_bytes
+from nexus_kernel.student.bundle import (
+    MANIFEST,
+    BundleError,
+    verify_bundle,
+    write_bundle,
+)
 
 FILES = {"backbone.safetensors": b"\x00weights", "adapters/math.safetensors": b"\x01adapter"}
 
@@ -204,7 +209,7 @@ def _spec(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
 ])
 def test_the_packaged_students_sections_are_checked_naming_the_key(
         tmp_path: Path, change: Callable[[dict[str, Any]], Any], message: str) -> None:
-    from nexus_kernel.packaging import check_package_schema
+    from nexus_kernel.student.packaging import check_package_schema
 
     manifest = _package_manifest()
     check_package_schema(tmp_path / MANIFEST, manifest)
@@ -218,7 +223,7 @@ def test_every_adapter_spec_field_has_a_shape_check() -> None:
     from dataclasses import fields
 
     from nexus_kernel.contracts import AdapterSpec
-    from nexus_kernel.packaging import _SPEC_REQUIRED, _SPEC_SHAPES
+    from nexus_kernel.student.packaging import _SPEC_REQUIRED, _SPEC_SHAPES
 
     assert set(_SPEC_SHAPES) == {item.name for item in fields(AdapterSpec)}
     assert set(_SPEC_REQUIRED) <= set(_SPEC_SHAPES)

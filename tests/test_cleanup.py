@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_kernel.cleanup import CleanupError, plan_removal, remove
+from nexus_kernel.run.cleanup import CleanupError, plan_removal, remove
 
 
 def _tree(tmp_path: Path) -> dict[str, Path]:
@@ -58,12 +58,12 @@ def test_a_target_outside_the_roots_is_refused(tmp_path: Path) -> None:
 def test_yes_deletes_a_users_own_teacher_only_when_asked_separately(tmp_path: Path, user_teachers: bool,
                                                                     deleted: set[str]) -> None:
     from nexus_kernel.config import load_config
-    from nexus_kernel.fsio import atomic_write_json
-    from nexus_kernel.pipeline import REGISTRY_FILE
     from nexus_kernel.plugins import PluginSet
-    from nexus_kernel.runner import RunContext
-    from nexus_kernel.stage_cleanup import sanitization_plan
-    from nexus_kernel.teachers import RECIPE_FILE
+    from nexus_kernel.run.fsio import atomic_write_json
+    from nexus_kernel.run.layout import REGISTRY_FILE
+    from nexus_kernel.run.runner import RunContext
+    from nexus_kernel.stages.cleanup import sanitization_plan
+    from nexus_kernel.teachers.demo import RECIPE_FILE
 
     config_file = tmp_path / "configs/nexus.toml"
     config_file.parent.mkdir()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 import pytest
 
 from nexus_kernel.config import CAPABILITY_KEYS, SCHEMA, load_config, validate
 from nexus_kernel.errors import ConfigError
-from nexus_kernel.fsio import canonical_json
+from nexus_kernel.run.fsio import canonical_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kernel_helpers import HANG_GUARD, REPO, nexus
 
-from nexus_kernel.teachers import RECIPE_FILE
+from nexus_kernel.teachers.demo import RECIPE_FILE
 
 DEMO_TEACHERS = {"nexus-demo-reasoning": "MMLU", "nexus-demo-math": "GSM8K",
                  "nexus-demo-voice": "voice centroid accuracy", "nexus-demo-vision": "vision QA"}

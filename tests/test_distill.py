@@ -13,18 +13,28 @@ import pytest
 import torch
 from torch import nn
 
+from nexus_kernel.algorithms.recovery import (
+    Journal,
+    RecoveringTrainer,
+    RecoverySettings,
+)
 from nexus_kernel.contracts import AdapterSpec
 from nexus_kernel.errors import StageError
-from nexus_kernel.recovery import Journal, RecoveringTrainer, RecoverySettings
-from nexus_kernel.stage_distill import gradient_health
-from nexus_kernel.student import (AdapterError, CapabilityAdapter, NexusStudent, StudentBatch, default_targets,
-                                  linear_targets)
+from nexus_kernel.stages.distill import gradient_health
+from nexus_kernel.student.model import (
+    AdapterError,
+    CapabilityAdapter,
+    NexusStudent,
+    StudentBatch,
+    default_targets,
+    linear_targets,
+)
 
 
 def tiny_student(rank: int = 2) -> NexusStudent:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from nexus_kernel.text import build_tokenizer
+    from nexus_kernel.student.decoding import build_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer(["apple", "pear"])
@@ -39,7 +49,7 @@ def tiny_student(rank: int = 2) -> NexusStudent:
 
 
 def text_loss(student: NexusStudent, name: str) -> torch.Tensor:
-    from nexus_kernel.text import IGNORE_INDEX, completion_batch
+    from nexus_kernel.student.decoding import IGNORE_INDEX, completion_batch
 
     input_ids, mask, labels = completion_batch(student.tokenizer, [("apple is", " pear"), ("pear", " apple 12")])
     output = student(name, StudentBatch(input_ids=input_ids, attention_mask=mask, labels=labels))
@@ -198,11 +208,12 @@ def _text_task(tmp_path: Path, student_words: list[str]) -> tuple[NexusStudent, 
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from nexus_kernel.loading import load_teacher_folder
-    from nexus_kernel.distill_pool import Pool, pack_distributions
-    from nexus_kernel.stage_distill import CapabilityTask
-    from nexus_kernel.testing import tiny_causal_teacher
-    from nexus_kernel.text import build_tokenizer, text_distill_plan
+    from nexus_kernel.kit.testing import tiny_causal_teacher
+    from nexus_kernel.stages.distill import CapabilityTask
+    from nexus_kernel.stages.distill_pool import Pool, pack_distributions
+    from nexus_kernel.student.decoding import build_tokenizer
+    from nexus_kernel.teachers.loading import load_teacher_folder
+    from nexus_kernel.text import text_distill_plan
 
     teacher = load_teacher_folder("tiny", tiny_causal_teacher(tmp_path / "teacher", ["apple", "pear"]), "fp32")
     tokenizer = build_tokenizer(student_words)
@@ -223,7 +234,7 @@ def _text_task(tmp_path: Path, student_words: list[str]) -> tuple[NexusStudent, 
 
 
 def test_a_student_vocabulary_covering_the_teachers_distils_its_distribution(tmp_path: Path) -> None:
-    from nexus_kernel.stage_distill import task_loss
+    from nexus_kernel.stages.distill import task_loss
     from nexus_kernel.text import TOP_K
 
     # The student knows every teacher piece plus "banana": KL on the teacher's distribution for
@@ -271,7 +282,7 @@ def test_a_step_that_adds_a_part_is_compared_with_steps_like_it(tmp_path: Path) 
 
 
 def test_event_counts_start_over_when_a_phase_restarts(tmp_path: Path) -> None:
-    from nexus_kernel.recovery import summarise
+    from nexus_kernel.algorithms.recovery import summarise
 
     journal = Journal(tmp_path / "training.jsonl", "joint")
     journal.write("start")
@@ -284,7 +295,7 @@ def test_event_counts_start_over_when_a_phase_restarts(tmp_path: Path) -> None:
 
 
 def test_a_backbone_folder_that_is_not_a_model_is_named(tmp_path: Path) -> None:
-    from nexus_kernel.stage_architecture import build_backbone
+    from nexus_kernel.student.build import build_backbone
 
     (tmp_path / "empty").mkdir()
     settings = {"backbone": "empty"}
@@ -293,7 +304,7 @@ def test_a_backbone_folder_that_is_not_a_model_is_named(tmp_path: Path) -> None:
 
 
 def test_the_layer_map_keeps_relative_depth() -> None:
-    from nexus_kernel.stage_architecture import map_layer
+    from nexus_kernel.student.build import map_layer
 
     blocks = [f"model.layers.{i}" for i in range(2)]
     assert [map_layer(name, blocks, 4) for name in blocks] == [1, 3]
@@ -303,7 +314,11 @@ def test_the_layer_map_keeps_relative_depth() -> None:
 
 
 def test_converged_capabilities_rest_with_hysteresis_but_a_step_always_trains_something() -> None:
-    from nexus_kernel.stage_distill import CONVERGED_LOSS, WAKE_FACTOR, resting_capabilities
+    from nexus_kernel.stages.distill import (
+        CONVERGED_LOSS,
+        WAKE_FACTOR,
+        resting_capabilities,
+    )
 
     objectives = {"math": "kl", "voice": "cosine", "reasoning": "kl"}
     running = {"math": 0.5, "voice": 0.01, "reasoning": 0.001}

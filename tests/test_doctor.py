@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 
-from nexus_kernel import doctor
+from nexus_kernel.stages import doctor
 
 
 def test_examine_reports_torch_bitsandbytes_and_memory() -> None:

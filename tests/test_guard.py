@@ -11,7 +11,7 @@ from kernel_helpers import HANG_GUARD
 CHILD = """
 import sys
 from pathlib import Path
-from nexus_kernel.guard import TeacherAccessError, forbid_reads
+from nexus_kernel.teachers.guard import TeacherAccessError, forbid_reads
 
 teacher, elsewhere, attempt = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 forbid_reads([teacher])

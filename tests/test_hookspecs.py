@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from nexus_kernel import Capability, hookimpl, hookspecs
+from nexus_kernel.kit.testing import plugin_set_of
 from nexus_kernel.plugins import new_manager
-from nexus_kernel.testing import plugin_set_of
 
 REPO = Path(__file__).resolve().parents[1]
 CAPABILITY_HOOKS = ["resolve_datasets", "demo_teacher", "profile_capability", "build_adapter", "anchor_loss",

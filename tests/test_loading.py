@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nexus_kernel.loading import QUANTIZATION_ORDER, TeacherLoadError, check_weight_file, load_teacher_folder
+from nexus_kernel.teachers.loading import (
+    QUANTIZATION_ORDER,
+    TeacherLoadError,
+    check_weight_file,
+    load_teacher_folder,
+)
 
 
 @pytest.fixture(scope="module")

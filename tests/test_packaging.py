@@ -7,21 +7,37 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-import pytest
-import torch
-
 import nexus_cap_math
 import nexus_cap_reasoning
 import nexus_quant_bnb
-from nexus_kernel.bundle import MANIFEST, BundleError, write_bundle
-from nexus_kernel.contracts import AdapterSpec
-from nexus_kernel.packaging import (
-    drop_training_state, export_files, fp32_bytes, load_bundle, quantize_student, student_section,
+import pytest
+import torch
+
+from nexus_kernel.algorithms.quantize import (
+    KERNEL,
+    Int8Linear,
+    NF4Linear,
+    QuantizationError,
+    kernel_quantize,
 )
+from nexus_kernel.contracts import AdapterSpec
+from nexus_kernel.kit.testing import plugin_set_of
 from nexus_kernel.plugins import PluginSet
-from nexus_kernel.quantize import KERNEL, Int8Linear, NF4Linear, QuantizationError, kernel_quantize
-from nexus_kernel.student import CapabilityAdapter, NexusStudent, default_targets, linear_targets
-from nexus_kernel.testing import plugin_set_of
+from nexus_kernel.student.bundle import MANIFEST, BundleError, write_bundle
+from nexus_kernel.student.model import (
+    CapabilityAdapter,
+    NexusStudent,
+    default_targets,
+    linear_targets,
+)
+from nexus_kernel.student.packaging import (
+    drop_training_state,
+    export_files,
+    fp32_bytes,
+    load_bundle,
+    quantize_student,
+    student_section,
+)
 
 RANKS = {"math": 21, "reasoning": 64}  # the demo's math rank, and the default max rank
 
@@ -40,7 +56,7 @@ def default_student() -> NexusStudent:
     adapters whose deltas are not zero."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from nexus_kernel.text import build_tokenizer
+    from nexus_kernel.student.decoding import build_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer([f"word{i}" for i in range(300)])

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from nexus_kernel.pca import StreamingPCA
+from nexus_kernel.algorithms.pca import StreamingPCA
 
 
 def _dense_reference(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kernel_helpers import nexus
 
-from nexus_kernel.bundle import verify_bundle
+from nexus_kernel.student.bundle import verify_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,10 @@ TEACHERS = {"math": "nexus-demo-math", "reasoning": "nexus-demo-reasoning", "vis
 
 def _inputs(tmp_path: Path) -> dict[str, list[str]]:
     """One query per capability, in the form `nexus infer` takes."""
-    from PIL import Image
-
     from nexus_cap_vision.data import SyntheticRecipe as Pictures
     from nexus_cap_voice.data import SyntheticRecipe as Words
     from nexus_cap_voice.data import wav_bytes
+    from PIL import Image
 
     picture = Pictures().test()[0]
     Image.fromarray(picture.image).save(tmp_path / "picture.png")

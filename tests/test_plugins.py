@@ -14,9 +14,9 @@ from kernel_helpers import install_fake_distribution, nexus
 
 from nexus_kernel import Capability, hookimpl
 from nexus_kernel.errors import CapabilityConflict, PluginError
+from nexus_kernel.kit.testing import plugin_set_of
 from nexus_kernel.plugins import choose_allow_list, load_plugins, parse_allow_list
-from nexus_kernel.registry import SkippedRow, read_registry
-from nexus_kernel.testing import plugin_set_of
+from nexus_kernel.teachers.registry import SkippedRow, read_registry
 
 CLAIMS_VISION = """
 from nexus_kernel import Capability, hookimpl

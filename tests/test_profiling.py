@@ -6,8 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from nexus_kernel.pca import StreamingPCA
-from nexus_kernel.profiling import UnhookableLayerError, profile_layers, rank_layers_by_ablation
+from nexus_kernel.algorithms.pca import StreamingPCA
+from nexus_kernel.algorithms.profiling import (
+    UnhookableLayerError,
+    profile_layers,
+    rank_layers_by_ablation,
+)
 
 
 class Blocks(nn.Module):

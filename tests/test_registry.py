@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nexus_kernel import Capability
-from nexus_kernel.errors import RegistryError
 from nexus_kernel.capability import UnselectedCapabilities
-from nexus_kernel.registry import (
+from nexus_kernel.errors import RegistryError
+from nexus_kernel.teachers.registry import (
     MAX_PARAMETERS,
     REQUIRED_COLUMNS,
     SkippedRow,

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from nexus_kernel import Score
-from nexus_kernel.retention import bootstrap_ratio, verdict
+from nexus_kernel.algorithms.retention import bootstrap_ratio, verdict
 
 
 def _scores(teacher: list[float], student: list[float], chance: float = 0.25) -> tuple[dict, dict]:

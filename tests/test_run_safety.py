@@ -12,17 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from nexus_kernel import file_hashes
 from nexus_kernel.config import load_config
 from nexus_kernel.errors import ConfigError
-from nexus_kernel.file_hashes import MISSING, FileHashCache, folder_fingerprint
-from nexus_kernel.roots import check_root, check_run_roots
-from nexus_kernel.run_lock import LOCK_NAME, RunDirectoryBusy, exclusive_run_directory
+from nexus_kernel.run.directory_lock import RunDirectoryBusy, exclusive_run_directory
+from nexus_kernel.run.layout import RUN_LOCK
+from nexus_kernel.run.roots import check_root, check_run_roots
+from nexus_kernel.teachers import fingerprints
+from nexus_kernel.teachers.fingerprints import (
+    MISSING,
+    FileHashCache,
+    folder_fingerprint,
+)
 
 HOLD = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from nexus_kernel.run_lock import exclusive_run_directory
+    from nexus_kernel.run.directory_lock import exclusive_run_directory
     with exclusive_run_directory(Path(sys.argv[1])):
         print("held", flush=True)
         if sys.argv[2] == "die":
@@ -50,7 +55,7 @@ def test_a_second_run_on_a_held_directory_is_refused_naming_the_holder(tmp_path:
 
 def test_a_lock_left_by_a_dead_run_is_taken_over(tmp_path: Path) -> None:
     dead = _holder(tmp_path / "run", "die")
-    assert dead.wait() == 9 and (tmp_path / "run" / LOCK_NAME).stat().st_size > 0
+    assert dead.wait() == 9 and (tmp_path / "run" / RUN_LOCK).stat().st_size > 0
     with exclusive_run_directory(tmp_path / "run") as previous:
         assert previous is not None and previous.startswith(f"PID {dead.pid}, started ")
     with exclusive_run_directory(tmp_path / "run") as previous:  # released cleanly: nothing to report
@@ -107,7 +112,7 @@ def test_a_file_replaced_in_place_changes_the_fingerprint_even_with_its_size_and
     first = folder_fingerprint(folder, cache)
     cache.save()
     reads = []
-    monkeypatch.setattr(file_hashes, "sha256_file", lambda path: reads.append(path) or "hash")
+    monkeypatch.setattr(fingerprints, "sha256_file", lambda path: reads.append(path) or "hash")
     FileHashCache(tmp_path / "cache.json").sha256(folder / "model.safetensors")
     assert reads == [folder / "model.safetensors"]  # written just now: too recent to trust its stamp
     monkeypatch.undo()
@@ -115,7 +120,7 @@ def test_a_file_replaced_in_place_changes_the_fingerprint_even_with_its_size_and
     assert folder_fingerprint(folder, FileHashCache(tmp_path / "cache.json")) == first  # hidden: left out
     # Hashed long after it last changed, so its stamp is trusted from now on ...
     now = time.time_ns
-    monkeypatch.setattr(file_hashes.time, "time_ns", lambda: now() + 10_000_000_000)
+    monkeypatch.setattr(fingerprints.time, "time_ns", lambda: now() + 10_000_000_000)
     trusted = FileHashCache(tmp_path / "trusted.json")
     assert folder_fingerprint(folder, trusted) == first
     trusted.save()
@@ -130,9 +135,9 @@ def test_a_file_replaced_in_place_changes_the_fingerprint_even_with_its_size_and
 def test_an_unchanged_file_is_not_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"A" * 64)
-    monkeypatch.setattr(file_hashes.time, "time_ns", lambda: weights.stat().st_ctime_ns + 10_000_000_000)
+    monkeypatch.setattr(fingerprints.time, "time_ns", lambda: weights.stat().st_ctime_ns + 10_000_000_000)
     cache = FileHashCache(tmp_path / "cache.json")
     digest = cache.sha256(weights)
     cache.save()
-    monkeypatch.setattr(file_hashes, "sha256_file", lambda path: pytest.fail(f"{path} read again"))
+    monkeypatch.setattr(fingerprints, "sha256_file", lambda path: pytest.fail(f"{path} read again"))
     assert FileHashCache(tmp_path / "cache.json").sha256(weights) == digest

@@ -9,9 +9,14 @@ import pytest
 
 from nexus_kernel.config import load_config
 from nexus_kernel.errors import ConfigError, StageError
-from nexus_kernel.fsio import atomic_write_text
-from nexus_kernel.runner import RunContext, Stage, StageRunner, remove_stale_temp_files
-from nexus_kernel.testing import plugin_set_of
+from nexus_kernel.kit.testing import plugin_set_of
+from nexus_kernel.run.fsio import atomic_write_text
+from nexus_kernel.run.runner import (
+    RunContext,
+    Stage,
+    StageRunner,
+    remove_stale_temp_files,
+)
 
 
 class Pipeline:

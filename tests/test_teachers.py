@@ -12,9 +12,14 @@ from kernel_helpers import fake_demo_build
 from nexus_kernel import Capability, hookimpl
 from nexus_kernel.contracts import DemoTeacher
 from nexus_kernel.errors import RegistryError, StageError
-from nexus_kernel.registry import TeacherEntry
-from nexus_kernel.teachers import PARTIAL_PREFIX, RECIPE_FILE, build_teachers, plan_builds
-from nexus_kernel.testing import plugin_set_of
+from nexus_kernel.kit.testing import plugin_set_of
+from nexus_kernel.teachers.demo import (
+    PARTIAL_PREFIX,
+    RECIPE_FILE,
+    build_teachers,
+    plan_builds,
+)
+from nexus_kernel.teachers.registry import TeacherEntry
 
 TOY = Capability("toy", "text", ("Toy",), ("toy",))
 
@@ -104,7 +109,7 @@ def test_a_killed_builds_partial_folder_goes_even_when_the_teacher_is_cached(tmp
 
 
 def test_the_progress_bar_expects_first_rounds_and_ends_at_what_was_trained() -> None:
-    from nexus_kernel.teachers import _StepBar
+    from nexus_kernel.teachers.demo import _StepBar
 
     quick = DemoTeacher("quick", "toy", {}, 300, fake_demo_build, "toy", 0.9, expected_steps=100)
     slow = DemoTeacher("slow", "toy", {}, 500, fake_demo_build, "toy", 0.9, expected_steps=200)
@@ -135,7 +140,7 @@ def test_a_missing_teacher_no_plugin_builds_is_an_error(tmp_path: Path) -> None:
 
 
 def test_shared_data_skips_with_the_reason_when_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nexus_kernel.testing import SHARED_DATA_ENV, shared_data
+    from nexus_kernel.kit.testing import SHARED_DATA_ENV, shared_data
 
     monkeypatch.delenv(SHARED_DATA_ENV, raising=False)
     with pytest.raises(pytest.skip.Exception, match=r"shared/data/gsm8k is absent"):

@@ -7,10 +7,21 @@ import functools
 import torch
 
 from nexus_kernel.contracts import AdapterSpec
-from nexus_kernel.student import CapabilityAdapter, NexusStudent, StudentTextModel, default_targets, linear_targets
-from nexus_kernel.text import (
-    CausalTextModel, build_tokenizer, cached_step, greedy_decode, left_padded, recomputing,
+from nexus_kernel.student.decoding import (
+    build_tokenizer,
+    cached_step,
+    greedy_decode,
+    left_padded,
+    recomputing,
 )
+from nexus_kernel.student.model import (
+    CapabilityAdapter,
+    NexusStudent,
+    StudentTextModel,
+    default_targets,
+    linear_targets,
+)
+from nexus_kernel.text import CausalTextModel
 
 PROMPTS = ["apple pear", "pear", "apple apple pear apple 7 + 3 =", "x"]  # left padding of every width
 

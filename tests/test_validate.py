@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from nexus_kernel.algorithms.retention import failing
 from nexus_kernel.errors import StageError
-from nexus_kernel.guard import TeacherAccessError
-from nexus_kernel.stage_validate import failing
-from nexus_kernel.student_eval import _teacher_path
-from nexus_kernel.teacher_removal import (
-    JOURNAL_FILE,
+from nexus_kernel.stages.validate_child import _teacher_path
+from nexus_kernel.teachers.guard import TeacherAccessError
+from nexus_kernel.run.layout import MOVED_TEACHERS
+from nexus_kernel.teachers.removal import (
     RemovalJournalError,
     away_path,
     restore_from_journal,
@@ -35,7 +35,7 @@ def _teachers(tmp_path: Path) -> dict[str, Path]:
 
 def test_teacher_folders_are_moved_away_for_the_block_and_always_put_back(tmp_path: Path) -> None:
     folders = _teachers(tmp_path)
-    journal = tmp_path / "run" / JOURNAL_FILE
+    journal = tmp_path / "run" / MOVED_TEACHERS
     with teachers_moved_away(folders, journal) as moved:
         assert sorted(moved) == sorted(str(f) for f in folders.values())
         assert not any(folder.exists() for folder in folders.values())
@@ -51,7 +51,7 @@ def test_teacher_folders_are_moved_away_for_the_block_and_always_put_back(tmp_pa
 def _killed_inside_the_block(folders: dict[str, Path], journal: Path) -> None:
     """A process that dies (no clean-up at all) while the teachers are moved away."""
     program = ("import os, sys; from pathlib import Path; "
-               "from nexus_kernel.teacher_removal import teachers_moved_away\n"
+               "from nexus_kernel.teachers.removal import teachers_moved_away\n"
                "folders = {p: Path(p) for p in sys.argv[2:]}\n"
                "with teachers_moved_away(folders, Path(sys.argv[1])):\n    os._exit(9)")
     died = subprocess.run([sys.executable, "-c", program, str(journal), *map(str, folders.values())], check=False)
@@ -60,7 +60,7 @@ def _killed_inside_the_block(folders: dict[str, Path], journal: Path) -> None:
 
 def test_a_killed_removal_is_put_back_from_its_journal(tmp_path: Path) -> None:
     folders = _teachers(tmp_path)
-    journal = tmp_path / "run" / JOURNAL_FILE
+    journal = tmp_path / "run" / MOVED_TEACHERS
     _killed_inside_the_block(folders, journal)
     assert not any(folder.exists() for folder in folders.values()) and journal.is_file()
     # As if killed between the two renames: alpha moved, beta not yet.
@@ -74,7 +74,7 @@ def test_a_killed_removal_is_put_back_from_its_journal(tmp_path: Path) -> None:
 
 def test_restoring_never_overwrites_a_folder_that_took_the_teachers_place(tmp_path: Path) -> None:
     folders = _teachers(tmp_path)
-    journal = tmp_path / "run" / JOURNAL_FILE
+    journal = tmp_path / "run" / MOVED_TEACHERS
     _killed_inside_the_block(folders, journal)
     folders["alpha"].mkdir()  # e.g. an old Nexus rebuilt a demo teacher there
     with pytest.raises(RemovalJournalError, match="both places are now taken: .*alpha and .*.alpha.nexus-removed"):
@@ -86,7 +86,7 @@ def test_a_folder_that_cannot_move_is_a_clear_error(tmp_path: Path) -> None:
     folders = _teachers(tmp_path)
     away_path(folders["beta"]).mkdir()
     (away_path(folders["beta"]) / "occupied").write_text("x")  # rename onto a non-empty folder fails
-    journal = tmp_path / "run" / JOURNAL_FILE
+    journal = tmp_path / "run" / MOVED_TEACHERS
     with pytest.raises(StageError, match="teacher removal: cannot move .*beta away"):
         with teachers_moved_away(folders, journal):
             pytest.fail("the block must not run")

@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 from nexus_cap_math import benchmark
-from nexus_cap_math.data import Problem, SyntheticRecipe, load_split, read_jsonl, write_jsonl
+from nexus_cap_math.data import (
+    Problem,
+    SyntheticRecipe,
+    load_split,
+    read_jsonl,
+    write_jsonl,
+)
+
 from nexus_kernel.errors import DatasetError
-from nexus_kernel.testing import shared_data
+from nexus_kernel.kit.testing import shared_data
 
 
 class EchoModel:

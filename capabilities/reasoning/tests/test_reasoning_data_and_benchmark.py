@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 from nexus_cap_reasoning import benchmark
-from nexus_cap_reasoning.data import LETTERS, Question, SyntheticRecipe, load_split, read_csv, write_csv
+from nexus_cap_reasoning.data import (
+    LETTERS,
+    Question,
+    SyntheticRecipe,
+    load_split,
+    read_csv,
+    write_csv,
+)
+
 from nexus_kernel.errors import DatasetError
-from nexus_kernel.testing import shared_data
+from nexus_kernel.kit.testing import shared_data
 
 
 class LetterModel:

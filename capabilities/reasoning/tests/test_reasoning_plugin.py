@@ -1,5 +1,6 @@
 import nexus_cap_reasoning
-from nexus_kernel.testing import check_capability_plugin
+
+from nexus_kernel.kit.testing import check_capability_plugin
 
 
 def test_reasoning_plugin_conforms() -> None:
@@ -12,6 +13,7 @@ def test_reasoning_plugin_conforms() -> None:
 def test_probe_plan_drives_ablation_and_profiling(tmp_path) -> None:
     from nexus_cap_reasoning import teacher
     from nexus_cap_reasoning.data import TEMPLATE_WORDS
-    from nexus_kernel.testing import check_text_probe_plan
+
+    from nexus_kernel.kit.testing import check_text_probe_plan
 
     assert list(check_text_probe_plan(teacher, TEMPLATE_WORDS, tmp_path)) == ["model.layers.0", "model.layers.1"]

@@ -9,8 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from nexus_cap_vision import benchmark
-from nexus_cap_vision.data import (COLOURS, PLACES, SyntheticRecipe, Thing, VisualQuestion, draw,
-                                   load_split, write_split)
+from nexus_cap_vision.data import (
+    COLOURS,
+    PLACES,
+    SyntheticRecipe,
+    Thing,
+    VisualQuestion,
+    draw,
+    load_split,
+    write_split,
+)
+
 from nexus_kernel.errors import DatasetError
 
 

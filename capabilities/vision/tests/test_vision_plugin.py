@@ -1,5 +1,6 @@
 import nexus_cap_vision
-from nexus_kernel.testing import check_capability_plugin
+
+from nexus_kernel.kit.testing import check_capability_plugin
 
 
 def test_vision_plugin_conforms() -> None:
@@ -13,10 +14,16 @@ def test_probe_plan_drives_ablation_and_profiling(tmp_path) -> None:
     import torch
     from nexus_cap_vision import teacher
     from nexus_cap_vision.data import TEMPLATE_WORDS
-    from nexus_kernel.loading import load_teacher_folder
-    from nexus_kernel.testing import check_probe_plan
-    from nexus_kernel.text import build_tokenizer
-    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+    from transformers import (
+        GPT2Config,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+    )
+
+    from nexus_kernel.kit.testing import check_probe_plan
+    from nexus_kernel.student.decoding import build_tokenizer
+    from nexus_kernel.teachers.loading import load_teacher_folder
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer(TEMPLATE_WORDS)

@@ -10,10 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from nexus_cap_voice import benchmark, data
-from nexus_cap_voice.data import SAMPLE_RATE, Speaker, SyntheticRecipe, load_folder, synthesize
+from nexus_cap_voice.data import (
+    SAMPLE_RATE,
+    Speaker,
+    SyntheticRecipe,
+    load_folder,
+    synthesize,
+)
 from nexus_cap_voice.features import LogMel
+
 from nexus_kernel.errors import DatasetError
-from nexus_kernel.testing import shared_data
+from nexus_kernel.kit.testing import shared_data
 
 
 def _write(path: Path, samples: np.ndarray, rate: int, width: int) -> None:

@@ -1,5 +1,6 @@
 import nexus_cap_voice
-from nexus_kernel.testing import check_capability_plugin
+
+from nexus_kernel.kit.testing import check_capability_plugin
 
 
 def test_voice_plugin_conforms() -> None:
@@ -14,9 +15,10 @@ def test_probe_plan_drives_ablation_and_profiling(tmp_path) -> None:
     from nexus_cap_voice import teacher
     from nexus_cap_voice.data import LABELS
     from nexus_cap_voice.features import LogMel
-    from nexus_kernel.loading import load_teacher_folder
-    from nexus_kernel.testing import check_probe_plan
     from transformers import ASTConfig, ASTForAudioClassification
+
+    from nexus_kernel.kit.testing import check_probe_plan
+    from nexus_kernel.teachers.loading import load_teacher_folder
 
     torch.manual_seed(0)
     features = LogMel()

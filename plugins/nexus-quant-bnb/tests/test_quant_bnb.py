@@ -1,8 +1,8 @@
+import nexus_quant_bnb
 import pytest
 import torch
 
-import nexus_quant_bnb
-from nexus_kernel.testing import plugin_set_of
+from nexus_kernel.kit.testing import plugin_set_of
 
 
 def _mlp() -> torch.nn.Module:

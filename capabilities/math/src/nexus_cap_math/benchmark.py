@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from nexus_kernel import Score
-
 from nexus_cap_math.data import Problem
+from nexus_kernel import Score
 
 STRICT = "GSM8K"
 FLEXIBLE = "GSM8K flexible"

@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nexus_kernel.datasets import DatasetError, files_for_split, read_jsonl_rows
-from nexus_kernel.fsio import atomic_write_text
+from nexus_kernel.kit.datasets import DatasetError, files_for_split, read_jsonl_rows
+from nexus_kernel.run.fsio import atomic_write_text
 
 ANSWER_MARK = "#### "
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from nexus_cap_math import benchmark
+from nexus_cap_math.data import Problem, SyntheticRecipe, load_split
 from nexus_kernel import Score
 from nexus_kernel.contracts import DistillPlan
 
-from nexus_cap_math import benchmark
-from nexus_cap_math.data import Problem, SyntheticRecipe, load_split
-
 
 def _items(datasets: Mapping[str, str], split: str) -> Any:
-    from nexus_kernel.datasets import split_items
+    from nexus_kernel.kit.datasets import split_items
 
     return split_items(datasets, split, SyntheticRecipe(), load_split)
 

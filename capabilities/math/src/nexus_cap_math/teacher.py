@@ -6,12 +6,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from nexus_cap_math import benchmark
+from nexus_cap_math.data import TEMPLATE_WORDS, SyntheticRecipe, load_split
 from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
 from nexus_kernel.text import SMALL_DECODER
 from nexus_kernel.training import TrainingPlan
-
-from nexus_cap_math import benchmark
-from nexus_cap_math.data import TEMPLATE_WORDS, SyntheticRecipe, load_split
 
 NAME = "nexus-demo-math"
 MODEL = {**SMALL_DECODER, "max_position_embeddings": 128}

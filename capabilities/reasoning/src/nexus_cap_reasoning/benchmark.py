@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from nexus_kernel import Score
-
 from nexus_cap_reasoning.data import LETTERS, Question
+from nexus_kernel import Score
 
 NAME = "MMLU"
 CHANCE = 1 / len(LETTERS)

@@ -9,17 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nexus_kernel import Score
-from nexus_kernel.contracts import DistillPlan
-
 from nexus_cap_reasoning import benchmark
 from nexus_cap_reasoning.data import LETTERS, Question, SyntheticRecipe, load_split
+from nexus_kernel import Score
+from nexus_kernel.contracts import DistillPlan
 
 _SPLITS = {"train": "dev", "test": "test"}  # MMLU has no training split: train on dev
 
 
 def _items(datasets: Mapping[str, str], split: str) -> Any:
-    from nexus_kernel.datasets import split_items
+    from nexus_kernel.kit.datasets import split_items
 
     return split_items(datasets, split, SyntheticRecipe(), load_split, _SPLITS[split])
 

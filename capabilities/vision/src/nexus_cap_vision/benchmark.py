@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from nexus_kernel import Score
-
 from nexus_cap_vision.data import VisualQuestion
+from nexus_kernel import Score
 
 NAME = "vision QA"
 PROMPT = "Q: {question}\nA:"

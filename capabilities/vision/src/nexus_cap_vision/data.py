@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nexus_kernel.datasets import DatasetError, files_for_split, read_jsonl_rows
-from nexus_kernel.fsio import atomic_write_bytes, atomic_write_text
+from nexus_kernel.kit.datasets import DatasetError, files_for_split, read_jsonl_rows
+from nexus_kernel.run.fsio import atomic_write_bytes, atomic_write_text
 
 IMAGE_SIZE = 32
 

@@ -12,26 +12,30 @@ from typing import Any
 
 import numpy as np
 
+from nexus_cap_vision import benchmark
+from nexus_cap_vision.data import (
+    IMAGE_SIZE,
+    SyntheticRecipe,
+    VisualQuestion,
+    load_split,
+)
+from nexus_cap_vision.teacher import CHANNELS, VisionAnswerer, pixels
 from nexus_kernel import Score
 from nexus_kernel.contracts import AdapterSpec, DistillPlan
-
-from nexus_cap_vision import benchmark
-from nexus_cap_vision.data import IMAGE_SIZE, SyntheticRecipe, VisualQuestion, load_split
-from nexus_cap_vision.teacher import CHANNELS, VisionAnswerer, pixels
 
 PATCH = 8
 _BATCH = 64
 
 
 def _items(datasets: Mapping[str, str], split: str) -> Any:
-    from nexus_kernel.datasets import split_items
+    from nexus_kernel.kit.datasets import split_items
 
     return split_items(datasets, split, SyntheticRecipe(), load_split)
 
 
 def projector(spec: AdapterSpec) -> Any:
     """RGB and coordinate planes, 8x8 patches, into the backbone."""
-    from nexus_kernel.student import PatchProjector
+    from nexus_kernel.student.model import PatchProjector
 
     return PatchProjector(CHANNELS, PATCH, IMAGE_SIZE, spec.hidden_size)
 
@@ -44,7 +48,7 @@ class StudentAnswerer:
         self.capability = capability
 
     def answer(self, images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        from nexus_kernel.text import complete, recomputing
+        from nexus_kernel.student.decoding import complete, recomputing
 
         answers: list[str] = []
         for start in range(0, len(prompts), _BATCH):
@@ -61,7 +65,7 @@ def answerer_of(model: Any) -> Any:
     """A loaded teacher or a `StudentCapability`, behind `answer(...)`."""
     from transformers import AutoTokenizer
 
-    from nexus_kernel.student import StudentCapability
+    from nexus_kernel.student.model import StudentCapability
 
     if isinstance(model, StudentCapability):
         return StudentAnswerer(model.student, model.capability)
@@ -71,8 +75,8 @@ def answerer_of(model: Any) -> Any:
 def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> DistillPlan:
     """Train on training questions (synthetic or a real folder) against the teacher's answers;
     the anchors read the teacher's encoder and decoder blocks on the same image and answer."""
-    from nexus_kernel.student import StudentBatch
-    from nexus_kernel.text import completion_batch
+    from nexus_kernel.student.decoding import completion_batch
+    from nexus_kernel.student.model import StudentBatch
 
     answerer = answerer_of(teacher) if teacher is not None else None
 
@@ -113,9 +117,8 @@ def answer(model: Any, inputs: list[str], assets: Mapping[str, Any]) -> str:
     (PNG, JPEG, ...) and the question, e.g. `shapes.png "What colour is the shape?"`."""
     from pathlib import Path
 
-    from nexus_kernel.errors import NexusError
-
     from nexus_cap_vision.data import read_image
+    from nexus_kernel.errors import NexusError
 
     if len(inputs) < 2:
         raise NexusError("vision: give an image path and a question, e.g. "

@@ -11,11 +11,16 @@ from typing import Any
 
 import numpy as np
 
+from nexus_cap_vision import benchmark
+from nexus_cap_vision.data import (
+    IMAGE_SIZE,
+    TEMPLATE_WORDS,
+    SyntheticRecipe,
+    VisualQuestion,
+    load_split,
+)
 from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
 from nexus_kernel.training import TrainingPlan
-
-from nexus_cap_vision import benchmark
-from nexus_cap_vision.data import IMAGE_SIZE, TEMPLATE_WORDS, SyntheticRecipe, VisualQuestion, load_split
 
 NAME = "nexus-demo-vision"
 CHANNELS = 5
@@ -58,7 +63,7 @@ class VisionAnswerer:
     def answer(self, images: Sequence[np.ndarray], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         import torch
 
-        from nexus_kernel.text import complete, recomputing
+        from nexus_kernel.student.decoding import complete, recomputing
 
         answers: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
@@ -81,7 +86,7 @@ def demo() -> DemoTeacher:
 
 def _batch(questions: Sequence[VisualQuestion], tokenizer: Any) -> Any:
     """`(pixels, input_ids, mask, labels)`: the image, and the prompt with its answer."""
-    from nexus_kernel.text import completion_batch
+    from nexus_kernel.student.decoding import completion_batch
 
     text = completion_batch(tokenizer, [(benchmark.prompt_of(q), f" {q.answer}") for q in questions])
     return pixels([q.image for q in questions]), *text
@@ -91,7 +96,7 @@ def _loss(model: Any, batch: Any) -> Any:
     """Cross-entropy of the answer tokens, the decoder reading the prompt and the image."""
     import torch
 
-    from nexus_kernel.text import IGNORE_INDEX
+    from nexus_kernel.student.decoding import IGNORE_INDEX
 
     images, input_ids, mask, labels = batch
     logits = model(pixel_values=images, decoder_input_ids=input_ids[:, :-1],
@@ -105,8 +110,8 @@ def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> Probe
     candidates are the image encoder's blocks and the text decoder's blocks."""
     from transformers import AutoTokenizer
 
-    from nexus_kernel.datasets import items_of
-    from nexus_kernel.profiling import plan_from_items, repeated_blocks
+    from nexus_kernel.algorithms.profiling import plan_from_items, repeated_blocks
+    from nexus_kernel.kit.datasets import items_of
 
     tokenizer = AutoTokenizer.from_pretrained(teacher.folder)
     layers = [*repeated_blocks(teacher.model.encoder, "encoder"),
@@ -122,9 +127,14 @@ def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> Probe
 def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> DemoBuildResult:
     """Train the teacher `recipe` describes until it clears its validation target, save it to
     `folder`, return its held-out scores and training record."""
-    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+    from transformers import (
+        GPT2Config,
+        VisionEncoderDecoderConfig,
+        VisionEncoderDecoderModel,
+        ViTConfig,
+    )
 
-    from nexus_kernel.text import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
+    from nexus_kernel.student.decoding import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
     from nexus_kernel.training import fit
 
     data = SyntheticRecipe(**recipe["data"])

@@ -7,7 +7,7 @@ Only the declaration lives here; torch and transformers are imported inside the 
 from __future__ import annotations
 
 from nexus_kernel import Capability
-from nexus_kernel.plugin_kit import standard_hooks
+from nexus_kernel.kit.plugin_kit import standard_hooks
 
 CAPABILITY = Capability(
     name="voice",

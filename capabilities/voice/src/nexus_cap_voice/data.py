@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nexus_kernel.datasets import DatasetError
-from nexus_kernel.fsio import atomic_write_bytes
+from nexus_kernel.kit.datasets import DatasetError
+from nexus_kernel.run.fsio import atomic_write_bytes
 
 SAMPLE_RATE = 8000
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a")

@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from nexus_kernel import Score
-from nexus_kernel.contracts import AdapterSpec, DistillPlan
-
 from nexus_cap_voice import benchmark
 from nexus_cap_voice.data import SyntheticRecipe, Utterance, load_folder
 from nexus_cap_voice.features import LogMel
+from nexus_kernel import Score
+from nexus_kernel.contracts import AdapterSpec, DistillPlan
 
 FEATURES = LogMel()
 FRAMES_PER_TOKEN = 4
@@ -24,14 +23,14 @@ _BATCH = 64
 
 
 def _items(datasets: Mapping[str, str], split: str) -> Any:
-    from nexus_kernel.datasets import split_items
+    from nexus_kernel.kit.datasets import split_items
 
     return split_items(datasets, split, SyntheticRecipe(), load_folder)
 
 
 def projector(spec: AdapterSpec) -> Any:
     """Log-mel frames into the backbone: four frames per token."""
-    from nexus_kernel.student import FrameProjector
+    from nexus_kernel.student.model import FrameProjector
 
     return FrameProjector(FEATURES.n_mels, FRAMES_PER_TOKEN, FEATURES.frames, spec.hidden_size)
 
@@ -46,7 +45,7 @@ def embeddings(model: Any, waveforms: Sequence[np.ndarray]) -> np.ndarray:
     """Utterance embeddings `(n, dim)` of a loaded teacher or a `StudentCapability`."""
     import torch
 
-    from nexus_kernel.student import StudentCapability
+    from nexus_kernel.student.model import StudentCapability
 
     if not isinstance(model, StudentCapability):
         from nexus_cap_voice.teacher import VoiceEncoder
@@ -64,7 +63,7 @@ def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> Dis
     embeddings; the anchors read the teacher's encoder blocks on the same audio."""
     import torch
 
-    from nexus_kernel.student import StudentBatch
+    from nexus_kernel.student.model import StudentBatch
 
     features = _teacher_features(teacher) if teacher is not None else None
 
@@ -118,9 +117,8 @@ def answer(model: Any, inputs: list[str], assets: Mapping[str, Any]) -> str:
     label of the nearest packaged centroid, with its cosine similarity."""
     from pathlib import Path
 
-    from nexus_kernel.errors import NexusError
-
     from nexus_cap_voice.data import read_audio
+    from nexus_kernel.errors import NexusError
 
     if len(inputs) != 1:
         raise NexusError("voice: give one audio file path, e.g. nexus infer BUNDLE --capability voice seven.wav")

@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
-from nexus_kernel.datasets import DatasetError
-from nexus_kernel.training import TrainingPlan
-
 from nexus_cap_voice import benchmark
 from nexus_cap_voice.data import LABELS, SyntheticRecipe, Utterance, load_folder
 from nexus_cap_voice.features import LogMel
+from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
+from nexus_kernel.kit.datasets import DatasetError
+from nexus_kernel.training import TrainingPlan
 
 NAME = "nexus-demo-voice"
 FEATURES_KEY = "nexus_log_mel"
@@ -75,8 +74,8 @@ def _loss(model: Any, batch: Any) -> Any:
 
 def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> ProbePlan:
     """Probe and profile the teacher on training utterances (synthetic or a real folder)."""
-    from nexus_kernel.datasets import items_of
-    from nexus_kernel.profiling import plan_from_items, repeated_blocks
+    from nexus_kernel.algorithms.profiling import plan_from_items, repeated_blocks
+    from nexus_kernel.kit.datasets import items_of
 
     config = teacher.model.config
     features = LogMel.from_json(getattr(config, FEATURES_KEY))

@@ -1,0 +1,427 @@
+"""Stage 4, distillation: adapter-first, then (optionally) joint, with anchoring and recovery.
+
+Per capability, one teacher at a time, `distill_pool.build_pool` collects the teacher's
+answers and anchor targets on the training items. Each adapter is then trained with the
+backbone frozen on `L = L_output + alpha * L_anchor`. The joint phase unfreezes the backbone
+and trains every capability at once, each capability's anchor protecting its subspace.
+Training runs under `RecoveringTrainer` (checkpoints, rollback on spikes and drift, resume).
+At the end every capability's student is scored on held-out items next to its teacher
+(`distill_report.json`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nexus_kernel.algorithms.recovery import (
+    Journal,
+    RecoveringTrainer,
+    RecoverySettings,
+    named_trainable,
+    summarise,
+)
+from nexus_kernel.algorithms.retention import verdict
+from nexus_kernel.errors import StageError
+from nexus_kernel.run.fsio import (
+    atomic_write_json,
+    sha256_file,
+    sha256_json,
+)
+from nexus_kernel.run.layout import (
+    CHECKPOINT_DIR,
+    DISTILL_REPORT,
+    STUDENT_FILE,
+    TRAINING_JOURNAL,
+)
+from nexus_kernel.run.logs import get_logger
+from nexus_kernel.run.runner import RunContext
+from nexus_kernel.stages.distill_pool import Pool, build_pool
+from nexus_kernel.student.decoding import IGNORE_INDEX
+from nexus_kernel.student.model import (
+    CapabilityAdapter,
+    NexusStudent,
+    StudentBatch,
+    StudentCapability,
+)
+from nexus_kernel.student.weights import load_weights, save_weights
+
+_CHECK_ITEMS = 128
+
+log = get_logger("distill")
+
+
+# losses --------------------------------------------------------------------------------------
+
+
+def default_anchor_loss(projected: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between the projected student state and the whitened coefficients."""
+    return nn.functional.mse_loss(projected, coefficients)
+
+
+@dataclass
+class CapabilityTask:
+    """Everything one capability's training steps need."""
+
+    name: str
+    capability: Any
+    plan: Any
+    pool: Pool
+    order_seed: int
+    alpha_scale: float = 1.0
+
+    def batch(self, step: int, size: int) -> StudentBatch:
+        """The batch of `step`: a seeded permutation of the pool per epoch, so the batch
+        depends on the step number alone (what makes resuming exact)."""
+        per_epoch = max(1, len(self.pool.items) // size)
+        epoch, offset = divmod(step, per_epoch)
+        generator = torch.Generator().manual_seed(self.order_seed * 100_003 + epoch)
+        order = torch.randperm(len(self.pool.items), generator=generator)[offset * size : (offset + 1) * size].tolist()
+        return self.collate(order)
+
+    def collate(self, order: list[int]) -> StudentBatch:
+        """The student batch of pool items `order`, with their anchor targets."""
+        batch = self.plan.student_batch([self.pool.items[i] for i in order], [self.pool.outputs[i] for i in order])
+        batch.anchor = {k: self.pool.coefficients[order, k] for k in range(self.pool.coefficients.shape[1])}
+        if self.pool.soft is not None:
+            ids, logprobs, offsets = self.pool.soft
+            wanted = batch.labels != IGNORE_INDEX  # type: ignore[operator]
+            wanted[:, 0] = False
+            batch.soft_ids = torch.zeros(*wanted.shape, ids.shape[1], dtype=torch.long)
+            batch.soft_logprobs = torch.full((*wanted.shape, ids.shape[1]), -1e9)
+            for row, index in enumerate(order):
+                start, end = int(offsets[index]), int(offsets[index + 1])
+                if end > start:
+                    batch.soft_ids[row][wanted[row]] = ids[start:end]
+                    batch.soft_logprobs[row][wanted[row]] = logprobs[start:end]
+                else:  # no teacher distribution for this item: all mass on its label (cross-entropy)
+                    batch.soft_ids[row, :, 0] = batch.labels[row].clamp(min=0)  # type: ignore[index]
+                    batch.soft_logprobs[row, :, 0] = 0.0
+        for k, (values, offsets) in self.pool.tokens.items():
+            mask = batch.attention_mask
+            target = torch.zeros(*mask.shape, values.shape[1])
+            for row, index in enumerate(order):
+                target[row][mask[row].bool()] = values[offsets[index] : offsets[index + 1]]
+            batch.token_anchor[k] = target
+        return batch
+
+
+AnchorOverride = Callable[[CapabilityTask, torch.Tensor, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+"""`(task, projected, coefficients, eigenvalues) -> loss or None`: the owner's `anchor_loss`."""
+
+
+def plugin_anchor_loss(context: RunContext) -> AnchorOverride:
+    """Ask the capability's owner for its `anchor_loss` (None: the kernel default)."""
+    def ask(task: CapabilityTask, projected: torch.Tensor, target: torch.Tensor, eigenvalues: torch.Tensor) -> Any:
+        return context.plugins.call_for(task.name, "anchor_loss", capability=task.capability,
+                                        student_hidden=projected, teacher_coefficients=target, eigenvalues=eigenvalues)
+    return ask
+
+
+def anchor_pairs(adapter: CapabilityAdapter, output: Any, batch: StudentBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per key layer, `(projected student state, teacher coefficients)` as `(n, rank)` rows:
+    every real text token where the teacher's tokens line up with the student's, else one
+    row per item (sequence means)."""
+    pairs = []
+    for index, layer in enumerate(adapter.spec.anchored_layers):
+        projection = adapter.anchors[str(index)]
+        if index in batch.token_anchor and layer in output.text_hidden:
+            real = batch.attention_mask.bool()  # type: ignore[union-attr]
+            pairs.append((projection(output.text_hidden[layer][real]), batch.token_anchor[index][real]))
+        else:
+            pairs.append((projection(output.pooled[layer]), batch.anchor[index]))
+    return pairs
+
+
+def task_loss(student: NexusStudent, task: CapabilityTask, batch: StudentBatch, alpha: float,
+              anchor_override: AnchorOverride | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """`L_output + alpha * L_anchor` of one capability on one batch, and the two parts."""
+    output = student(task.name, batch)
+    adapter: CapabilityAdapter = student.adapters[task.name]  # type: ignore[assignment]
+    if task.pool.objective == "kl":
+        assert output.logits is not None and batch.soft_ids is not None and batch.labels is not None
+        wanted = (batch.labels != IGNORE_INDEX)[:, 1:]
+        student_logprobs = torch.log_softmax(output.logits[:, :-1][wanted], dim=-1)
+        teacher = torch.softmax(batch.soft_logprobs[:, 1:][wanted], dim=-1)  # type: ignore[index]
+        output_loss = -(teacher * student_logprobs.gather(1, batch.soft_ids[:, 1:][wanted])).sum(dim=-1).mean()
+    elif task.pool.objective == "sequence":
+        assert output.logits is not None and batch.labels is not None
+        output_loss = nn.functional.cross_entropy(output.logits[:, :-1].flatten(0, 1), batch.labels[:, 1:].flatten(),
+                                                  ignore_index=IGNORE_INDEX)
+    elif task.pool.objective == "cosine":
+        assert output.embedding is not None and batch.target is not None
+        output_loss = (1 - nn.functional.cosine_similarity(output.embedding, batch.target, dim=-1)).mean()
+    else:
+        raise StageError(f"{task.name}: unknown distillation objective {task.pool.objective!r}")
+    anchors = []
+    for index, (projected, target) in enumerate(anchor_pairs(adapter, output, batch)):
+        custom = anchor_override(task, projected, target, task.pool.eigenvalues[index]) if anchor_override else None
+        anchors.append(custom if custom is not None else default_anchor_loss(projected, target))
+    anchor_loss = torch.stack(anchors).mean() if anchors else torch.zeros(())
+    return output_loss + alpha * anchor_loss, {f"{task.name}.output": float(output_loss.detach()),
+                                               f"{task.name}.anchor": float(anchor_loss.detach())}
+
+
+def reconstruction(student: NexusStudent, task: CapabilityTask) -> float:
+    """Share of the teacher's (whitened) subspace variance that the student's anchor
+    projections explain on the first pool items: 1 - residual / total, averaged over layers."""
+    size = min(_CHECK_ITEMS, len(task.pool.items))
+    batch = task.collate(list(range(size)))
+    adapter: CapabilityAdapter = student.adapters[task.name]  # type: ignore[assignment]
+    with torch.no_grad():
+        output = student(task.name, batch)
+        shares = []
+        for projected, target in anchor_pairs(adapter, output, batch):
+            total = float(((target - target.mean(dim=0)) ** 2).sum())
+            residual = float(((projected - target) ** 2).sum())
+            shares.append(1.0 - residual / total if total > 0 else 0.0)
+    return sum(shares) / len(shares) if shares else 0.0
+
+
+# gradient health -------------------------------------------------------------------------------
+
+
+def gradient_health(student: NexusStudent, trained: Mapping[str, nn.Module], loss: torch.Tensor,
+                    backbone_frozen: bool) -> dict[str, Any]:
+    """Backpropagate `loss` once and check that every trained adapter gets finite gradients
+    that are not all zero, and that a frozen backbone gets none. Raises a `StageError` naming
+    what is wrong; returns the gradient norms."""
+    student.zero_grad(set_to_none=True)
+    loss.backward()
+    norms: dict[str, float] = {}
+    for name, adapter in trained.items():
+        grads = [p.grad for p in adapter.parameters() if p.requires_grad]
+        missing = [n for n, p in adapter.named_parameters() if p.requires_grad and p.grad is None]
+        if missing and not any(g is not None for g in grads):
+            raise StageError(f"gradient check: no gradient reaches the adapter of {name!r} ({', '.join(missing[:4])})")
+        total = torch.stack([g.float().norm() for g in grads if g is not None]).norm()
+        if not torch.isfinite(total):
+            raise StageError(f"gradient check: the adapter of {name!r} gets non-finite gradients")
+        if float(total) == 0.0:
+            raise StageError(f"gradient check: every gradient of the adapter of {name!r} is zero")
+        norms[name] = float(total)
+    leaked = [n for n, p in student.backbone.named_parameters() if p.grad is not None]
+    if backbone_frozen and leaked:
+        raise StageError(f"gradient check: the frozen backbone gets gradients ({', '.join(leaked[:4])})")
+    if not backbone_frozen:
+        grads = [p.grad.float().norm() for p in student.backbone.parameters() if p.grad is not None]
+        backbone_norm = torch.stack(grads).norm() if grads else torch.zeros(())
+        if not grads or not torch.isfinite(backbone_norm):
+            raise StageError("gradient check: the unfrozen backbone gets no finite gradient")
+        norms["backbone"] = float(backbone_norm)
+    student.zero_grad(set_to_none=True)
+    return norms
+
+
+# phases ----------------------------------------------------------------------------------------
+
+
+def _recovery(settings: Mapping[str, Any]) -> RecoverySettings:
+    return RecoverySettings(checkpoint_every=settings["checkpoint_every"], check_every=settings["check_every"],
+                            spike_factor=settings["spike_factor"], drift_threshold=settings["drift_threshold"],
+                            alpha_escalation=settings["alpha_escalation"], lr_backoff=settings["lr_backoff"],
+                            max_rollbacks=settings["max_rollbacks"])
+
+
+def _progress(total: int, description: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="step", dynamic_ncols=True, leave=False)
+
+
+REVISIT_EVERY = 4
+CONVERGED_LOSS = {"kl": 0.02, "sequence": 0.02, "cosine": 0.05}
+"""Per objective: nats per token for `kl` and `sequence`; cosine distance for `cosine` (the
+demo voice student settles near 0.045, cosine 0.955, with centroid accuracy at the teacher's:
+below 0.05 it rests instead of costing a step every joint step)."""
+WAKE_FACTOR = 2.0
+"""A resting capability trains fully again once its running loss passes this times its
+`CONVERGED_LOSS` (hysteresis: one hard batch on a revisit step does not wake it)."""
+
+
+def converged(name: str, objective: str, running: Mapping[str, float], resting: bool = False) -> bool:
+    """Whether a capability may rest: its running output loss is below its objective's
+    `CONVERGED_LOSS`, or, for one already `resting`, below `WAKE_FACTOR` times that."""
+    limit = CONVERGED_LOSS.get(objective, 0.02) * (WAKE_FACTOR if resting else 1.0)
+    return name in running and running[name] < limit
+
+
+def resting_capabilities(objectives: Mapping[str, str], running: Mapping[str, float],
+                         rested: Collection[str] = ()) -> set[str]:
+    """The capabilities (name to objective) that rest now: the converged ones (`rested`, those
+    resting so far, stay until `WAKE_FACTOR`). A resting capability still trains every
+    `REVISIT_EVERY`th step (its anchor protecting its subspace there, its running loss kept
+    fresh). None when only one is trained or when every one has converged (a step always trains)."""
+    resting = {name for name, objective in objectives.items()
+               if len(objectives) > 1 and converged(name, objective, running, name in rested)}
+    return set() if len(resting) == len(objectives) else resting
+
+
+def train_phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTask], phase: str,
+                steps: int, learning_rate: float, frozen: bool, settings: Mapping[str, Any],
+                fingerprint: Any) -> dict[str, Any]:
+    """One phase: the adapters of `tasks` (and the backbone unless `frozen`) trained for
+    `steps` on the sum of the tasks' losses; returns the phase's summary."""
+    student.freeze_backbone(frozen)
+    for name, adapter in student.adapters.items():
+        adapter.requires_grad_(any(task.name == name for task in tasks))
+    modules = [(f"adapters.{task.name}", student.adapters[task.name]) for task in tasks]
+    if not frozen:
+        modules.append(("backbone", student.backbone))
+    parameters = named_trainable(modules)
+    journal = Journal(context.run_dir / TRAINING_JOURNAL, phase)
+    size = settings["batch_size"]
+    anchor_override = plugin_anchor_loss(context)
+
+    def step_loss(step: int, alpha: float, extra: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        running = extra.setdefault("output_loss", {})
+        total = torch.zeros(())
+        parts: dict[str, float] = {}
+        extra["resting"] = sorted(resting_capabilities({task.name: task.pool.objective for task in tasks},
+                                                       running, extra.get("resting", ())))
+        resting = set(extra["resting"]) if step % REVISIT_EVERY else set()
+        for task in tasks:
+            if task.name in resting:
+                continue
+            loss, task_parts = task_loss(student, task, task.batch(step, size), alpha * task.alpha_scale,
+                                         anchor_override)
+            value = task_parts[f"{task.name}.output"]
+            running[task.name] = value if task.name not in running else 0.9 * running[task.name] + 0.1 * value
+            total = total + loss
+            parts.update(task_parts)
+        return total, parts
+
+    def check() -> float:
+        return sum(reconstruction(student, task) for task in tasks) / len(tasks)
+
+    torch.set_num_threads(settings["threads"])
+    student.train()
+    first, _ = step_loss(0, settings["alpha"], {})
+    norms = gradient_health(student, dict(modules[: len(tasks)]), first, frozen)  # type: ignore[arg-type]
+    journal.write("gradient_check", norms=norms, backbone_frozen=frozen)
+    folder = context.run_dir / CHECKPOINT_DIR / phase
+    with _progress(steps, f"distilling {phase}") as bar:
+        trainer = RecoveringTrainer(student, parameters, step_loss, steps, learning_rate, folder, journal,
+                                    _recovery(settings), settings["alpha"], check=check, fingerprint=fingerprint,
+                                    progress=bar.update)
+        state = trainer.run()
+    explained = check()
+    journal.write("end", step=state.step, reconstruction=explained, events=state.events)
+    return {"steps": state.step, "reconstruction": explained, "alpha": state.alpha, "lr_scale": state.lr_scale,
+            "rollbacks": state.rollbacks, "events": state.events, "skipped_steps": state.skipped}
+
+
+def _phase_done(folder: Path, fingerprint: str) -> bool:
+    done = folder / "done.json"
+    return done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint
+
+
+def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Mapping[str, Any],
+                   settings: Mapping[str, Any], seed: int) -> dict[str, CapabilityTask]:
+    """Per capability, in name order: its plan (without the teacher) and its pool (built with
+    the teacher, one at a time, or read from the cache)."""
+    from nexus_kernel.run.layout import LOCK_FILE
+
+    datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"]
+    tasks = {}
+    for index, name in enumerate(sorted(architecture["capabilities"])):
+        capability, _ = context.plugins.capabilities()[name]
+        plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=None,
+                                        student=student, datasets=datasets[name])
+        if plan is None:
+            raise StageError(f"{name}: its plugin gives no distillation plan (distill_capability returned None)")
+        configured = context.config.capability_settings(name)
+        pool_scale = capability.pool_scale if configured.get("pool_scale") is None else configured["pool_scale"]
+        pool = build_pool(context, student, name, plan, architecture,
+                          {**settings, "pool_size": max(1, round(settings["pool_size"] * pool_scale))},
+                          context.run_dir / CHECKPOINT_DIR / name)
+        scale = configured.get("alpha_scale")
+        tasks[name] = CapabilityTask(name, capability, plan, pool, seed + index,
+                                     capability.alpha_scale if scale is None else scale)
+    return tasks
+
+
+def _phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTask], phase: str,
+           frozen: bool, settings: Mapping[str, Any], fingerprint: str, weights: nn.Module, seed: int) -> dict[str, Any]:
+    """Run one phase, or reuse its result when `done.json` has this fingerprint; the phase's
+    final `weights` (the adapter, or the whole student) are saved next to it."""
+    from nexus_kernel.training import seed_everything
+
+    folder = context.run_dir / CHECKPOINT_DIR / phase
+    final = folder / "final.safetensors"
+    if _phase_done(folder, fingerprint) and final.is_file():
+        load_weights(weights, final)
+        return json.loads((folder / "done.json").read_text())["summary"]  # type: ignore[no-any-return]
+    seed_everything(seed)
+    steps, rate = ((settings["adapter_steps"], settings["learning_rate"]) if frozen
+                   else (settings["joint_steps"], settings["joint_learning_rate"]))
+    summary = train_phase(context, student, tasks, phase, steps, rate, frozen, settings, fingerprint)
+    save_weights(weights, final)
+    atomic_write_json(folder / "done.json", {"fingerprint": fingerprint, "summary": summary})
+    return summary
+
+
+def _score(context: RunContext, student: NexusStudent, task: CapabilityTask, settings: Mapping[str, Any]
+           ) -> dict[str, Any]:
+    """The student's held-out scores next to its teacher's, and the retention verdict."""
+    from nexus_kernel.run.layout import LOCK_FILE
+
+    datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"][task.name]
+    scores = context.plugins.call_for(task.name, "retention_metric", capability=task.capability,
+                                      model=StudentCapability(student, task.name), split="test",
+                                      datasets=datasets, limit=settings["eval_samples"])
+    student_scores = {key: score.to_json(with_items=True) for key, score in scores.items()}
+    headline = next(iter(task.pool.teacher_scores))
+    result = verdict(task.pool.teacher_scores[headline], student_scores[headline])
+    log.info("held-out", capability=task.name, benchmark=headline, teacher=task.pool.teacher_scores[headline]["value"],
+             student=student_scores[headline]["value"], **result)
+    return {"benchmark": headline, "retention": result,
+            "teacher": {key: _summary(score) for key, score in task.pool.teacher_scores.items()},
+            "student": {key: _summary(score) for key, score in student_scores.items()}}
+
+
+def _summary(score: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in score.items() if key != "per_item"}
+
+
+def run_distill(context: RunContext) -> str:
+    """Stage 4 (see the module docstring)."""
+    from nexus_kernel.run.layout import ARCHITECTURE_FILE, LOCK_FILE
+    from nexus_kernel.student.build import build_student
+
+    architecture = json.loads((context.run_dir / ARCHITECTURE_FILE).read_text())
+    settings = context.config.section("distill")
+    seed = int(json.loads((context.run_dir / LOCK_FILE).read_text())["seed"])
+    student = build_student(context, architecture)
+    torch.set_num_threads(settings["threads"])  # build_student seeded with one; the teachers answer with all
+    tasks = _prepare_tasks(context, student, architecture, settings, seed)
+    base = {"architecture": architecture, "distill": settings, "seed": seed}
+    phases: dict[str, Any] = {}
+    adapters = {}
+    for name, task in tasks.items():
+        phase = f"adapter-{name}"
+        fingerprint = sha256_json({**base, "phase": phase, "pool": task.pool.teacher_scores})
+        phases[phase] = _phase(context, student, [task], phase, True, settings, fingerprint,
+                               student.adapters[name], seed)
+        adapters[name] = sha256_file(context.run_dir / CHECKPOINT_DIR / phase / "final.safetensors")
+    if settings["joint_steps"]:
+        fingerprint = sha256_json({**base, "phase": "joint", "adapters": adapters})
+        phases["joint"] = _phase(context, student, list(tasks.values()), "joint", False, settings, fingerprint,
+                                 student, seed)
+    student.eval()
+    report = {"phases": phases, "events": summarise(context.run_dir / TRAINING_JOURNAL),
+              "capabilities": {name: _score(context, student, task, settings) for name, task in tasks.items()}}
+    save_weights(student, context.run_dir / STUDENT_FILE)
+    atomic_write_json(context.run_dir / DISTILL_REPORT, report)
+    lines = []
+    for name, entry in report["capabilities"].items():
+        verdict, headline = entry["retention"], entry["benchmark"]
+        shown = f"{verdict['ratio']:.3f}" if verdict["ratio"] is not None else verdict["status"]
+        lines.append(f"{name} {entry['student'][headline]['value']:.3f}/{entry['teacher'][headline]['value']:.3f} ({shown})")
+    return "student/teacher: " + ", ".join(lines)

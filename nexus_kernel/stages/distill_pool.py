@@ -1,0 +1,308 @@
+"""Stage 4's pools: what one teacher answers on the training items, and its anchor targets.
+
+With only that teacher loaded (at the most precise option that fits half the memory budget,
+never below what profiling found to work), the teacher answers `pool_size` training items
+(completion texts, or embedding rows), gives its top-k next-token distributions when the
+objective is `kl`, and its key layers' activations on the same inputs are projected on the
+profiled PCA basis: per token and whitened by the profiled eigenvalues where the teacher's
+tokens line up with the student's text tokens, and as per-item sequence means whitened over
+the pool everywhere. The teacher's held-out score is taken while it is loaded. Everything is
+cached in `checkpoints/<capability>/pool.{json,safetensors}` under a fingerprint, so a
+resumed or repeated stage 4 does not load the teacher again.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nexus_kernel.errors import StageError
+from nexus_kernel.run.fsio import (
+    atomic_write_bytes,
+    atomic_write_json,
+    sha256_file,
+    sha256_json,
+)
+from nexus_kernel.run.logs import get_logger
+from nexus_kernel.run.runner import RunContext
+from nexus_kernel.student.model import NexusStudent, masked_mean
+from nexus_kernel.text import TOP_K
+
+OBJECTIVES = ("kl", "sequence", "cosine")
+_FORMAT = 7  # bump when what a pool holds changes: older caches are rebuilt
+_TEACHER_BATCH = 64
+_EIGEN_FLOOR = 1e-6
+
+log = get_logger("distill")
+
+
+@dataclass
+class Pool:
+    """One capability's training items with the teacher's answers and anchor targets."""
+
+    items: list[Any]
+    outputs: list[Any]
+    coefficients: torch.Tensor  # (items, key layers, rank), whitened over the pool
+    eigenvalues: torch.Tensor  # (key layers, rank): the pool variance of each coefficient
+    teacher_scores: dict[str, Any]
+    objective: str = "sequence"
+    """What the teacher's plan asked for when it was loaded (`kl`, `sequence`, `cosine`)."""
+    soft: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    """For `kl`: top-k ids `(positions, k)`, log-probabilities `(positions, k)` and each
+    item's offsets into them `(items + 1,)`."""
+    tokens: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    """Per key layer whose tokens line up with the student's text tokens: every real token's
+    coefficients whitened by the profiled eigenvalues `(tokens, rank)`, and each item's
+    offsets into them `(items + 1,)`."""
+
+
+# projections -----------------------------------------------------------------------------------
+
+
+def project(rows: torch.Tensor, mean: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
+    """Coefficients of `rows` in the PCA basis (`components` rows are unit vectors)."""
+    return ((rows.double() - mean.double()) @ components.double().T).float()
+
+
+def _floor(variances: torch.Tensor) -> float:
+    return max(float(variances.max()) * _EIGEN_FLOOR, 1e-12)
+
+
+def whiten(coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale each coefficient to unit variance over the pool; returns the whitened
+    coefficients and the variances used. The profiled eigenvalues are per-token variances,
+    which sequence means do not have, so the pool's own variances are the right scale (a
+    flat direction is floored at a millionth of the largest, not divided by zero)."""
+    centred = coefficients - coefficients.mean(dim=0)
+    variance = centred.pow(2).mean(dim=0)
+    variance = variance.clamp(min=_floor(variance))
+    return centred / variance.sqrt(), variance
+
+
+def read_basis(run_dir: Path, name: str, key_layers: list[str], rank: int) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per key layer, the profiled `(mean, components[:rank], eigenvalues[:rank])`."""
+    from safetensors.torch import load_file
+
+    from nexus_kernel.run.layout import PROFILE_DIR
+
+    tensors = load_file(str(run_dir / PROFILE_DIR / name / "basis.safetensors"))
+    return {layer: (tensors[f"{layer}.mean"], tensors[f"{layer}.components"][:rank], tensors[f"{layer}.eigenvalues"][:rank])
+            for layer in key_layers}
+
+
+def layer_activations(model: nn.Module, layers: list[str], batch: Any, forward: Callable[[Any, Any], Any],
+                      teacher: str) -> dict[str, torch.Tensor]:
+    """Each layer's output on `batch`, `(batch, seq, width)` (or `(batch, width)`)."""
+    from nexus_kernel.algorithms.profiling import _first_tensor, _hooks, modules_named
+
+    found: dict[str, torch.Tensor] = {}
+
+    def grab(name: str, output: Any) -> None:
+        found[name] = _first_tensor(output).detach().float()  # type: ignore[union-attr]
+
+    with torch.inference_mode(), _hooks(modules_named(model, layers, teacher), grab):
+        forward(model, batch)
+    return found
+
+
+def real_tokens(activation: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """Per item, the rows of its real positions (all positions without a matching mask)."""
+    if activation.dim() == 2:
+        return [row[None] for row in activation]
+    if mask is None or mask.shape != activation.shape[:2]:
+        return list(activation)
+    return [item[keep.bool()] for item, keep in zip(activation, mask, strict=True)]
+
+
+def pack_ragged(rows: list[torch.Tensor | None], width: int, dtype: torch.dtype = torch.float32
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variable-length `(n_i, width)` rows as one tensor and offsets `(items + 1,)`; a None row
+    has zero length."""
+    present = [row for row in rows if row is not None]
+    lengths = torch.tensor([0] + [0 if row is None else len(row) for row in rows])
+    values = torch.cat(present).to(dtype) if present else torch.zeros(0, width, dtype=dtype)
+    return values.contiguous(), lengths.cumsum(dim=0)
+
+
+def pack_distributions(rows: list[tuple[torch.Tensor, torch.Tensor] | None]) -> tuple[torch.Tensor, ...]:
+    """Per-item teacher distributions as `(ids, log-probabilities, offsets)`; an item without
+    one (its tokenizations disagree) gets zero length and is trained with cross-entropy."""
+    ids, offsets = pack_ragged([None if row is None else row[0] for row in rows], TOP_K, torch.long)
+    values, _ = pack_ragged([None if row is None else row[1] for row in rows], TOP_K)
+    return ids, values, offsets
+
+
+# collecting --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Collected:
+    """What one pass of the teacher over the pool gives, before packing."""
+
+    outputs: list[Any] = field(default_factory=list)
+    pooled: list[torch.Tensor] = field(default_factory=list)
+    per_token: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    aligned: set[int] = field(default_factory=set)
+    distributions: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
+
+
+def _collect(plan: Any, teacher: Any, items: list[Any], key_layers: list[str],
+             basis: Mapping[str, tuple[torch.Tensor, ...]], description: str) -> _Collected:
+    """Run the teacher over `items` in batches: answers, anchor coefficients (pooled, and per
+    token while the teacher's and the student's token counts agree) and, for `kl`, the
+    teacher's distributions."""
+    from tqdm import tqdm
+
+    collected = _Collected(per_token={k: [] for k in range(len(key_layers))}, aligned=set(range(len(key_layers))))
+    with tqdm(total=len(items), desc=description, unit="item", dynamic_ncols=True, leave=False) as bar:
+        for start in range(0, len(items), _TEACHER_BATCH):
+            chunk = items[start : start + _TEACHER_BATCH]
+            with torch.inference_mode():
+                answers = plan.teacher_outputs(chunk)
+                batch = plan.teacher_batch(chunk, answers)
+            mask = plan.mask_of(batch) if plan.mask_of is not None else None
+            student_mask = plan.student_batch(chunk, answers).attention_mask
+            found = layer_activations(teacher.model, key_layers, batch, plan.teacher_forward, teacher.name)
+            pooled = []
+            for k, layer in enumerate(key_layers):
+                mean, components, eigenvalues = basis[layer]
+                pooled.append(project(masked_mean(found[layer], mask), mean, components))
+                rows = real_tokens(found[layer], mask)
+                if student_mask is None or [len(row) for row in rows] != student_mask.sum(dim=1).tolist():
+                    collected.aligned.discard(k)
+                if k in collected.aligned:
+                    scale = eigenvalues.clamp(min=_floor(eigenvalues)).sqrt()
+                    collected.per_token[k] += [project(row, mean, components) / scale for row in rows]
+            collected.pooled.append(torch.stack(pooled, dim=1))
+            if plan.objective == "kl":
+                collected.distributions += plan.teacher_distributions(chunk, answers)
+            collected.outputs += answers
+            bar.update(len(chunk))
+    return collected
+
+
+# the pool --------------------------------------------------------------------------------------
+
+
+def _fingerprint(context: RunContext, name: str, entry: Mapping[str, Any], settings: Mapping[str, Any],
+                 datasets: Mapping[str, str]) -> str:
+    from nexus_kernel.run.layout import PROFILE_DIR
+
+    return sha256_json({
+        "format": _FORMAT, "entry": entry, "pool_size": settings["pool_size"],
+        "eval_samples": settings["eval_samples"], "datasets": datasets,
+        "budget": context.config.section("hardware")["memory_budget_gb"],
+        "basis": sha256_file(context.run_dir / PROFILE_DIR / name / "basis.safetensors"),
+    })
+
+
+def _read_cached(folder: Path, fingerprint: str, items: list[Any]) -> Pool | None:
+    from safetensors.torch import load_file
+
+    meta_path, tensor_path = folder / "pool.json", folder / "pool.safetensors"
+    if not (meta_path.is_file() and tensor_path.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("fingerprint") != fingerprint:
+        return None
+    tensors = load_file(str(tensor_path))
+    outputs = meta["texts"] if meta["texts"] is not None else list(tensors["outputs"])
+    tokens = {k: (tensors[f"tokens.{k}"], tensors[f"offsets.{k}"]) for k in meta["aligned"]}
+    soft = (tensors["soft.ids"], tensors["soft.logprobs"], tensors["soft.offsets"]) if meta["objective"] == "kl" else None
+    return Pool(items, outputs, tensors["coefficients"], tensors["eigenvalues"], meta["teacher_scores"],
+                meta["objective"], soft, tokens)
+
+
+def _teacher_precision(context: RunContext, parameters: int, profiled: str) -> str:
+    """The most precise option whose weights fit half the budget, never below the profiled one."""
+    from nexus_kernel.teachers.loading import QUANTIZATION_ORDER, most_precise_fitting
+
+    fitting = most_precise_fitting(parameters, context.config.section("hardware")["memory_budget_gb"])
+    return max(fitting, profiled, key=QUANTIZATION_ORDER.index)
+
+
+def _check_plan(name: str, plan: Any) -> None:
+    if plan is None:
+        raise StageError(f"{name}: its plugin gives no distillation plan (distill_capability returned None)")
+    if plan.objective not in OBJECTIVES:
+        raise StageError(f"{name}: unknown distillation objective {plan.objective!r} (known: {', '.join(OBJECTIVES)})")
+    if plan.objective == "kl" and plan.teacher_distributions is None:
+        raise StageError(f"{name}: the kl objective needs the plan's teacher_distributions")
+
+
+def build_pool(context: RunContext, student: NexusStudent, name: str, plan_without_teacher: Any,
+               architecture: Mapping[str, Any], settings: Mapping[str, Any], folder: Path) -> Pool:
+    """The capability's pool: from the cache when its fingerprint matches, else by loading its
+    teacher, collecting, scoring it on held-out items, caching and unloading it."""
+    from safetensors.torch import save
+
+    from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, REGISTRY_FILE
+    from nexus_kernel.teachers.loading import load_teacher, run_device
+    from nexus_kernel.teachers.registry import TeacherEntry
+
+    capability, _ = context.plugins.capabilities()[name]
+    entry_data = architecture["capabilities"][name]
+    datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"][name]
+    key_layers = [pair["teacher"] for pair in entry_data["layer_map"]]
+    items = list(itertools.islice(plan_without_teacher.items(), settings["pool_size"]))
+    if len(items) < settings["batch_size"]:
+        raise StageError(f"{name}: only {len(items)} training items, fewer than one batch of {settings['batch_size']}")
+    fingerprint = _fingerprint(context, name, entry_data, settings, datasets)
+    cached = _read_cached(folder, fingerprint, items)
+    if cached is not None:
+        return cached
+
+    registry = {e["name"]: e for e in json.loads((context.run_dir / REGISTRY_FILE).read_text())["teachers"]}
+    entry = TeacherEntry.from_json(registry[entry_data["teacher"]])
+    profiled = json.loads((context.run_dir / PROFILE_DIR / name / "profile.json").read_text())["load"]["quantization"]
+    started = time.perf_counter()
+    teacher = load_teacher(context, entry, _teacher_precision(context, entry.parameters, profiled), run_device(context))
+    try:
+        plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=teacher,
+                                        student=student, datasets=datasets)
+        _check_plan(name, plan)
+        basis = read_basis(context.run_dir, name, key_layers, int(entry_data["rank"]))
+        collected = _collect(plan, teacher, items, key_layers, basis, f"{name}: teacher answers")
+        teacher_scores = context.plugins.call_for(name, "retention_metric", capability=capability, model=teacher,
+                                                  split="test", datasets=datasets, limit=settings["eval_samples"])
+        teacher_load = teacher.describe()
+    finally:
+        del teacher
+        gc.collect()
+    if teacher_scores is None:
+        raise StageError(f"{name}: its plugin gives no retention_metric")
+
+    whitened, variances = whiten(torch.cat(collected.pooled))
+    tensors = {"coefficients": whitened.contiguous(), "eigenvalues": variances.contiguous()}
+    tokens = {k: pack_ragged(collected.per_token[k], int(entry_data["rank"])) for k in sorted(collected.aligned)}
+    for k, (values, offsets) in tokens.items():
+        tensors[f"tokens.{k}"], tensors[f"offsets.{k}"] = values, offsets
+    texts = collected.outputs if all(isinstance(output, str) for output in collected.outputs) else None
+    outputs: list[Any] = collected.outputs
+    if texts is None:
+        tensors["outputs"] = torch.stack([torch.as_tensor(output).float() for output in collected.outputs]).contiguous()
+        outputs = list(tensors["outputs"])
+    soft = None
+    if plan.objective == "kl":
+        soft = pack_distributions(collected.distributions)
+        tensors["soft.ids"], tensors["soft.logprobs"], tensors["soft.offsets"] = soft
+    scores = {key: score.to_json(with_items=True) for key, score in teacher_scores.items()}
+    atomic_write_bytes(folder / "pool.safetensors", save(tensors))
+    atomic_write_json(folder / "pool.json", {
+        "fingerprint": fingerprint, "texts": texts, "teacher_scores": scores, "teacher": entry.name,
+        "teacher_load": teacher_load, "aligned": sorted(collected.aligned), "objective": plan.objective,
+        "kl_items": sum(row is not None for row in collected.distributions), "key_layers": key_layers,
+        "seconds": round(time.perf_counter() - started, 2),
+    })
+    log.info("teacher answered the pool", capability=name, items=len(items),
+             seconds=round(time.perf_counter() - started, 1))
+    return Pool(items, outputs, tensors["coefficients"], variances, scores, plan.objective, soft, tokens)

@@ -1,0 +1,212 @@
+"""Stage 2, profiling (NIWT): per capability, load its teacher quantized, rank candidate layers
+by mean-ablation on the probe samples, stream the key layers' activations through streaming
+PCA, and audit the intrinsic dimension against the capability's max rank.
+
+Writes `niwt_stage2_output/<capability>/basis.safetensors` (per key layer: mean, components,
+eigenvalues) and `profile.json` (quantization used and why, ablation table, key layers, batch
+size and measured memory, intrinsic dimensions, participation ratios, rank audit). One teacher
+is in memory at a time; no activation outlives its batch.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+from typing import Any
+
+import psutil
+import torch
+
+from nexus_kernel.algorithms.profiling import profile_layers, rank_layers_by_ablation
+from nexus_kernel.errors import StageError
+from nexus_kernel.run.fsio import atomic_write_bytes, atomic_write_json
+from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, PROFILE_SUMMARY
+from nexus_kernel.run.logs import get_logger
+from nexus_kernel.run.runner import RunContext
+from nexus_kernel.teachers.loading import (
+    QUANTIZATION_ORDER,
+    LoadedTeacher,
+    load_teacher,
+    run_device,
+)
+from nexus_kernel.teachers.registry import TeacherEntry
+
+_TRIAL_BATCH = 4
+_MAX_BATCH = 256
+
+log = get_logger("profile")
+
+
+def _load_working(context: RunContext, name: str, capability: Any, entry: TeacherEntry,
+                  datasets: dict[str, str], settings: dict[str, Any]) -> tuple[LoadedTeacher, Any]:
+    """The teacher, loaded with the first quantization whose forward pass on a probe batch
+    works (bitsandbytes can load a layer shape its CPU kernels then refuse), and its plan."""
+    device = run_device(context)
+    skipped: dict[str, str] = {}
+    preferred = settings["quantization"]
+    while True:
+        teacher = load_teacher(context, entry, preferred, device)
+        skipped.update(teacher.skipped)
+        plan = context.plugins.call_for(name, "profile_capability", capability=capability, teacher=teacher,
+                                        n_probe=settings["probe_samples"], datasets=datasets)
+        if plan is None:
+            raise StageError(f"{name}: its plugin gives no probe plan (profile_capability returned None)")
+        try:
+            with torch.inference_mode():
+                plan.loss(teacher.model, plan.batches[0])
+        except Exception as exc:  # a backend's kernel refusing this model: try the next option
+            if teacher.quantization == QUANTIZATION_ORDER[-1]:
+                raise StageError(f"teacher {entry.name!r}: a forward pass fails even in fp32: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+            skipped[teacher.quantization] = f"forward pass failed: {type(exc).__name__}: {exc}"
+            preferred = QUANTIZATION_ORDER[QUANTIZATION_ORDER.index(teacher.quantization) + 1]
+            del teacher, plan
+            gc.collect()
+            continue
+        teacher.skipped = skipped
+        return teacher, plan
+
+
+def _output_bytes(model: torch.nn.Module, batch: Any, loss: Any) -> int:
+    """The largest single module output of one forward pass over `batch`, in bytes: the
+    activation that must fit next to the weights."""
+    largest = [0]
+
+    def measure(_module: Any, _inputs: Any, output: Any) -> None:
+        tensors = [output] if isinstance(output, torch.Tensor) else [
+            item for item in (output if isinstance(output, (tuple, list)) else ()) if isinstance(item, torch.Tensor)]
+        largest[0] = max(largest[0], sum(t.numel() * t.element_size() for t in tensors))
+
+    handles = [module.register_forward_hook(measure) for module in model.modules()]
+    try:
+        with torch.inference_mode():
+            loss(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return largest[0]
+
+
+def choose_batch_size(model: torch.nn.Module, plan: Any, budget_gb: float, fixed: int) -> dict[str, Any]:
+    """`fixed` when set; else measure a trial batch and take the largest batch whose
+    activations (with a 4x allowance for the transient copies of a forward pass) fit a quarter
+    of the memory budget."""
+    if fixed:
+        return {"batch_size": fixed, "chosen": "config"}
+    trial = next(iter(plan.stream(_TRIAL_BATCH, _TRIAL_BATCH)))
+    per_sample = max(1, _output_bytes(model, trial, plan.loss) // _TRIAL_BATCH)
+    allowance = budget_gb * 2**30 / 4
+    size = int(max(1, min(_MAX_BATCH, allowance // (4 * per_sample))))
+    return {"batch_size": size, "chosen": "measured", "trial_batch": _TRIAL_BATCH,
+            "largest_activation_bytes_per_sample": per_sample}
+
+
+def _rank_audit(capability: Any, max_rank: int, layers: dict[str, Any]) -> dict[str, Any]:
+    """Intrinsic dim (the most demanding key layer), max rank, chosen rank, variance lost."""
+    layer, worst = max(layers.items(), key=lambda item: item[1]["intrinsic_dim"])
+    intrinsic = worst["intrinsic_dim"]
+    rank = capability.choose_rank(intrinsic, max_rank)
+    ratios = worst["explained_variance_ratio"]
+    kept = float(sum(ratios[:rank]))
+    return {"layer": layer, "intrinsic_dim": intrinsic, "max_rank": max_rank, "chosen_rank": rank,
+            "variance_kept": kept, "variance_lost": max(0.0, 1.0 - kept), "truncated": intrinsic > rank}
+
+
+def profile_capability(context: RunContext, name: str, entry: TeacherEntry, datasets: dict[str, str],
+                       scope: dict[str, Any]) -> dict[str, Any]:
+    """Profile one capability's teacher and write its outputs; returns `profile.json`'s data."""
+    from safetensors.torch import save
+
+    settings = context.config.section("profiling")
+    capability, _ = context.plugins.capabilities()[name]
+    max_rank = int(scope["capabilities"][name]["max_rank"])
+    out = context.run_dir / PROFILE_DIR / name
+    started = time.perf_counter()
+    teacher, plan = _load_working(context, name, capability, entry, datasets, settings)
+    try:
+        ablation = rank_layers_by_ablation(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
+                                           teacher=entry.name)
+        key_layers = ablation.ranking()[: settings["key_layers"]]
+        batching = choose_batch_size(teacher.model, plan, context.config.section("hardware")["memory_budget_gb"],
+                                     settings["batch_size"])
+        process = psutil.Process()
+        peak = [process.memory_info().rss]
+
+        def sample_memory() -> None:
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+        states = profile_layers(teacher.model, key_layers, plan.stream(settings["samples"], batching["batch_size"]),
+                                plan.loss, plan.mask_of, teacher=entry.name, on_batch=sample_memory)
+        batching["peak_rss_mb"] = round(peak[0] / 2**20, 1)
+        log.info("profiling batches", capability=name, **batching)
+    finally:
+        model_quantization = teacher.describe()
+        del teacher
+        gc.collect()
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, Any] = {}
+    for layer, state in states.items():
+        result = state.result()
+        keep = min(max_rank, len(result.eigenvalues))
+        tensors[f"{layer}.mean"] = result.mean.float().contiguous()
+        tensors[f"{layer}.components"] = result.components[:keep].float().contiguous()
+        tensors[f"{layer}.eigenvalues"] = result.eigenvalues[:keep].float().contiguous()
+        layers[layer] = {
+            "vectors": result.count, "dim": int(result.mean.numel()),
+            "intrinsic_dim": result.intrinsic_dim(settings["variance_threshold"]),
+            "participation_ratio": result.participation_ratio,
+            "explained_variance_ratio": [float(v) for v in result.explained_variance_ratio[:keep]],
+        }
+    audit = _rank_audit(capability, max_rank, layers)
+    if audit["truncated"]:
+        log.warning("rank audit truncates", capability=name, intrinsic_dim=audit["intrinsic_dim"],
+                    max_rank=max_rank, variance_lost=round(audit["variance_lost"], 4))
+    profile = {
+        "capability": name, "teacher": entry.name, "load": model_quantization,
+        "probe_samples": settings["probe_samples"], "samples": settings["samples"],
+        "ablation": {"baseline_loss": ablation.baseline,
+                     # null: ablating the layer made the loss diverge (ranked first)
+                     "loss_increase": {layer: increase if math.isfinite(increase) else None
+                                       for layer, increase in ablation.increases().items()},
+                     "ranking": ablation.ranking()},
+        "key_layers": key_layers, "batching": batching, "variance_threshold": settings["variance_threshold"],
+        "layers": layers, "rank_audit": audit, "seconds": round(time.perf_counter() - started, 2),
+    }
+    atomic_write_bytes(out / "basis.safetensors", save(tensors))
+    atomic_write_json(out / "profile.json", profile)
+    return profile
+
+
+def run_profile(context: RunContext) -> str:
+    """Stage 2 over every capability that has a teacher, one teacher in memory at a time."""
+    from nexus_kernel.run.layout import REGISTRY_FILE
+
+    registry = json.loads((context.run_dir / REGISTRY_FILE).read_text())
+    lock = json.loads((context.run_dir / LOCK_FILE).read_text())
+    teachers = {}
+    for data in registry["teachers"]:
+        entry = TeacherEntry.from_json(data)
+        if entry.capability in teachers:
+            log.warning("several teachers for one capability; profiling the first",
+                        capability=entry.capability, used=teachers[entry.capability].name, ignored=entry.name)
+            continue
+        teachers[entry.capability] = entry
+    lines = []
+    summary = {}
+    for name, entry in sorted(teachers.items()):
+        profile = profile_capability(context, name, entry, lock["datasets"][name], lock["scope"])
+        audit = profile["rank_audit"]
+        summary[name] = {"teacher": entry.name, "quantization": profile["load"]["quantization"],
+                         "key_layers": profile["key_layers"], "rank_audit": audit}
+        lines.append(f"{name}: {profile['load']['quantization']}, key {', '.join(profile['key_layers'])}, "
+                     f"dim {audit['intrinsic_dim']} -> rank {audit['chosen_rank']}")
+        log.info("profiled", capability=name, **{k: v for k, v in audit.items() if k != "layer"})
+    atomic_write_json(context.run_dir / PROFILE_SUMMARY, summary)
+    return "; ".join(lines) or "no capability has a teacher"
+
+
+def profile_inputs(context: RunContext) -> dict[str, Any]:
+    return {"profiling": context.config.section("profiling"),
+            "memory_budget_gb": context.config.section("hardware")["memory_budget_gb"]}

@@ -1,0 +1,1 @@
+"""The student: model, building it from architecture.json, its weights, decoding, the bundle and packaging."""

@@ -1,0 +1,1 @@
+"""Teachers: the CSV registry, loading, demo builds, fingerprints, removal for stage 5 and the read guard."""
