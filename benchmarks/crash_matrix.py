@@ -6,7 +6,9 @@ user's own teacher folders; the tests' tiny distillation settings). The referenc
 `nexus run` once; its state records each stage's seconds. For stage N a fresh project starts
 `nexus run`, waits until `state.json` says stage N is running, sleeps a seeded share
 (5-95 %) of the reference's seconds for that stage, and sends SIGKILL; `nexus run` is then
-started again and must exit 0. Compared with the reference: the sha256 of every
+started again and must exit 0. A kill that lands after the stage ended (a stage of
+milliseconds) is tried again on a fresh project at a quarter of the delay, then at once.
+Compared with the reference: the sha256 of every
 `.safetensors` file (run directory, bundle and teacher folders, by relative path), and the
 teacher folders file by file; nothing may be left moved away (`.nexus-removed`), half-built
 (`.partial-*`, `.*.partial`, `.*.old`) or half-written (`.*.tmp`).
@@ -126,21 +128,26 @@ def main() -> int:
     rows = []
     for number in args.stages:
         stage = STAGES[number]
-        project = tiny_project(work / f"kill-{number}-{stage}", teachers)
         delay = shares[number] * seconds[stage]
-        kill = kill_during(project, stage, delay)
+        # A stage of a few milliseconds can end before the kill lands: then again, sooner.
+        for attempt, factor in enumerate((1.0, 0.25, 0.0), start=1):
+            project = tiny_project(work / f"kill-{number}-{stage}-{attempt}", teachers)
+            kill = kill_during(project, stage, delay * factor)
+            if kill["landed_in"] == stage:
+                break
+        kill["attempts"] = attempt
         rerun = _nexus_run(project)
         found = weight_hashes(project)
         differing = sorted(name for name in expected.keys() | found.keys() if expected.get(name) != found.get(name))
-        row = {"stage": number, "name": stage, "planned_delay": round(delay, 3), **kill,
+        row = {"stage": number, "name": stage, "planned_delay": round(delay * factor, 3), **kill,
                "rerun_exit": rerun.returncode, "weight_files": len(expected), "differing": differing,
                "teachers_identical": tree_hashes(project / "models") == expected_teachers,
                "leftovers": leftovers(project)}
         row["ok"] = (rerun.returncode == 0 and not differing and row["teachers_identical"]
-                     and not row["leftovers"])
+                     and not row["leftovers"] and kill["landed_in"] == stage)
         rows.append(row)
         print(f"stage {number} {stage:<12} killed {kill['seconds_into_stage']:7.3f} s in "
-              f"(of {seconds[stage]:.1f} s; landed in {kill['landed_in']}), rerun exit {rerun.returncode}, "
+              f"(of {seconds[stage]:.3f} s; landed in {kill['landed_in']}, attempt {attempt}), rerun exit {rerun.returncode}, "
               f"{len(expected) - len(differing)}/{len(expected)} weight files identical, teachers "
               f"{'identical' if row['teachers_identical'] else 'DIFFER'}, leftovers {row['leftovers'] or 'none'}"
               f"  {'ok' if row['ok'] else 'FAILED'}", flush=True)
