@@ -111,3 +111,27 @@ def test_only_a_measurable_capability_below_the_threshold_fails() -> None:
     table = {"math": {"retention": {"status": "pass"}}, "voice": {"retention": {"status": "not measurable"}},
              "vision": {"retention": {"status": "below 0.97"}}}
     assert failing(table) == ["vision"]
+
+
+def test_the_headline_is_the_first_declared_benchmark_whatever_order_the_scores_were_stored_in(
+        tmp_path: Path) -> None:
+    from nexus_kernel import Score
+    from nexus_kernel.algorithms.retention import retention_table
+    from nexus_kernel.run.fsio import atomic_write_json
+    from nexus_kernel.run.layout import CHECKPOINT_DIR, REGISTRY_FILE
+
+    def scores(first: float, second: float) -> dict[str, object]:
+        return {"alpha": Score.from_items("alpha", [first] * 4, 0.0).to_json(with_items=True),
+                "zeta": Score.from_items("zeta", [second] * 4, 0.0).to_json(with_items=True)}
+
+    atomic_write_json(tmp_path / REGISTRY_FILE, {"teachers": [
+        {"name": "t", "capability": "cap", "benchmarks": ["zeta", "alpha"], "path": str(tmp_path)}]})
+    # pool.json is canonical JSON (sorted keys): "alpha" comes first, though "zeta" is the headline.
+    atomic_write_json(tmp_path / CHECKPOINT_DIR / "cap" / "pool.json", {"teacher_scores": scores(1.0, 1.0)})
+    table = retention_table(tmp_path, {"cap": scores(1.0, 0.0)})
+    assert table["cap"]["benchmark"] == "zeta" and table["cap"]["retention"]["status"] != "pass"
+    atomic_write_json(tmp_path / REGISTRY_FILE, {"teachers": [
+        {"name": "t", "capability": "cap", "benchmarks": ["omega"], "path": str(tmp_path)}]})
+    with pytest.raises(StageError, match=r"cap: the headline benchmark is the first one its plugin declares "
+                                         r"\(\['omega'\]\), but retention_metric scored \['alpha', 'zeta'\]"):
+        retention_table(tmp_path, {"cap": scores(1.0, 1.0)})

@@ -78,12 +78,25 @@ def teacher_scores(run_dir: Path, name: str) -> dict[str, Any]:
     return json.loads(pool.read_text())["teacher_scores"]  # type: ignore[no-any-return]
 
 
+def headline_benchmark(name: str, benchmarks: Sequence[str], teacher: Mapping[str, Any]) -> str:
+    """The benchmark retention is judged on: the capability's first declared one, whatever
+    order the scores were stored in. Raises `StageError` when the teacher was not scored on it."""
+    if not benchmarks or benchmarks[0] not in teacher:
+        raise StageError(f"{name}: the headline benchmark is the first one its plugin declares "
+                         f"({list(benchmarks)}), but retention_metric scored {sorted(teacher)}")
+    return benchmarks[0]
+
+
 def retention_table(run_dir: Path, scores: dict[str, Any]) -> dict[str, Any]:
-    """Per capability: the headline benchmark, teacher and student figures, and the verdict."""
+    """Per capability: the headline benchmark (its first declared one), teacher and student
+    figures, and the verdict."""
+    from nexus_kernel.run.layout import capability_benchmarks
+
+    declared = capability_benchmarks(run_dir)
     table = {}
     for name in sorted(scores):
         teacher = teacher_scores(run_dir, name)
-        headline = next(iter(teacher))
+        headline = headline_benchmark(name, declared.get(name, ()), teacher)
         if headline not in scores[name]:
             raise StageError(f"{name}: the student was scored on {sorted(scores[name])}, the teacher on {headline!r}")
         table[name] = {"benchmark": headline, "teacher": teacher[headline], "student": scores[name][headline],

@@ -75,3 +75,9 @@ def teacher_folders(run_dir: Path) -> dict[str, Path]:
     """Teacher name to its folder, for every teacher stage 1 bound (`REGISTRY_FILE`)."""
     registry = json.loads((run_dir / REGISTRY_FILE).read_text())
     return {entry["name"]: Path(entry["path"]).absolute() for entry in registry["teachers"]}
+
+
+def capability_benchmarks(run_dir: Path) -> dict[str, tuple[str, ...]]:
+    """Each bound capability's declared benchmarks (`REGISTRY_FILE`), the headline first."""
+    registry = json.loads((run_dir / REGISTRY_FILE).read_text())
+    return {entry["capability"]: tuple(entry["benchmarks"]) for entry in registry["teachers"]}

@@ -27,7 +27,7 @@ from nexus_kernel.algorithms.recovery import (
     named_trainable,
     summarise,
 )
-from nexus_kernel.algorithms.retention import verdict
+from nexus_kernel.algorithms.retention import headline_benchmark, verdict
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.fsio import (
     atomic_write_json,
@@ -377,7 +377,7 @@ def _score(context: RunContext, student: NexusStudent, task: CapabilityTask, set
                                       model=StudentCapability(student, task.name), split="test",
                                       datasets=datasets, limit=settings["eval_samples"])
     student_scores = {key: score.to_json(with_items=True) for key, score in scores.items()}
-    headline = next(iter(task.pool.teacher_scores))
+    headline = headline_benchmark(task.name, task.capability.benchmarks, task.pool.teacher_scores)
     result = verdict(task.pool.teacher_scores[headline], student_scores[headline])
     log.info("held-out", capability=task.name, benchmark=headline, teacher=task.pool.teacher_scores[headline]["value"],
              student=student_scores[headline]["value"], **result)
