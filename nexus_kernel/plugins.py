@@ -22,7 +22,6 @@ from nexus_kernel.errors import CapabilityConflict, PluginError
 
 ENTRY_POINT_GROUP = "nexus"
 PLUGINS_ENV = "NEXUS_PLUGINS"
-KERNEL_DISTRIBUTION = "nexus-kernel"
 
 
 def _normalise(name: str) -> str:

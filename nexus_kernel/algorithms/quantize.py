@@ -10,7 +10,7 @@ module built and quantized the same way, which is how `load_bundle` restores a b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -146,6 +146,3 @@ def quantize_module(plugins: PluginSet | None, module: nn.Module, scheme: str,
     return kernel_quantize(module, scheme), KERNEL
 
 
-def state_bytes(state: dict[str, Any]) -> int:
-    """Bytes of the tensors in a state dict."""
-    return sum(value.numel() * value.element_size() for value in state.values() if isinstance(value, torch.Tensor))

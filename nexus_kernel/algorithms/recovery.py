@@ -49,8 +49,11 @@ class RecoverySettings:
 class LoopState:
     """What the loop carries from step to step, saved with every checkpoint."""
 
+    alpha: float
+    """The anchor weight now: `distill.alpha` at the start (no default here, so the config's is
+    the only one), raised at each rollback; each capability's loss scales it by its
+    `alpha_scale`."""
     step: int = 0
-    alpha: float = 0.1
     lr_scale: float = 1.0
     running_loss: dict[str, float] = field(default_factory=dict)
     """Running mean of the loss per composition (the names of the parts a step reported), so a

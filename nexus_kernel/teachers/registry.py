@@ -23,7 +23,6 @@ from nexus_kernel.errors import RegistryError
 
 REQUIRED_COLUMNS = ("Model Name", "Parameters", "Category", "Best Feature")
 OPTIONAL_COLUMNS = ("Path",)
-DEFAULT_CSV_NAME = "ModelName-Parameters-Category-BestFeature.csv"
 
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 MAX_PARAMETERS = 100 * 10**12
