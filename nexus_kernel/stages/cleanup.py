@@ -113,7 +113,7 @@ def run_cleanup(context: RunContext) -> str:
     write_report(context.run_dir)
     run_name = context.config.section("run")["name"]
     archive = context.run_dir / ARCHIVE_DIR / f"{run_name}.tar.gz"
-    members = archive_members(context.run_dir, bundle_folder(context) / MANIFEST)
+    members = archive_members(context.run_dir, bundle_folder(context.run_dir, context.config) / MANIFEST)
     atomic_write_bytes(archive, tar_gz(members, run_name))
     plan, roots, kept = sanitization_plan(context)
     confirmed = context.confirm_deletions

@@ -162,7 +162,7 @@ def run_package(context: RunContext) -> str:
     if problems:
         atomic_write_json(context.run_dir / PACKAGE_REPORT, package_report)
         raise StageError("; ".join(problems) + f"; no bundle written (staging copy in {staging})")
-    folder = bundle_folder(context)
+    folder = bundle_folder(context.run_dir, context.config)
     manifest = write_bundle(folder, files, _manifest(context, architecture, quantized, student, scheme, quantizers, sizes))
     shutil.rmtree(staging, ignore_errors=True)
     package_report |= {"bundle": str(folder), "bundle_bytes": total + (folder / "manifest.json").stat().st_size,
@@ -178,7 +178,7 @@ def bundle_still_valid(context: RunContext) -> str | None:
     from nexus_kernel.student.bundle import BundleError, verify_bundle
 
     try:
-        verify_bundle(bundle_folder(context))
+        verify_bundle(bundle_folder(context.run_dir, context.config))
     except BundleError as exc:
         return f"bundle missing or modified ({exc})"
     return None
