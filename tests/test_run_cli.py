@@ -21,7 +21,7 @@ from nexus_kernel import Capability, hookimpl
 
 @hookimpl
 def register_capabilities():
-    return [Capability("slowcap", "text", ("Slow",), ("slow bench",))]
+    return [Capability("slowcap", "text", ("Slow",), ("GSM8K",))]  # scored like math (below)
 
 @hookimpl
 def resolve_datasets(capability, settings):
