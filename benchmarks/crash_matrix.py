@@ -21,7 +21,6 @@ Exits 1 when any cell differs or a rerun fails. About 25 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -36,7 +35,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from kernel_helpers import HANG_GUARD, build_tiny_demo_teachers, tiny_project  # noqa: E402
+from kernel_helpers import HANG_GUARD, build_tiny_demo_teachers, file_hashes, tiny_project  # noqa: E402
 
 STAGES = {1: "registry", 2: "profile", 3: "architecture", 4: "distill", 5: "validate", 6: "package", 7: "cleanup"}
 LEFTOVERS = (".nexus-removed", ".partial-")
@@ -49,17 +48,6 @@ def _environment() -> dict[str, str]:
 def _nexus_run(project: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "nexus_kernel.cli", "run"], cwd=project, env=_environment(),
                           capture_output=True, text=True, timeout=HANG_GUARD, check=False)
-
-
-def weight_hashes(project: Path) -> dict[str, str]:
-    """sha256 of every `.safetensors` file under `project`, by relative path."""
-    return {path.relative_to(project).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(project.rglob("*.safetensors")) if path.is_file()}
-
-
-def tree_hashes(folder: Path) -> dict[str, str]:
-    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def leftovers(project: Path) -> list[str]:
@@ -123,7 +111,7 @@ def main() -> int:
     print(f"reference run: {time.perf_counter() - began:.1f} s", flush=True)
     seconds = {name: entry["seconds"]
                for name, entry in json.loads((reference / "runs/demo/state.json").read_text())["stages"].items()}
-    expected, expected_teachers = weight_hashes(reference), tree_hashes(reference / "models")
+    expected, expected_teachers = file_hashes(reference, "*.safetensors"), file_hashes(reference / "models")
 
     rows = []
     for number in args.stages:
@@ -137,11 +125,11 @@ def main() -> int:
                 break
         kill["attempts"] = attempt
         rerun = _nexus_run(project)
-        found = weight_hashes(project)
+        found = file_hashes(project, "*.safetensors")
         differing = sorted(name for name in expected.keys() | found.keys() if expected.get(name) != found.get(name))
         row = {"stage": number, "name": stage, "planned_delay": round(delay * factor, 3), **kill,
                "rerun_exit": rerun.returncode, "weight_files": len(expected), "differing": differing,
-               "teachers_identical": tree_hashes(project / "models") == expected_teachers,
+               "teachers_identical": file_hashes(project / "models") == expected_teachers,
                "leftovers": leftovers(project)}
         row["ok"] = (rerun.returncode == 0 and not differing and row["teachers_identical"]
                      and not row["leftovers"] and kill["landed_in"] == stage)

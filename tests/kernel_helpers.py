@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib
 import json
 import os
@@ -138,3 +139,10 @@ def tiny_project(root: Path, teachers: Path) -> Path:
     for row in csv.DictReader(csv_path.read_text().splitlines()):
         shutil.copytree(teachers / row["Model Name"], root / "models" / row["Model Name"])
     return root
+
+
+def file_hashes(folder: Path, pattern: str = "*") -> dict[str, str]:
+    """sha256 of every file under `folder` matching `pattern` (hidden ones included), by
+    relative POSIX path."""
+    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(folder.rglob(pattern)) if path.is_file()}

@@ -5,7 +5,6 @@ dangerous `registry.models_dir`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -15,15 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from kernel_helpers import HANG_GUARD, nexus, run_and_kill_when
+from kernel_helpers import HANG_GUARD, file_hashes, nexus, run_and_kill_when
 
 STAGES = ("doctor", "lock", "registry", "profile", "architecture", "distill", "validate", "package", "cleanup")
-
-
-def _tree(folder: Path) -> dict[str, str]:
-    """sha256 of every file under `folder`, hidden ones included, by relative path."""
-    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def _statuses(stdout: str) -> dict[str, str]:
@@ -46,7 +39,7 @@ def _edit_config(project: Path, old: str, new: str) -> None:
 @pytest.mark.slow
 def test_sigkill_in_stage_5_then_run_restores_the_users_teachers_byte_for_byte(project: Path) -> None:
     models = project / "models"
-    before = _tree(models)
+    before = file_hashes(models)
     first = nexus("run", "--to", "distill", cwd=project)
     assert first.returncode == 0, first.stderr
     away = models / ".nexus-demo-math.nexus-removed"
@@ -58,7 +51,7 @@ def test_sigkill_in_stage_5_then_run_restores_the_users_teachers_byte_for_byte(p
     assert "restored a teacher folder a killed run had moved away" in rerun.stderr
     statuses = _statuses(rerun.stdout)
     assert statuses["registry"] == "skipped" and statuses["validate"] == "passed", rerun.stdout
-    assert _tree(models) == before  # every file of every teacher, byte for byte; nothing added
+    assert file_hashes(models) == before  # every file of every teacher, byte for byte; nothing added
     assert not (project / "runs/demo/teachers_moved.json").exists()
 
 

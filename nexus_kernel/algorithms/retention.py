@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_kernel.errors import StageError
+from nexus_kernel.run.layout import CHECKPOINT_DIR, capability_benchmarks
 
 THRESHOLD = 0.97
 _NEAR_CHANCE = 0.1
@@ -69,7 +70,6 @@ def score_capabilities(plugins: Any, names: Iterable[str], model_of: Callable[[s
 
 def teacher_scores(run_dir: Path, name: str) -> dict[str, Any]:
     """The teacher's held-out scores (with per-item results) that stage 4 measured."""
-    from nexus_kernel.run.layout import CHECKPOINT_DIR
 
     pool = run_dir / CHECKPOINT_DIR / name / "pool.json"
     if not pool.is_file():
@@ -90,7 +90,6 @@ def headline_benchmark(name: str, benchmarks: Sequence[str], teacher: Mapping[st
 def retention_table(run_dir: Path, scores: dict[str, Any]) -> dict[str, Any]:
     """Per capability: the headline benchmark (its first declared one), teacher and student
     figures, and the verdict."""
-    from nexus_kernel.run.layout import capability_benchmarks
 
     declared = capability_benchmarks(run_dir)
     table = {}

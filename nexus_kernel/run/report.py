@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nexus_kernel.run.layout import REPORT_HTML
+from nexus_kernel.run.layout import PROFILE_DIR, REPORT_HTML
 
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 _WIDTH, _HEIGHT, _PAD = 560, 260, 40
@@ -27,7 +27,6 @@ def _read(path: Path) -> Any:
 
 def collect(run_dir: Path) -> dict[str, Any]:
     """Every figure the report shows, from the run directory (missing stages give empty parts)."""
-    from nexus_kernel.run.layout import PROFILE_DIR
 
     figures: dict[str, Any] = {"run": str(run_dir), "variance": {}, "ranks": {}, "losses": {}, "rollbacks": [],
                                "retention": {}}

@@ -22,7 +22,7 @@ from torch import nn
 from nexus_kernel.contracts import AdapterSpec
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.fsio import atomic_write_json
-from nexus_kernel.run.layout import ARCHITECTURE_FILE
+from nexus_kernel.run.layout import ARCHITECTURE_FILE, LOCK_FILE, PROFILE_DIR, PROFILE_SUMMARY, REGISTRY_FILE
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.student.build import (
@@ -91,13 +91,6 @@ def count(module: nn.Module | None) -> int:
 
 def run_architecture(context: RunContext) -> str:
     """Stage 3: decide, build and check the student; write `architecture.json`."""
-    from nexus_kernel.run.layout import (
-        LOCK_FILE,
-        PROFILE_DIR,
-        PROFILE_SUMMARY,
-        REGISTRY_FILE,
-    )
-
     summary = json.loads((context.run_dir / PROFILE_SUMMARY).read_text())
     registry = {entry["name"]: entry for entry in json.loads((context.run_dir / REGISTRY_FILE).read_text())["teachers"]}
     lock = json.loads((context.run_dir / LOCK_FILE).read_text())

@@ -24,7 +24,17 @@ from typing import Any
 
 from nexus_kernel.run.cleanup import Deletion, plan_removal, remove
 from nexus_kernel.run.fsio import atomic_write_bytes, atomic_write_json
-from nexus_kernel.run.layout import ARCHIVE_DIR, CLEANUP_REPORT
+from nexus_kernel.run.layout import (
+    ARCHIVE_DIR,
+    CHECKPOINT_DIR,
+    CLEANUP_REPORT,
+    PROFILE_DIR,
+    STAGING,
+    STUDENT_FILE,
+    VALIDATE_DIR,
+    bundle_folder,
+    teacher_folders,
+)
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 
@@ -37,7 +47,6 @@ log = get_logger("cleanup")
 
 def archive_members(run_dir: Path, bundle_manifest: Path | None) -> dict[str, Path]:
     """Archive name to file: the fixed list, every log and profile, and the bundle manifest."""
-    from nexus_kernel.run.layout import PROFILE_DIR
 
     members = {name: run_dir / name for name in _ARCHIVED if (run_dir / name).is_file()}
     for path in sorted((run_dir / "logs").glob("*")) + sorted((run_dir / PROFILE_DIR).glob("*/profile.json")):
@@ -62,14 +71,6 @@ def tar_gz(members: dict[str, Path], prefix: str) -> bytes:
 
 def training_only(run_dir: Path) -> list[Path]:
     """The run's artifacts only training needed (the fp32 student and the reports stay)."""
-    from nexus_kernel.run.layout import (
-        CHECKPOINT_DIR,
-        PROFILE_DIR,
-        STAGING,
-        STUDENT_FILE,
-        VALIDATE_DIR,
-    )
-
     checkpoints = run_dir / CHECKPOINT_DIR
     targets = [path for path in sorted(checkpoints.iterdir()) if path != run_dir / STUDENT_FILE] \
         if checkpoints.is_dir() else []
@@ -80,7 +81,6 @@ def training_only(run_dir: Path) -> list[Path]:
 
 def sanitization_plan(context: RunContext) -> tuple[list[Deletion], list[Path], list[str]]:
     """What stage 7 would delete, the roots it may delete in, and what it leaves and why."""
-    from nexus_kernel.run.layout import teacher_folders
     from nexus_kernel.teachers.demo import read_marker
 
     models_dir = Path(context.config.section("registry")["models_dir"]).resolve()
@@ -106,7 +106,6 @@ def sanitization_plan(context: RunContext) -> tuple[list[Deletion], list[Path], 
 
 def run_cleanup(context: RunContext) -> str:
     """Stage 7 (see the module docstring)."""
-    from nexus_kernel.run.layout import bundle_folder
     from nexus_kernel.run.report import write_report
     from nexus_kernel.student.bundle import MANIFEST
 

@@ -35,8 +35,10 @@ from nexus_kernel.run.fsio import (
     sha256_json,
 )
 from nexus_kernel.run.layout import (
+    ARCHITECTURE_FILE,
     CHECKPOINT_DIR,
     DISTILL_REPORT,
+    LOCK_FILE,
     STUDENT_FILE,
     TRAINING_JOURNAL,
 )
@@ -326,7 +328,6 @@ def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Map
                    settings: Mapping[str, Any], seed: int) -> dict[str, CapabilityTask]:
     """Per capability, in name order: its plan (without the teacher) and its pool (built with
     the teacher, one at a time, or read from the cache)."""
-    from nexus_kernel.run.layout import LOCK_FILE
 
     datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"]
     tasks = {}
@@ -370,7 +371,6 @@ def _phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTas
 def _score(context: RunContext, student: NexusStudent, task: CapabilityTask, settings: Mapping[str, Any]
            ) -> dict[str, Any]:
     """The student's held-out scores next to its teacher's, and the retention verdict."""
-    from nexus_kernel.run.layout import LOCK_FILE
 
     datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"][task.name]
     scores = context.plugins.call_for(task.name, "retention_metric", capability=task.capability,
@@ -392,7 +392,6 @@ def _summary(score: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_distill(context: RunContext) -> str:
     """Stage 4 (see the module docstring)."""
-    from nexus_kernel.run.layout import ARCHITECTURE_FILE, LOCK_FILE
     from nexus_kernel.student.build import build_student
 
     architecture = json.loads((context.run_dir / ARCHITECTURE_FILE).read_text())

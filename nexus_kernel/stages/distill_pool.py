@@ -32,6 +32,7 @@ from nexus_kernel.run.fsio import (
     sha256_file,
     sha256_json,
 )
+from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, REGISTRY_FILE
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.student.model import NexusStudent, masked_mean
@@ -92,7 +93,6 @@ def read_basis(run_dir: Path, name: str, key_layers: list[str], rank: int) -> di
     """Per key layer, the profiled `(mean, components[:rank], eigenvalues[:rank])`."""
     from safetensors.torch import load_file
 
-    from nexus_kernel.run.layout import PROFILE_DIR
 
     tensors = load_file(str(run_dir / PROFILE_DIR / name / "basis.safetensors"))
     return {layer: (tensors[f"{layer}.mean"], tensors[f"{layer}.components"][:rank], tensors[f"{layer}.eigenvalues"][:rank])
@@ -195,7 +195,6 @@ def _collect(plan: Any, teacher: Any, items: list[Any], key_layers: list[str],
 
 def _fingerprint(context: RunContext, name: str, entry: Mapping[str, Any], settings: Mapping[str, Any],
                  datasets: Mapping[str, str]) -> str:
-    from nexus_kernel.run.layout import PROFILE_DIR
 
     return sha256_json({
         "format": _FORMAT, "entry": entry, "pool_size": settings["pool_size"],
@@ -245,7 +244,6 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
     teacher, collecting, scoring it on held-out items, caching and unloading it."""
     from safetensors.torch import save
 
-    from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, REGISTRY_FILE
     from nexus_kernel.teachers.loading import load_teacher, run_device
     from nexus_kernel.teachers.registry import TeacherEntry
 

@@ -31,8 +31,12 @@ from nexus_kernel.algorithms.retention import (
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.fsio import atomic_write_json, canonical_json
 from nexus_kernel.run.layout import (
+    ARCHITECTURE_FILE,
+    LOCK_FILE,
     PACKAGE_REPORT,
+    REGISTRY_FILE,
     STAGING,
+    STUDENT_FILE,
     VERIFY_REPORT,
     bundle_folder,
 )
@@ -88,7 +92,6 @@ def _assets(context: RunContext, student: Any, datasets: dict[str, Any]) -> dict
 
 def _manifest(context: RunContext, architecture: dict[str, Any], quantized: dict[str, Any], student: Any,
               scheme: str, quantizers: dict[str, str], sizes: dict[str, Any]) -> dict[str, Any]:
-    from nexus_kernel.run.layout import REGISTRY_FILE
 
     registry = {e["name"]: e for e in json.loads((context.run_dir / REGISTRY_FILE).read_text())["teachers"]}
     requires = dict(_distribution_of(context, q) for q in sorted(set(quantizers.values())))
@@ -115,7 +118,6 @@ def _manifest(context: RunContext, architecture: dict[str, Any], quantized: dict
 
 def run_package(context: RunContext) -> str:
     """Stage 6 (see the module docstring)."""
-    from nexus_kernel.run.layout import ARCHITECTURE_FILE, LOCK_FILE, STUDENT_FILE
     from nexus_kernel.student.build import build_student
     from nexus_kernel.student.weights import load_weights
 
@@ -174,7 +176,6 @@ def run_package(context: RunContext) -> str:
 
 def bundle_still_valid(context: RunContext) -> str | None:
     """Stage 6 reruns when its bundle is missing or fails verification."""
-    from nexus_kernel.run.layout import bundle_folder
     from nexus_kernel.student.bundle import BundleError, verify_bundle
 
     try:

@@ -22,7 +22,7 @@ import torch
 from nexus_kernel.algorithms.profiling import profile_layers, rank_layers_by_ablation
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.fsio import atomic_write_bytes, atomic_write_json
-from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, PROFILE_SUMMARY
+from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, PROFILE_SUMMARY, REGISTRY_FILE
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.teachers.loading import (
@@ -181,7 +181,6 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
 
 def run_profile(context: RunContext) -> str:
     """Stage 2 over every capability that has a teacher, one teacher in memory at a time."""
-    from nexus_kernel.run.layout import REGISTRY_FILE
 
     registry = json.loads((context.run_dir / REGISTRY_FILE).read_text())
     lock = json.loads((context.run_dir / LOCK_FILE).read_text())

@@ -29,7 +29,9 @@ from nexus_kernel.algorithms.retention import (
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.fsio import atomic_write_json
 from nexus_kernel.run.layout import (
+    LOCK_FILE,
     MOVED_TEACHERS,
+    STUDENT_FILE,
     VALIDATE_DIR,
     VERIFY_REPORT,
     teacher_folders,
@@ -54,7 +56,6 @@ def restore_moved_teachers(run_dir: Path) -> None:
 
 def student_job(context: RunContext, work: Path, forbid: list[Path], label: str) -> dict[str, Any]:
     """The child's job: score the stage-4 student on every capability's held-out items."""
-    from nexus_kernel.run.layout import LOCK_FILE, STUDENT_FILE
 
     architecture = json.loads((context.run_dir / "architecture.json").read_text())
     datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"]
