@@ -6,16 +6,12 @@ torch.
 
 from __future__ import annotations
 
-import pluggy
-
 from nexus_kernel.capability import Capability
 from nexus_kernel.contracts import AdapterSpec, ProbePlan, Score
+from nexus_kernel.hookspecs import hookimpl
+from nexus_kernel.kit.plugin_kit import CapabilityPlugin
 
-__version__ = "0.1.0"
-
-hookimpl = pluggy.HookimplMarker("nexus")
-"""Marker for plugin hook implementations: `@hookimpl def register_capabilities(): ...`."""
-
+__version__ = "0.2.0"
 
 
 def load_bundle(path: object, plugins: object = None) -> object:
@@ -27,4 +23,4 @@ def load_bundle(path: object, plugins: object = None) -> object:
     return load(Path(str(path)), plugins)  # type: ignore[arg-type]
 
 
-__all__ = ["AdapterSpec", "Capability", "ProbePlan", "Score", "__version__", "hookimpl", "load_bundle"]
+__all__ = ["AdapterSpec", "Capability", "CapabilityPlugin", "ProbePlan", "Score", "__version__", "hookimpl", "load_bundle"]

@@ -1,9 +1,16 @@
 """The hooks a Nexus plugin may implement (pluggy project name `nexus`).
 
-Hooks about one capability are called only on the plugin that owns the capability (the one
-whose `register_capabilities` declared it), then on the kernel's built-in default if the owner
-gave no answer; see `PluginSet.call_for`. A plugin therefore never has to check whether a call
-is meant for it. Every hook returns `None` to mean "no answer".
+Hooks about one capability (every hook with a `capability` or `entry` argument) are called by
+pluggy on a subset of the plugins: the one that owns the capability (whose
+`register_capabilities` declared it) and the kernel's built-in defaults
+(`nexus_kernel.defaults`, registered `trylast`), so the owner answers first and the default
+only when the owner returns None; see `PluginSet.call_for`. A plugin therefore never has to
+check whether a call is meant for it. These hooks are `firstresult`: the first answer that is
+not None is the answer. Every hook returns `None` to mean "no answer".
+
+Capability plugins normally do not write these functions themselves: an instance of
+`nexus_kernel.CapabilityPlugin` implements them from the capability's declaration and its
+teacher and student modules (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ if TYPE_CHECKING:
     from nexus_kernel.teachers.registry import TeacherEntry
 
 hookspec = pluggy.HookspecMarker("nexus")
+hookimpl = pluggy.HookimplMarker("nexus")
+"""Marker for hook implementations; re-exported as `nexus_kernel.hookimpl`."""
 
 
 @hookspec
@@ -40,7 +49,7 @@ def register_capabilities() -> list[Capability]:
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def resolve_datasets(capability: Capability, settings: Mapping[str, Any]) -> dict[str, str] | None:
     """Name the datasets `capability` will read, split name to an absolute path or a
     `synthetic:<recipe>` label. `settings` is the capability's `[capabilities.<name>]` config
@@ -50,7 +59,7 @@ def resolve_datasets(capability: Capability, settings: Mapping[str, Any]) -> dic
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def demo_teacher(capability: Capability, settings: Mapping[str, Any]) -> DemoTeacher | None:
     """The small teacher the owner can train locally for `capability` (its name is the CSV's
     `Model Name`), built by `nexus teachers build` or on first use by `nexus run` when that
@@ -60,17 +69,19 @@ def demo_teacher(capability: Capability, settings: Mapping[str, Any]) -> DemoTea
     """
 
 
-@hookspec
-def load_teacher(entry: TeacherEntry, quantization: str) -> Any | None:
+@hookspec(firstresult=True)
+def load_teacher(entry: TeacherEntry, quantization: str, device: str) -> Any | None:
     """Load the teacher described by a registry `entry`, quantized as asked (`nf4`, `int8`,
-    `bf16`, `fp32`). The kernel answers for local Hugging Face folders; a plugin answers for its
-    own formats.
+    `bf16`, `fp32`), onto `device` (`cpu`, `cuda`). The kernel's default answers for local
+    Hugging Face folders with a `nexus_kernel.teachers.loading.LoadedTeacher`; a plugin answers
+    for its own formats.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 `device` is passed.
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def profile_capability(
     capability: Capability, teacher: Any, n_probe: int, datasets: Mapping[str, str],
 ) -> ProbePlan | None:
@@ -83,7 +94,7 @@ def profile_capability(
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def build_adapter(capability: Capability, spec: AdapterSpec) -> nn.Module | None:
     """Build the adapter for `capability` as stage 3 specified it: a
     `nexus_kernel.student.model.CapabilityAdapter` with low-rank deltas on `spec.target_modules`
@@ -94,7 +105,7 @@ def build_adapter(capability: Capability, spec: AdapterSpec) -> nn.Module | None
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def distill_capability(
     capability: Capability, teacher: Any, student: Any, datasets: Mapping[str, str],
 ) -> DistillPlan | None:
@@ -106,7 +117,7 @@ def distill_capability(
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def anchor_loss(
     capability: Capability,
     student_hidden: torch.Tensor,
@@ -121,15 +132,33 @@ def anchor_loss(
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def retention_metric(
     capability: Capability, model: Any, split: str, datasets: Mapping[str, str], limit: int | None,
+    reference: Mapping[str, torch.Tensor] | None,
 ) -> dict[str, Score] | None:
     """Score `model` on the first `limit` items (all when None) of `split` of the capability's
-    benchmark, with the same scorer, items and prompts for teacher and student. `model` is a `LoadedTeacher` or a
-    `nexus_kernel.student.model.StudentCapability`; the first score is the headline retention uses.
+    benchmark, with the same scorer, items and prompts for teacher and student. `model` is a
+    `LoadedTeacher` or a `nexus_kernel.student.model.StudentCapability`. `reference` is what
+    `reference_outputs` recorded from the teacher on the same items (None when the owner
+    records nothing), so a benchmark can compare the model with its teacher. Keys are
+    benchmark names; retention is judged on `capability.benchmarks[0]`, which must be present.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 `reference` is passed.
+    """
+
+
+@hookspec(firstresult=True)
+def reference_outputs(
+    capability: Capability, teacher: Any, split: str, datasets: Mapping[str, str], limit: int | None,
+) -> dict[str, torch.Tensor] | None:
+    """The teacher's outputs on the same held-out items `retention_metric` scores (e.g. its
+    embeddings), as named tensors. Stage 4 asks while the teacher is loaded and stores them
+    beside its pool; every later `retention_metric` call gets them back as `reference`. None:
+    the benchmark needs nothing from the teacher.
+
+    .. versionadded:: 0.2
     """
 
 
@@ -143,7 +172,7 @@ def quantize(module: nn.Module, scheme: str) -> nn.Module | None:
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def package_assets(capability: Capability, model: Any, datasets: Mapping[str, str]) -> dict[str, torch.Tensor] | None:
     """Tensors the packaged capability needs at inference besides its weights (e.g. class
     centroids of an embedding capability, computed with the quantized student `model`, a
@@ -154,7 +183,7 @@ def package_assets(capability: Capability, model: Any, datasets: Mapping[str, st
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def answer(capability: Capability, model: Any, inputs: list[str], assets: Mapping[str, torch.Tensor]) -> str | None:
     """Answer one query with the packaged student (`model`, a `StudentCapability`): `inputs`
     are the user's arguments to `nexus infer` (text, or a file path first for images and audio,

@@ -12,11 +12,12 @@ import difflib
 import importlib.metadata as metadata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import pluggy
 
-from nexus_kernel import hookspecs
+from nexus_kernel import defaults, hookspecs
 from nexus_kernel.capability import Capability, UnselectedCapabilities
 from nexus_kernel.errors import CapabilityConflict, PluginError
 
@@ -28,9 +29,16 @@ def _normalise(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-def new_manager() -> pluggy.PluginManager:
+BUILTINS: tuple[tuple[str, object], ...] = ((defaults.NAME, defaults),)
+"""The kernel's built-in plugins, `(name, plugin)`, registered before any other."""
+
+
+def new_manager(builtins: Sequence[tuple[str, object]] = BUILTINS) -> pluggy.PluginManager:
+    """A pluggy manager with the hookspecs and `builtins` registered."""
     manager = pluggy.PluginManager("nexus")
     manager.add_hookspecs(hookspecs)
+    for name, plugin in builtins:
+        manager.register(plugin, name=name)
     return manager
 
 
@@ -71,8 +79,10 @@ class PluginSet:
     loaded: list[PluginRecord] = field(default_factory=list)
     failed: list[PluginRecord] = field(default_factory=list)
     not_selected: list[PluginRecord] = field(default_factory=list)
-    builtin_names: tuple[str, ...] = ()
+    builtin_names: tuple[str, ...] = tuple(name for name, _ in BUILTINS)
     _unselected: UnselectedCapabilities | None = field(default=None, init=False, repr=False)
+    _owned: dict[str, tuple[Capability, PluginRecord]] | None = field(default=None, init=False, repr=False)
+    _callers: dict[tuple[str, str], pluggy.HookCaller] = field(default_factory=dict, init=False, repr=False)
 
     def conflicts(self) -> list[str]:
         """One message per capability claimed by more than one distribution."""
@@ -93,15 +103,17 @@ class PluginSet:
 
         Raises `CapabilityConflict` naming both distributions when two claim one capability.
         """
-        conflicts = self.conflicts()
-        if conflicts:
-            raise CapabilityConflict("; ".join(conflicts))
-        owned = {
-            capability.name: (capability, record)
-            for record in self.loaded
-            for capability in record.capabilities
-        }
-        return dict(sorted(owned.items()))
+        if self._owned is None:
+            conflicts = self.conflicts()
+            if conflicts:
+                raise CapabilityConflict("; ".join(conflicts))
+            owned = {
+                capability.name: (capability, record)
+                for record in self.loaded
+                for capability in record.capabilities
+            }
+            self._owned = dict(sorted(owned.items()))
+        return dict(self._owned)
 
     def owner_of(self, capability_name: str) -> PluginRecord:
         try:
@@ -113,26 +125,39 @@ class PluginSet:
             ) from None
 
     def call_for(self, capability_name: str, hook_name: str, **kwargs: Any) -> Any | None:
-        """Call `hook_name` on the plugin owning `capability_name`, then on the kernel's
-        built-in defaults; the first answer that is not None wins."""
-        owner = self.owner_of(capability_name)
-        caller: pluggy.HookCaller = getattr(self.manager.hook, hook_name)
-        by_plugin = {id(impl.plugin): impl for impl in caller.get_hookimpls()}
-        askable = [self.manager.get_plugin(owner.name)]
-        askable += [self.manager.get_plugin(name) for name in self.builtin_names]
-        for plugin in askable:
-            impl = by_plugin.get(id(plugin))
-            if impl is None:
-                continue
-            answer = impl.function(*(kwargs[arg] for arg in impl.argnames))
-            if answer is not None:
-                return answer
-        return None
+        """Call `hook_name` through pluggy on the plugin owning `capability_name` and the
+        kernel's built-in defaults only (those are `trylast`, so the owner answers first);
+        the first answer that is not None wins, None when nobody answers.
+
+        A missing argument is a `PluginError` naming the hook and the argument.
+        """
+        caller = self._owner_caller(self.owner_of(capability_name).name, hook_name)
+        try:
+            return caller(**kwargs)
+        except pluggy.HookCallError as exc:
+            raise PluginError(f"hook {hook_name!r} for capability {capability_name!r}: {exc}") from None
+
+    def _owner_caller(self, owner: str, hook_name: str) -> pluggy.HookCaller:
+        """pluggy's caller for `hook_name` restricted to `owner` and the built-ins (cached)."""
+        key = (owner, hook_name)
+        if key not in self._callers:
+            keep = {self.manager.get_plugin(name) for name in (owner, *self.builtin_names)}
+            others = [plugin for plugin in self.manager.get_plugins() if plugin not in keep]
+            self._callers[key] = self.manager.subset_hook_caller(hook_name, remove_plugins=others)
+        return self._callers[key]
 
     def add(self, record: PluginRecord, plugin: object) -> PluginRecord:
         """Register `plugin` under `record.name`, validate its hooks and capabilities, and
         return the completed record. On any failure the plugin is unregistered and the error
         raised."""
+        try:
+            hash(plugin)
+        except TypeError:
+            raise PluginError(f"plugin {record.name!r} is a {type(plugin).__name__}, which pluggy cannot "
+                              "track; point the entry point at a module or a CapabilityPlugin") from None
+        problem = contract_problem(plugin)
+        if problem is not None:
+            raise PluginError(problem)
         self.manager.register(plugin, name=record.name)
         try:
             self.manager.check_pending()
@@ -140,6 +165,8 @@ class PluginSet:
         except Exception:
             self.manager.unregister(plugin)
             raise
+        self._owned = None
+        self._callers.clear()
         callers = self.manager.get_hookcallers(plugin) or ()
         added = PluginRecord(
             name=record.name,
@@ -217,22 +244,44 @@ def _describe_entry_point(entry_point: metadata.EntryPoint) -> PluginRecord:
 
 
 def _declared_capabilities(manager: pluggy.PluginManager, plugin: object) -> tuple[Capability, ...]:
-    caller = manager.hook.register_capabilities
+    others = [other for other in manager.get_plugins() if other is not plugin]
+    answers = manager.subset_hook_caller("register_capabilities", remove_plugins=others)()
     declared: list[Capability] = []
-    for impl in caller.get_hookimpls():
-        if impl.plugin is not plugin:
-            continue
-        for capability in impl.function() or ():
-            if not isinstance(capability, Capability):
-                raise TypeError(
-                    f"register_capabilities returned {type(capability).__name__}, not Capability"
-                )
-            declared.append(capability)
+    for capability in (item for answer in answers for item in (answer or ())):
+        if not isinstance(capability, Capability):
+            raise TypeError(
+                f"register_capabilities returned {type(capability).__name__}, not Capability"
+            )
+        declared.append(capability)
     names = [capability.name for capability in declared]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise TypeError(f"declares capability {repeated[0]!r} more than once")
     return tuple(declared)
+
+
+def contract_problem(plugin: object) -> str | None:
+    """Why `plugin`, as an entry point loaded it, cannot be registered as meant, or None.
+
+    Two mistakes would otherwise pass silently: a module that still carries the hooks an older
+    kernel's `plugin_kit.standard_hooks` bound by position (nexus-kernel 0.1), and an entry
+    point naming a package module that holds a `CapabilityPlugin` instead of the instance
+    itself (pluggy would find no hooks on the module, and the capability would vanish).
+    """
+    from nexus_kernel.kit.plugin_kit import CapabilityPlugin
+
+    name = getattr(plugin, "__name__", repr(plugin))
+    bound_by_position = getattr(plugin, "register_capabilities", None)
+    if getattr(bound_by_position, "__qualname__", "").startswith("standard_hooks."):
+        return (f"{name!r} binds its hooks with plugin_kit.standard_hooks (nexus-kernel 0.1); declare "
+                "`plugin = CapabilityPlugin(CAPABILITY, teacher=..., student=..., synthetic=...)` "
+                "and point the entry point at it (CONTRIBUTING.md)")
+    if isinstance(plugin, ModuleType) and bound_by_position is None:
+        held = sorted(key for key, value in vars(plugin).items() if isinstance(value, CapabilityPlugin))
+        if held:
+            return (f"the entry point names module {name!r}, which holds CapabilityPlugin "
+                    f"{held[0]!r}; point it at \"{name}:{held[0]}\"")
+    return None
 
 
 def read_declared_capabilities(record: PluginRecord) -> tuple[Capability, ...]:
@@ -269,7 +318,7 @@ def load_plugins(
     always: Iterable[str] = (),
     strict: bool = False,
     entry_points: Iterable[metadata.EntryPoint] | None = None,
-    builtins: Sequence[tuple[str, object]] = (),
+    builtins: Sequence[tuple[str, object]] | None = None,
 ) -> PluginSet:
     """Load the selected plugins of group `nexus`.
 
@@ -278,9 +327,12 @@ def load_plugins(
     `quant-bnb`). Plugins left out go to `not_selected`, neither imported nor registered. A
     plugin that fails is recorded in `failed` and skipped, or raises `PluginError` when
     `strict`. `entry_points` replaces discovery (tests); `builtins` are `(name, object)` pairs
-    registered as kernel defaults.
+    registered before any plugin as the defaults every owner-only call falls back to (the
+    kernel's `nexus_kernel.defaults` unless given).
     """
-    manager = new_manager()
+    if builtins is None:
+        builtins = BUILTINS
+    manager = new_manager(builtins)
     found = list(
         metadata.entry_points(group=ENTRY_POINT_GROUP) if entry_points is None else entry_points
     )
@@ -309,7 +361,5 @@ def load_plugins(
                 PluginRecord(record.name, record.distribution, record.version, record.target,
                              error=reason)
             )
-    for name, plugin in builtins:
-        manager.register(plugin, name=name)
     manager.check_pending()
     return plugin_set

@@ -9,19 +9,20 @@ from pathlib import Path
 import pytest
 
 from nexus_kernel import Capability, hookimpl, hookspecs
-from nexus_kernel.kit.testing import plugin_set_of
+from nexus_kernel.kit.testing import plugin_module, plugin_set_of
 from nexus_kernel.plugins import new_manager
 
 REPO = Path(__file__).resolve().parents[1]
-CAPABILITY_HOOKS = ["resolve_datasets", "demo_teacher", "profile_capability", "build_adapter", "anchor_loss",
-                    "retention_metric", "package_assets", "answer"]
+CAPABILITY_HOOKS = ["resolve_datasets", "demo_teacher", "profile_capability", "build_adapter",
+                    "distill_capability", "anchor_loss", "reference_outputs", "retention_metric",
+                    "package_assets", "answer"]
 
 
 def test_the_hooks_are_the_designed_ones() -> None:
     assert hookspecs.hook_names() == [
         "register_capabilities", "resolve_datasets", "demo_teacher", "load_teacher", "profile_capability",
-        "build_adapter", "distill_capability", "anchor_loss", "retention_metric", "quantize",
-        "package_assets", "answer"]
+        "build_adapter", "distill_capability", "anchor_loss", "retention_metric", "reference_outputs",
+        "quantize", "package_assets", "answer"]
     assert set(new_manager().hook.__dict__) >= set(hookspecs.hook_names())
 
 
@@ -37,7 +38,7 @@ def test_every_hook_is_documented_and_typed(name: str) -> None:
 def test_capability_hooks_reach_only_the_owner(name: str) -> None:
     arguments = list(inspect.signature(getattr(hookspecs, name)).parameters)
 
-    def plugin_for(capability: str) -> types.SimpleNamespace:
+    def plugin_for(capability: str) -> types.ModuleType:
         def register_capabilities() -> list[Capability]:
             return [Capability(capability, "text", (capability.title(),), ("b",))]
 
@@ -46,7 +47,7 @@ def test_capability_hooks_reach_only_the_owner(name: str) -> None:
         namespace: dict[str, object] = {"owner": capability}
         exec(f"def answer({', '.join(arguments)}):\n"  # noqa: S102 (test code, fixed text)
              f"    return owner, dict({', '.join(f'{a}={a}' for a in arguments)})", namespace)
-        return types.SimpleNamespace(register_capabilities=hookimpl(register_capabilities),
+        return plugin_module(register_capabilities=hookimpl(register_capabilities),
                                      **{name: hookimpl(namespace["answer"])})
 
     plugin_set = plugin_set_of(("first", plugin_for("alpha")), ("second", plugin_for("beta")))

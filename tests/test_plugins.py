@@ -14,7 +14,7 @@ from kernel_helpers import install_fake_distribution, nexus
 
 from nexus_kernel import Capability, hookimpl
 from nexus_kernel.errors import CapabilityConflict, PluginError
-from nexus_kernel.kit.testing import plugin_set_of
+from nexus_kernel.kit.testing import plugin_module, plugin_set_of
 from nexus_kernel.plugins import choose_allow_list, load_plugins, parse_allow_list
 from nexus_kernel.teachers.registry import SkippedRow, read_registry
 
@@ -46,12 +46,12 @@ def resolve_datasets(capability, settings):
 """
 
 
-def _capability_plugin(name: str, category: str = "Cat") -> types.SimpleNamespace:
+def _capability_plugin(name: str, category: str = "Cat") -> types.ModuleType:
     @hookimpl
     def register_capabilities() -> list[Capability]:
         return [Capability(name, "text", (category,), ("bench",))]
 
-    return types.SimpleNamespace(register_capabilities=register_capabilities)
+    return plugin_module(register_capabilities=register_capabilities)
 
 
 def _entry_points(site: Path, group: str = "nexus") -> list[metadata.EntryPoint]:
@@ -134,7 +134,7 @@ def test_unselected_plugins_declare_capabilities_but_are_never_registered(
     assert plugin_set.manager.get_plugin("spy") is None
     assert [r.name for r in plugin_set.loaded] == ["acme"] and plugin_set.failed == []
     vision = plugin_set.capabilities()["vision"][0]
-    assert plugin_set.manager.hook.resolve_datasets(capability=vision, settings={}) == []
+    assert plugin_set.manager.hook.resolve_datasets(capability=vision, settings={}) is None
     assert sys.modules["acme_spy"].CALLS == ["register_capabilities"]  # read once, nothing else ran
 
 
@@ -153,7 +153,7 @@ def test_misspelt_hook_fails_check_pending() -> None:
     def register_capabilitys() -> list[Capability]:
         return []
 
-    misspelt = types.SimpleNamespace(register_capabilitys=register_capabilitys)
+    misspelt = plugin_module(register_capabilitys=register_capabilitys)
     with pytest.raises(Exception, match="unknown hook 'register_capabilitys'"):
         plugin_set_of(("misspelt", misspelt))
 
@@ -164,7 +164,7 @@ def test_plugin_declaring_a_capability_twice_is_rejected() -> None:
         return [Capability("twice", "text", ("A",), ("b",))] * 2
 
     with pytest.raises(TypeError, match="declares capability 'twice' more than once"):
-        plugin_set_of(("twice", types.SimpleNamespace(register_capabilities=register_capabilities)))
+        plugin_set_of(("twice", plugin_module(register_capabilities=register_capabilities)))
 
 
 def test_conflict_names_both_distributions() -> None:
@@ -177,7 +177,7 @@ def test_conflict_names_both_distributions() -> None:
 def test_call_for_asks_only_the_owner_then_builtins() -> None:
     calls: list[str] = []
 
-    def owner(name: str, answer: dict[str, str] | None) -> types.SimpleNamespace:
+    def owner(name: str, answer: dict[str, str] | None) -> types.ModuleType:
         plugin = _capability_plugin(name)
 
         @hookimpl
@@ -188,15 +188,51 @@ def test_call_for_asks_only_the_owner_then_builtins() -> None:
         plugin.resolve_datasets = resolve_datasets
         return plugin
 
-    plugin_set = plugin_set_of(("a", owner("alpha", {"test": "a.jsonl"})), ("b", owner("beta", None)))
-    capability = plugin_set.capabilities()["alpha"][0]
-    answer = plugin_set.call_for("alpha", "resolve_datasets", capability=capability, settings={})
-    assert answer == {"test": "a.jsonl"}
-    assert calls == ["alpha:alpha"]
+    @hookimpl(trylast=True)
+    def default_datasets(capability: Capability, settings: dict) -> dict[str, str]:
+        calls.append(f"default:{capability.name}")
+        return {"test": "default.jsonl"}
+
+    builtin = plugin_module(resolve_datasets=default_datasets)
+    plugin_set = plugin_set_of(("a", owner("alpha", {"test": "a.jsonl"})), ("b", owner("beta", None)),
+                               builtins=[("kernel-defaults", builtin)])
+    alpha = plugin_set.capabilities()["alpha"][0]
+    assert plugin_set.call_for("alpha", "resolve_datasets", capability=alpha, settings={}) == {"test": "a.jsonl"}
+    assert calls == ["alpha:alpha"]  # the owner answered: neither beta nor the default was asked
+    calls.clear()
     beta = plugin_set.capabilities()["beta"][0]
-    assert plugin_set.call_for("beta", "resolve_datasets", capability=beta, settings={}) is None
+    answer = plugin_set.call_for("beta", "resolve_datasets", capability=beta, settings={})
+    assert answer == {"test": "default.jsonl"}
+    assert calls == ["beta:beta", "default:beta"]  # owner first, then the built-in default
     with pytest.raises(PluginError, match="no loaded plugin provides capability 'gamma'"):
         plugin_set.call_for("gamma", "resolve_datasets", capability=beta, settings={})
+
+
+def test_a_missing_hook_argument_names_the_hook_and_the_argument() -> None:
+    plugin = _capability_plugin("alpha")
+
+    @hookimpl
+    def resolve_datasets(capability: Capability, settings: dict) -> dict[str, str]:
+        return {"test": "a.jsonl"}
+
+    plugin.resolve_datasets = resolve_datasets
+    plugin_set = plugin_set_of(("a", plugin))
+    with pytest.warns(UserWarning), pytest.raises(PluginError, match="resolve_datasets.*'alpha'.*settings"):
+        plugin_set.call_for("alpha", "resolve_datasets", capability=plugin_set.capabilities()["alpha"][0])
+
+
+def test_the_kernel_defaults_answer_after_the_owner() -> None:
+    from nexus_kernel.contracts import AdapterSpec
+    from nexus_kernel.student.model import CapabilityAdapter
+
+    plugin_set = plugin_set_of(("a", _capability_plugin("alpha")))
+    alpha = plugin_set.capabilities()["alpha"][0]
+    spec = AdapterSpec(capability="alpha", rank=2, hidden_size=8, targets={"layers.0.q_proj": (8, 8)})
+    assert isinstance(plugin_set.call_for("alpha", "build_adapter", capability=alpha, spec=spec),
+                      CapabilityAdapter)
+    projected = AdapterSpec(capability="alpha", rank=2, hidden_size=8, targets={"layers.0.q_proj": (8, 8)},
+                            input_projector="image")
+    assert plugin_set.call_for("alpha", "build_adapter", capability=alpha, spec=projected) is None
 
 
 def test_nexus_plugins_json_lists_the_four_capabilities_with_versions(tmp_path: Path) -> None:
@@ -211,8 +247,8 @@ def test_nexus_plugins_json_lists_the_four_capabilities_with_versions(tmp_path: 
     }
     hooks = {plugin["name"]: plugin["hooks"] for plugin in listed["plugins"]}
     assert all(hooks[name] == ["answer", "build_adapter", "demo_teacher", "distill_capability", "package_assets",
-                               "profile_capability", "register_capabilities", "resolve_datasets",
-                               "retention_metric"]
+                               "profile_capability", "reference_outputs", "register_capabilities",
+                               "resolve_datasets", "retention_metric"]
                for name in capabilities)
     assert hooks["quant-bnb"] == ["quantize"]
 

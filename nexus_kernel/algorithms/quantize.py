@@ -1,10 +1,12 @@
 """Quantization for packaging: the `quantize` hook first, the kernel's own layers otherwise.
 
 `quantize_module(plugins, module, scheme)` asks the plugins' `quantize` implementations in
-pluggy's call order and keeps the first answer, recording which plugin gave it; when none
-answers (bitsandbytes missing, or unsupported on the device) the kernel's fallback replaces
-every `nn.Linear` with `Int8Linear` (per-row absmax) or `NF4Linear` (blocks of 64, the NF4
-code book). Every quantized module's `state_dict()` holds tensors only and loads back into a
+pluggy's call order and keeps the first answer, recording which plugin gave it (a bundle must
+be loaded back by the same quantizer, and a `firstresult` call does not say who answered, so
+the implementations are walked one by one). The kernel's fallback is the last of them (the
+built-in `nexus_kernel.defaults.quantize`, `trylast`): when no plugin answers (bitsandbytes
+missing, or unsupported on the device) it replaces every `nn.Linear` with `Int8Linear`
+(per-row absmax) or `NF4Linear` (blocks of 64, the NF4 code book). Every quantized module's `state_dict()` holds tensors only and loads back into a
 module built and quantized the same way, which is how `load_bundle` restores a bundle.
 """
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from nexus_kernel.plugins import PluginSet
 
 SCHEMES = ("int8", "nf4")
-KERNEL = "nexus-kernel"
+KERNEL = "nexus-kernel"  # the name `nexus_kernel.defaults` is registered under
 NF4_BLOCK = 64
 # The 16 levels of NF4 (normal-float 4-bit; Dettmers et al. 2023), as bitsandbytes uses them.
 NF4_CODE = torch.tensor([
@@ -130,11 +132,13 @@ def quantize_module(plugins: PluginSet | None, module: nn.Module, scheme: str,
         if quantizer not in (None, KERNEL):
             raise QuantizationError(f"this bundle was quantized by plugin {quantizer!r}, which is not loaded")
         return kernel_quantize(module, scheme), KERNEL
-    implementations = list(reversed(plugins.manager.hook.quantize.get_hookimpls()))  # pluggy's call order
+    manager = plugins.manager
+    implementations = list(reversed(manager.hook.quantize.get_hookimpls()))  # pluggy's call order
     for implementation in implementations:
         if quantizer is not None and implementation.plugin_name != quantizer:
             continue
-        answer = implementation.function(module=module, scheme=scheme)
+        others = [plugin for plugin in manager.get_plugins() if plugin is not implementation.plugin]
+        answer = manager.subset_hook_caller("quantize", remove_plugins=others)(module=module, scheme=scheme)
         if answer is not None:
             if not isinstance(answer, nn.Module):
                 raise QuantizationError(f"plugin {implementation.plugin_name!r} answered quantize with "

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_kernel.errors import StageError
-from nexus_kernel.run.layout import CHECKPOINT_DIR, capability_benchmarks
+from nexus_kernel.run.layout import CHECKPOINT_DIR, capability_benchmarks, reference_file
 
 THRESHOLD = 0.97
 _NEAR_CHANCE = 0.1
@@ -56,16 +56,38 @@ def verdict(teacher: Mapping[str, Any], student: Mapping[str, Any]) -> dict[str,
 
 
 def score_capabilities(plugins: Any, names: Iterable[str], model_of: Callable[[str], Any],
-                       datasets: Mapping[str, Any], limit: int | None) -> dict[str, dict[str, Any]]:
+                       datasets: Mapping[str, Any], limit: int | None, run_dir: Path) -> dict[str, dict[str, Any]]:
     """Each capability's held-out `test` scores (with per-item results) from its owner's
-    `retention_metric`, for the model `model_of(name)` gives."""
+    `retention_metric`, for the model `model_of(name)` gives, with the teacher's reference
+    outputs stage 4 recorded in `run_dir`."""
     owned = plugins.capabilities()
     scores = {}
     for name in sorted(names):
         found = plugins.call_for(name, "retention_metric", capability=owned[name][0], model=model_of(name),
-                                 split="test", datasets=datasets[name], limit=limit)
-        scores[name] = {key: score.to_json(with_items=True) for key, score in found.items()}
+                                 split="test", datasets=datasets[name], limit=limit,
+                                 reference=read_reference(run_dir, name))
+        scores[name] = checked_scores(name, owned[name][0].benchmarks, found)
     return scores
+
+
+def checked_scores(name: str, benchmarks: Sequence[str], found: Any) -> dict[str, Any]:
+    """`retention_metric`'s answer as JSON (with per-item results), or a `StageError` naming
+    the capability when it gave none or left out the headline `benchmarks[0]`."""
+    if not found:
+        raise StageError(f"{name}: its plugin gives no retention_metric scores")
+    if benchmarks[0] not in found:
+        raise StageError(f"{name}: retention_metric reports {sorted(found)}, not the headline "
+                         f"benchmark {benchmarks[0]!r} the capability declares first")
+    return {key: score.to_json(with_items=True) for key, score in found.items()}
+
+
+def read_reference(run_dir: Path, name: str) -> dict[str, Any] | None:
+    """The teacher's reference outputs for capability `name` stage 4 stored, or None."""
+    from safetensors.torch import load
+
+    path = reference_file(run_dir, name)
+    # Read through Python's open so stage 5's guard sees the path (it is not a teacher's).
+    return load(path.read_bytes()) if path.is_file() else None
 
 
 def teacher_scores(run_dir: Path, name: str) -> dict[str, Any]:

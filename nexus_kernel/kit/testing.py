@@ -19,7 +19,7 @@ import math
 import pickle
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,7 +28,7 @@ import pytest
 
 from nexus_kernel.capability import Capability
 from nexus_kernel.contracts import DemoTeacher, ProbePlan
-from nexus_kernel.plugins import ENTRY_POINT_GROUP, PluginRecord, PluginSet
+from nexus_kernel.plugins import BUILTINS, ENTRY_POINT_GROUP, PluginRecord, PluginSet, new_manager
 from nexus_kernel.run.fsio import canonical_json
 
 
@@ -36,9 +36,19 @@ class ConformanceError(AssertionError):
     """A capability plugin breaks the plugin contract; the message says which rule."""
 
 
-def plugin_set_of(*plugins: tuple[str, object]) -> PluginSet:
-    """A `PluginSet` holding `(name, plugin)` pairs, each as if installed as `test-<name>`."""
-    plugin_set = PluginSet()
+def plugin_module(name: str = "test_plugin", **hooks: Any) -> ModuleType:
+    """A plugin for a test: a module object named `name` holding `hooks` (functions marked
+    with `nexus_kernel.hookimpl`), as an entry point pointing at a module would load it."""
+    module = ModuleType(name)
+    vars(module).update(hooks)
+    return module
+
+
+def plugin_set_of(*plugins: tuple[str, object],
+                  builtins: Sequence[tuple[str, object]] = BUILTINS) -> PluginSet:
+    """A `PluginSet` holding `(name, plugin)` pairs, each as if installed as `test-<name>`,
+    over the kernel's built-in defaults (or the `builtins` given)."""
+    plugin_set = PluginSet(new_manager(builtins), builtin_names=tuple(name for name, _ in builtins))
     for name, plugin in plugins:
         plugin_set.add(PluginRecord(name, f"test-{name}", "0", repr(plugin)), plugin)
     return plugin_set

@@ -71,6 +71,11 @@ def bundle_folder(run_dir: Path, config: Config) -> Path:
     return (config.source.parent / Path(configured).expanduser()).resolve()
 
 
+def reference_file(run_dir: Path, capability: str) -> Path:
+    """The teacher's held-out outputs stage 4 recorded for `capability` (`reference_outputs`)."""
+    return run_dir / CHECKPOINT_DIR / capability / "reference.safetensors"
+
+
 def teacher_folders(run_dir: Path) -> dict[str, Path]:
     """Teacher name to its folder, for every teacher stage 1 bound (`REGISTRY_FILE`)."""
     registry = json.loads((run_dir / REGISTRY_FILE).read_text())

@@ -27,7 +27,8 @@ from nexus_kernel.algorithms.recovery import (
     named_trainable,
     summarise,
 )
-from nexus_kernel.algorithms.retention import headline_benchmark, verdict
+from nexus_kernel import defaults
+from nexus_kernel.algorithms.retention import checked_scores, headline_benchmark, read_reference, verdict
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.fsio import (
     atomic_write_json,
@@ -60,11 +61,6 @@ log = get_logger("distill")
 
 
 # losses --------------------------------------------------------------------------------------
-
-
-def default_anchor_loss(projected: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between the projected student state and the whitened coefficients."""
-    return nn.functional.mse_loss(projected, coefficients)
 
 
 @dataclass
@@ -114,15 +110,18 @@ class CapabilityTask:
         return batch
 
 
-AnchorOverride = Callable[[CapabilityTask, torch.Tensor, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
-"""`(task, projected, coefficients, eigenvalues) -> loss or None`: the owner's `anchor_loss`."""
+AnchorLoss = Callable[[CapabilityTask, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""`(task, projected, coefficients, eigenvalues) -> loss`: the `anchor_loss` hook's answer."""
 
 
-def plugin_anchor_loss(context: RunContext) -> AnchorOverride:
-    """Ask the capability's owner for its `anchor_loss` (None: the kernel default)."""
+def plugin_anchor_loss(context: RunContext) -> AnchorLoss:
+    """The `anchor_loss` hook: the owner's answer, else the kernel default's (mean squared error)."""
     def ask(task: CapabilityTask, projected: torch.Tensor, target: torch.Tensor, eigenvalues: torch.Tensor) -> Any:
-        return context.plugins.call_for(task.name, "anchor_loss", capability=task.capability,
+        loss = context.plugins.call_for(task.name, "anchor_loss", capability=task.capability,
                                         student_hidden=projected, teacher_coefficients=target, eigenvalues=eigenvalues)
+        if loss is None:
+            raise StageError(f"{task.name}: no plugin answers anchor_loss")
+        return loss
     return ask
 
 
@@ -142,8 +141,10 @@ def anchor_pairs(adapter: CapabilityAdapter, output: Any, batch: StudentBatch) -
 
 
 def task_loss(student: NexusStudent, task: CapabilityTask, batch: StudentBatch, alpha: float,
-              anchor_override: AnchorOverride | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """`L_output + alpha * L_anchor` of one capability on one batch, and the two parts."""
+              anchor_loss_of: AnchorLoss | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """`L_output + alpha * L_anchor` of one capability on one batch, and the two parts;
+    `anchor_loss_of` gives each layer's anchor loss (None: the kernel default, mean squared
+    error)."""
     output = student(task.name, batch)
     adapter: CapabilityAdapter = student.adapters[task.name]  # type: ignore[assignment]
     if task.pool.objective == "kl":
@@ -163,8 +164,8 @@ def task_loss(student: NexusStudent, task: CapabilityTask, batch: StudentBatch, 
         raise StageError(f"{task.name}: unknown distillation objective {task.pool.objective!r}")
     anchors = []
     for index, (projected, target) in enumerate(anchor_pairs(adapter, output, batch)):
-        custom = anchor_override(task, projected, target, task.pool.eigenvalues[index]) if anchor_override else None
-        anchors.append(custom if custom is not None else default_anchor_loss(projected, target))
+        anchors.append(anchor_loss_of(task, projected, target, task.pool.eigenvalues[index]) if anchor_loss_of
+                       else defaults.anchor_loss(projected, target))
     anchor_loss = torch.stack(anchors).mean() if anchors else torch.zeros(())
     return output_loss + alpha * anchor_loss, {f"{task.name}.output": float(output_loss.detach()),
                                                f"{task.name}.anchor": float(anchor_loss.detach())}
@@ -279,7 +280,7 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
     parameters = named_trainable(modules)
     journal = Journal(context.run_dir / TRAINING_JOURNAL, phase)
     size = settings["batch_size"]
-    anchor_override = plugin_anchor_loss(context)
+    anchor_loss_of = plugin_anchor_loss(context)
 
     def step_loss(step: int, alpha: float, extra: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         running = extra.setdefault("output_loss", {})
@@ -292,7 +293,7 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
             if task.name in resting:
                 continue
             loss, task_parts = task_loss(student, task, task.batch(step, size), alpha * task.alpha_scale,
-                                         anchor_override)
+                                         anchor_loss_of)
             value = task_parts[f"{task.name}.output"]
             running[task.name] = value if task.name not in running else 0.9 * running[task.name] + 0.1 * value
             total = total + loss
@@ -375,8 +376,9 @@ def _score(context: RunContext, student: NexusStudent, task: CapabilityTask, set
     datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"][task.name]
     scores = context.plugins.call_for(task.name, "retention_metric", capability=task.capability,
                                       model=StudentCapability(student, task.name), split="test",
-                                      datasets=datasets, limit=settings["eval_samples"])
-    student_scores = {key: score.to_json(with_items=True) for key, score in scores.items()}
+                                      datasets=datasets, limit=settings["eval_samples"],
+                                      reference=read_reference(context.run_dir, task.name))
+    student_scores = checked_scores(task.name, task.capability.benchmarks, scores)
     headline = headline_benchmark(task.name, task.capability.benchmarks, task.pool.teacher_scores)
     result = verdict(task.pool.teacher_scores[headline], student_scores[headline])
     log.info("held-out", capability=task.name, benchmark=headline, teacher=task.pool.teacher_scores[headline]["value"],

@@ -6,9 +6,11 @@ never below what profiling found to work), the teacher answers `pool_size` train
 objective is `kl`, and its key layers' activations on the same inputs are projected on the
 profiled PCA basis: per token and whitened by the profiled eigenvalues where the teacher's
 tokens line up with the student's text tokens, and as per-item sequence means whitened over
-the pool everywhere. The teacher's held-out score is taken while it is loaded. Everything is
-cached in `checkpoints/<capability>/pool.{json,safetensors}` under a fingerprint, so a
-resumed or repeated stage 4 does not load the teacher again.
+the pool everywhere. While it is loaded the teacher also gives its `reference_outputs` on the
+held-out items (stored in `checkpoints/<capability>/reference.safetensors`, handed to every
+later `retention_metric` call) and its held-out score. Everything is cached in
+`checkpoints/<capability>/pool.{json,safetensors}` under a fingerprint, so a resumed or
+repeated stage 4 does not load the teacher again.
 """
 
 from __future__ import annotations
@@ -32,14 +34,15 @@ from nexus_kernel.run.fsio import (
     sha256_file,
     sha256_json,
 )
-from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, REGISTRY_FILE
+from nexus_kernel.algorithms.retention import checked_scores
+from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, REGISTRY_FILE, reference_file
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.student.model import NexusStudent, masked_mean
 from nexus_kernel.text import TOP_K
 
 OBJECTIVES = ("kl", "sequence", "cosine")
-_FORMAT = 7  # bump when what a pool holds changes: older caches are rebuilt
+_FORMAT = 8  # bump when what a pool holds changes: older caches are rebuilt
 _TEACHER_BATCH = 64
 _EIGEN_FLOOR = 1e-6
 
@@ -221,6 +224,20 @@ def _read_cached(folder: Path, fingerprint: str, items: list[Any]) -> Pool | Non
                 meta["objective"], soft, tokens)
 
 
+def _store_reference(name: str, path: Path, reference: Any) -> None:
+    """Write the teacher's reference outputs (named tensors) to `path`, or remove an older
+    file there when the owner records none."""
+    from safetensors.torch import save
+
+    if reference is None:
+        path.unlink(missing_ok=True)
+        return
+    if not isinstance(reference, Mapping) or not all(
+            isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in reference.items()):
+        raise StageError(f"{name}: reference_outputs must map names to tensors, got {type(reference).__name__}")
+    atomic_write_bytes(path, save({key: value.detach().cpu().contiguous() for key, value in reference.items()}))
+
+
 def _teacher_precision(context: RunContext, parameters: int, profiled: str) -> str:
     """The most precise option whose weights fit half the budget, never below the profiled one."""
     from nexus_kernel.teachers.loading import QUANTIZATION_ORDER, most_precise_fitting
@@ -270,14 +287,16 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
         _check_plan(name, plan)
         basis = read_basis(context.run_dir, name, key_layers, int(entry_data["rank"]))
         collected = _collect(plan, teacher, items, key_layers, basis, f"{name}: teacher answers")
-        teacher_scores = context.plugins.call_for(name, "retention_metric", capability=capability, model=teacher,
-                                                  split="test", datasets=datasets, limit=settings["eval_samples"])
+        held_out = {"split": "test", "datasets": datasets, "limit": settings["eval_samples"]}
+        reference = context.plugins.call_for(name, "reference_outputs", capability=capability, teacher=teacher,
+                                             **held_out)
+        scores = checked_scores(name, capability.benchmarks, context.plugins.call_for(
+            name, "retention_metric", capability=capability, model=teacher, reference=reference, **held_out))
         teacher_load = teacher.describe()
     finally:
         del teacher
         gc.collect()
-    if teacher_scores is None:
-        raise StageError(f"{name}: its plugin gives no retention_metric")
+    _store_reference(name, reference_file(context.run_dir, name), reference)
 
     whitened, variances = whiten(torch.cat(collected.pooled))
     tensors = {"coefficients": whitened.contiguous(), "eigenvalues": variances.contiguous()}
@@ -293,7 +312,6 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
     if plan.objective == "kl":
         soft = pack_distributions(collected.distributions)
         tensors["soft.ids"], tensors["soft.logprobs"], tensors["soft.offsets"] = soft
-    scores = {key: score.to_json(with_items=True) for key, score in teacher_scores.items()}
     atomic_write_bytes(folder / "pool.safetensors", save(tensors))
     atomic_write_json(folder / "pool.json", {
         "fingerprint": fingerprint, "texts": texts, "teacher_scores": scores, "teacher": entry.name,

@@ -73,9 +73,9 @@ def _distribution_of(context: RunContext, plugin_name: str) -> tuple[str, str]:
     return record.distribution, record.version
 
 
-def _score(bundle: Bundle, datasets: dict[str, Any], limit: int) -> dict[str, Any]:
+def _score(bundle: Bundle, datasets: dict[str, Any], limit: int, run_dir: Path) -> dict[str, Any]:
     with torch.inference_mode():
-        return score_capabilities(bundle.plugins, bundle.capabilities, bundle.model, datasets, limit)
+        return score_capabilities(bundle.plugins, bundle.capabilities, bundle.model, datasets, limit, run_dir)
 
 
 def _assets(context: RunContext, student: Any, datasets: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
@@ -141,7 +141,8 @@ def run_package(context: RunContext) -> str:
     write_bundle(staging, files, {"student": student_section(student, scheme, quantizers),
                                   "capabilities": {n: {} for n in architecture["capabilities"]}})
     loaded = load_bundle(staging, context.plugins)
-    quantized = retention_table(context.run_dir, _score(loaded, datasets, context.config.section("distill")["eval_samples"]))
+    quantized = retention_table(context.run_dir, _score(loaded, datasets, context.config.section("distill")["eval_samples"],
+                                                            context.run_dir))
     report = {**verify, "quantized": {"scheme": scheme, "quantizers": quantizers, "capabilities": quantized,
                                       "status": "failed" if failing(quantized) else "passed"}}
     files["verify_report.json"] = canonical_json(report).encode()

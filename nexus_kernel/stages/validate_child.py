@@ -81,7 +81,7 @@ def _score_all(job: dict[str, Any]) -> dict[str, Any]:
     student.eval()
     with torch.inference_mode():
         return score_capabilities(plugins, job["datasets"], lambda name: StudentCapability(student, name),
-                                  job["datasets"], job["limit"])
+                                  job["datasets"], job["limit"], run_dir)
 
 
 def main(job_file: str) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,6 +18,9 @@ from nexus_kernel.errors import StageError
 from nexus_kernel.run.layout import STUDENT_DIR
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.student.model import CapabilityAdapter, NexusStudent
+
+if TYPE_CHECKING:
+    from nexus_kernel.plugins import PluginSet
 
 PROJECTORS = {"text": None, "image": "patch", "audio": "audio-frames"}
 
@@ -103,15 +106,14 @@ def embedding_width(teacher: str, folder: Path) -> int:
     return width
 
 
-def adapter_for(context: RunContext, name: str, spec: AdapterSpec) -> CapabilityAdapter:
-    """The owner's `build_adapter`, or the kernel's for text capabilities (no projector)."""
-    capability, record = context.plugins.capabilities()[name]
-    adapter = context.plugins.call_for(name, "build_adapter", capability=capability, spec=spec)
+def adapter_for(plugins: PluginSet, name: str, spec: AdapterSpec) -> CapabilityAdapter:
+    """The owner's `build_adapter`, else the kernel default's (text capabilities, no
+    projector); checked to be a `CapabilityAdapter` built for exactly `spec`."""
+    capability, record = plugins.capabilities()[name]
+    adapter = plugins.call_for(name, "build_adapter", capability=capability, spec=spec)
     if adapter is None:
-        if spec.input_projector is not None:
-            raise StageError(f"{name}: its plugin {record.distribution} builds no adapter, and a "
-                             f"{capability.modality} capability needs a {spec.input_projector} projector")
-        adapter = CapabilityAdapter(spec)
+        raise StageError(f"{name}: its plugin {record.distribution} builds no adapter, and a "
+                         f"{capability.modality} capability needs a {spec.input_projector} projector")
     if not isinstance(adapter, CapabilityAdapter):
         raise StageError(f"{name}: build_adapter of {record.distribution} returned {type(adapter).__name__}, "
                          "not a nexus_kernel.student.model.CapabilityAdapter")
@@ -133,5 +135,5 @@ def build_student(context: RunContext, architecture: dict[str, Any], words: list
     for index, name in enumerate(sorted(architecture["capabilities"])):
         seed_everything(seed + 1 + index)
         spec = AdapterSpec.from_json(architecture["capabilities"][name]["adapter"])
-        student.add_adapter(name, adapter_for(context, name, spec))
+        student.add_adapter(name, adapter_for(context.plugins, name, spec))
     return student

@@ -23,6 +23,7 @@ from torch import nn
 from nexus_kernel.algorithms.quantize import quantize_module
 from nexus_kernel.contracts import AdapterSpec
 from nexus_kernel.plugins import PluginSet
+from nexus_kernel.student.build import adapter_for
 from nexus_kernel.student.bundle import MANIFEST, BundleError, verify_bundle
 from nexus_kernel.student.model import (
     CapabilityAdapter,
@@ -241,8 +242,7 @@ def load_bundle(path: str | Path, plugins: PluginSet | None = None) -> Bundle:
     student = NexusStudent(backbone, AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR))
     for name in sorted(section["adapters"]):
         spec = AdapterSpec.from_json(section["adapters"][name])
-        adapter = plugin_set.call_for(name, "build_adapter", capability=owned[name][0], spec=spec)
-        student.add_adapter(name, adapter if isinstance(adapter, CapabilityAdapter) else CapabilityAdapter(spec))
+        student.add_adapter(name, adapter_for(plugin_set, name, spec))
     drop_training_state(student)
     quantize_student(student, plugin_set, section["scheme"], section["quantizers"])
     try:

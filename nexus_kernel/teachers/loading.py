@@ -174,8 +174,9 @@ def run_device(context: RunContext) -> str:
 
 
 def load_teacher(context: RunContext, entry: TeacherEntry, preferred: str, device: str) -> LoadedTeacher:
-    """The owner's `load_teacher` answer, else the kernel's loader for local Hugging Face folders."""
-    answer = context.plugins.call_for(entry.capability, "load_teacher", entry=entry, quantization=preferred)
-    if answer is not None:
-        return answer
-    return load_teacher_folder(entry.name, Path(entry.path), preferred, device)
+    """The owner's `load_teacher` answer, else the kernel default's (`load_teacher_folder`)."""
+    answer = context.plugins.call_for(entry.capability, "load_teacher", entry=entry, quantization=preferred,
+                                      device=device)
+    if answer is None:
+        raise TeacherLoadError(f"teacher {entry.name!r}: no plugin loads it (row {entry.row} of the registry)")
+    return answer  # type: ignore[no-any-return]

@@ -34,7 +34,8 @@ def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> Dis
                              lambda model, prompts: model.generate(prompts, benchmark.MAX_ANSWER_TOKENS))
 
 
-def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None) -> dict[str, Score]:
+def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None,
+          reference: Mapping[str, Any] | None = None) -> dict[str, Score]:
     """GSM8K strict and flexible exact match of a teacher or student on `split`."""
     from nexus_kernel.text import text_model_of
 

@@ -6,8 +6,7 @@ Only the declaration lives here; torch and transformers are imported inside the 
 
 from __future__ import annotations
 
-from nexus_kernel import Capability
-from nexus_kernel.kit.plugin_kit import standard_hooks
+from nexus_kernel import Capability, CapabilityPlugin
 
 CAPABILITY = Capability(
     name="reasoning",
@@ -17,7 +16,6 @@ CAPABILITY = Capability(
     description="multiple-choice reasoning distilled from a language-model teacher, scored like MMLU",
 )
 
-(register_capabilities, resolve_datasets, demo_teacher, profile_capability, build_adapter,
- distill_capability, retention_metric, package_assets, answer) = standard_hooks(
-    CAPABILITY, synthetic="mmlu-steps-v1", teacher="nexus_cap_reasoning.teacher", student="nexus_cap_reasoning.student",
-)
+plugin = CapabilityPlugin(CAPABILITY, teacher="nexus_cap_reasoning.teacher", student="nexus_cap_reasoning.student",
+                          synthetic="mmlu-steps-v1")
+"""The object the `nexus` entry point names; its methods are the hooks."""

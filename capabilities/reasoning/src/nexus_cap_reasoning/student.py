@@ -41,7 +41,8 @@ def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> Dis
     return text_distill_plan(teacher, student, lambda: iter(_items(datasets, "train")), _pair, _choose)
 
 
-def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None) -> dict[str, Score]:
+def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None,
+          reference: Mapping[str, Any] | None = None) -> dict[str, Score]:
     """MMLU accuracy of a teacher or student on `split` (zero-shot, as the teacher learned)."""
     from nexus_kernel.text import text_model_of
 

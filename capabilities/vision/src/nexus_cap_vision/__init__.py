@@ -6,8 +6,7 @@ Only the declaration lives here; torch and transformers are imported inside the 
 
 from __future__ import annotations
 
-from nexus_kernel import Capability
-from nexus_kernel.kit.plugin_kit import standard_hooks
+from nexus_kernel import Capability, CapabilityPlugin
 
 CAPABILITY = Capability(
     name="vision",
@@ -17,7 +16,6 @@ CAPABILITY = Capability(
     description="question answering about images, scored by accuracy",
 )
 
-(register_capabilities, resolve_datasets, demo_teacher, profile_capability, build_adapter,
- distill_capability, retention_metric, package_assets, answer) = standard_hooks(
-    CAPABILITY, synthetic="shapes-qa-v1", teacher="nexus_cap_vision.teacher", student="nexus_cap_vision.student",
-)
+plugin = CapabilityPlugin(CAPABILITY, teacher="nexus_cap_vision.teacher", student="nexus_cap_vision.student",
+                          synthetic="shapes-qa-v1")
+"""The object the `nexus` entry point names; its methods are the hooks."""

@@ -106,7 +106,8 @@ def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> Dis
                        student_batch=student_batch, objective="sequence", mask_of=lambda batch: batch[2])
 
 
-def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None) -> dict[str, Score]:
+def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None,
+          reference: Mapping[str, Any] | None = None) -> dict[str, Score]:
     """VQA exact match of a teacher or student on `split`."""
     questions = list(_items(datasets, split))[:limit]
     return benchmark.evaluate(answerer_of(model), questions)

@@ -6,8 +6,7 @@ Only the declaration lives here; torch and transformers are imported inside the 
 
 from __future__ import annotations
 
-from nexus_kernel import Capability
-from nexus_kernel.kit.plugin_kit import standard_hooks
+from nexus_kernel import Capability, CapabilityPlugin
 
 CAPABILITY = Capability(
     name="voice",
@@ -21,7 +20,6 @@ CAPABILITY = Capability(
     description="spoken-word audio embeddings, scored by cosine similarity to the teacher",
 )
 
-(register_capabilities, resolve_datasets, demo_teacher, profile_capability, build_adapter,
- distill_capability, retention_metric, package_assets, answer) = standard_hooks(
-    CAPABILITY, synthetic="spoken-digits-v1", teacher="nexus_cap_voice.teacher", student="nexus_cap_voice.student",
-)
+plugin = CapabilityPlugin(CAPABILITY, teacher="nexus_cap_voice.teacher", student="nexus_cap_voice.student",
+                          synthetic="spoken-digits-v1")
+"""The object the `nexus` entry point names; its methods are the hooks."""

@@ -85,12 +85,34 @@ def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> Dis
                        student_batch=student_batch, objective="cosine")
 
 
-def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None) -> dict[str, Score]:
+def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None,
+          reference: Mapping[str, Any] | None = None) -> dict[str, Score]:
     """Nearest-centroid accuracy of the model's embeddings on `split` (reference-free, so
-    teacher and student are scored alike)."""
+    teacher and student are scored alike) and, given the teacher's embeddings of the same
+    utterances (`reference`, see `reference` below), the mean cosine similarity to them."""
+    from nexus_kernel.errors import NexusError
+
     utterances = list(_items(datasets, split))[:limit]
     found = embeddings(model, [u.samples for u in utterances])
-    return {benchmark.CENTROID: benchmark.centroid_score(found, [u.label for u in utterances])}
+    scores = {benchmark.CENTROID: benchmark.centroid_score(found, [u.label for u in utterances])}
+    if reference is not None:
+        teacher = reference[REFERENCE_KEY].numpy()
+        if teacher.shape != found.shape:
+            raise NexusError(f"voice: the teacher's reference embeddings {teacher.shape} do not match the "
+                             f"{found.shape} scored now (rerun stage 4 with the same eval_samples)")
+        scores[benchmark.COSINE] = benchmark.cosine_score(found, teacher)
+    return scores
+
+
+REFERENCE_KEY = "embeddings"
+
+
+def reference(teacher: Any, split: str, datasets: Mapping[str, str], limit: int | None = None) -> dict[str, Any]:
+    """The teacher's utterance embeddings of the items `score` reads, for its cosine figure."""
+    import torch
+
+    utterances = list(_items(datasets, split))[:limit]
+    return {REFERENCE_KEY: torch.from_numpy(embeddings(teacher, [u.samples for u in utterances])).float()}
 
 
 CENTROID_PREFIX = "centroid."
