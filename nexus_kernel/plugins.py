@@ -272,7 +272,7 @@ def contract_problem(plugin: object) -> str | None:
 
     name = getattr(plugin, "__name__", repr(plugin))
     bound_by_position = getattr(plugin, "register_capabilities", None)
-    if getattr(bound_by_position, "__qualname__", "").startswith("standard_hooks."):
+    if "standard_hooks.<locals>." in getattr(bound_by_position, "__qualname__", ""):
         return (f"{name!r} binds its hooks with plugin_kit.standard_hooks (nexus-kernel 0.1); declare "
                 "`plugin = CapabilityPlugin(CAPABILITY, teacher=..., student=..., synthetic=...)` "
                 "and point the entry point at it (CONTRIBUTING.md)")

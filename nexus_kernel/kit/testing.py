@@ -7,7 +7,7 @@ any project that has the kernel installed:
 - `nexus_plugin_set`: a factory building a `PluginSet` from plugin objects you pass, with no
   entry-point discovery, so a test never depends on what happens to be installed.
 
-and `check_capability_plugin(module)`, the conformance check every capability plugin runs
+and `check_capability_plugin(plugin)`, the conformance check every capability plugin runs
 against itself, and `shared_data(subfolder, __file__)`, which finds the real benchmark samples
 or skips the test with the reason.
 """
@@ -28,6 +28,8 @@ import pytest
 
 from nexus_kernel.capability import Capability
 from nexus_kernel.contracts import DemoTeacher, ProbePlan
+from nexus_kernel.errors import PluginError
+from nexus_kernel.kit.plugin_kit import CapabilityPlugin
 from nexus_kernel.plugins import BUILTINS, ENTRY_POINT_GROUP, PluginRecord, PluginSet, new_manager
 from nexus_kernel.run.fsio import canonical_json
 
@@ -54,12 +56,13 @@ def plugin_set_of(*plugins: tuple[str, object],
     return plugin_set
 
 
-def _entry_point_targets(distribution: str) -> list[str]:
+def _entry_point_targets(distribution: str) -> list[object]:
+    """What each of the installed `distribution`'s `nexus` entry points loads."""
     try:
         dist = metadata.distribution(distribution)
     except metadata.PackageNotFoundError:
         raise ConformanceError(f"distribution {distribution!r} is not installed") from None
-    return [ep.value.split(":")[0] for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+    return [ep.load() for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
 
 
 def _imports_torch(module_name: str) -> bool:
@@ -109,29 +112,56 @@ def _check_demo_teacher(plugin_set: PluginSet, capability: Capability) -> None:
         raise ConformanceError(f"{capability.name}: demo_teacher: " + "; ".join(problems))
 
 
-def check_capability_plugin(module: ModuleType, distribution: str | None = None) -> list[Capability]:
-    """Check `module` against the plugin contract and return the capabilities it declares.
+def _home_module(plugin: object) -> str:
+    """The name of the module a plugin is, or the first imported module that holds it."""
+    if isinstance(plugin, ModuleType):
+        return plugin.__name__
+    for name, module in list(sys.modules.items()):
+        if any(value is plugin for value in list(vars(module).values())) and not name.startswith("__"):
+            return name
+    raise ConformanceError(f"{plugin!r} is held by no imported module; an entry point cannot name it")
 
-    Rules: every hookimpl names a real hook with valid arguments; `register_capabilities`
-    returns `Capability` specs, at least one, none twice; importing the module does not import
-    torch (plugins import heavy modules lazily); `resolve_datasets` maps split names to
-    strings; `demo_teacher` gives a recipe that is plain JSON, a benchmark the capability
-    declares and a build function a worker process can run; and, when `distribution` is given,
-    that distribution is installed with an entry point of group `nexus` pointing at the module.
-    """
+
+def _check_modules(plugin: CapabilityPlugin) -> None:
     try:
-        plugin_set = plugin_set_of((module.__name__, module))
+        plugin.teacher_module()
+        plugin.student_module()
+    except PluginError as exc:
+        raise ConformanceError(str(exc)) from None
+    except ImportError as exc:
+        raise ConformanceError(f"{plugin!r}: {exc}") from None
+
+
+def check_capability_plugin(plugin: object, distribution: str | None = None) -> list[Capability]:
+    """Check `plugin` (a `CapabilityPlugin`, or a module of `@hookimpl` functions) against the
+    plugin contract and return the capabilities it declares.
+
+    Rules: every hook names a real hook with valid arguments; `register_capabilities` returns
+    `Capability` specs, at least one, none twice; importing the module holding the plugin does
+    not import torch (plugins import heavy modules lazily); a `CapabilityPlugin`'s teacher and
+    student modules import and provide what `TeacherModule` and `StudentModule` name
+    (`demo`, `probe_plan`, `distill_plan`, `score`, `answer`, and `projector`, `assets`,
+    `reference` when present), with those parameter names; `resolve_datasets` maps split names
+    to strings; `demo_teacher` gives a recipe that is plain JSON, a benchmark the capability
+    declares and a build function a worker process can run; and, when `distribution` is given,
+    that distribution is installed with an entry point of group `nexus` that loads this very
+    plugin object.
+    """
+    home = _home_module(plugin)
+    try:
+        plugin_set = plugin_set_of((home, plugin))
         record = plugin_set.loaded[0]
     except Exception as exc:
-        raise ConformanceError(f"{module.__name__} does not register: {type(exc).__name__}: {exc}") from exc
+        raise ConformanceError(f"{home} does not register: {type(exc).__name__}: {exc}") from exc
     if not record.capabilities:
-        raise ConformanceError(f"{module.__name__}: register_capabilities declares no capability")
-    if _imports_torch(module.__name__):
-        raise ConformanceError(f"importing {module.__name__} imports torch; import it inside functions")
-    if distribution is not None and module.__name__ not in _entry_point_targets(distribution):
-        raise ConformanceError(
-            f"{distribution} has no entry point of group {ENTRY_POINT_GROUP!r} for {module.__name__}"
-        )
+        raise ConformanceError(f"{home}: register_capabilities declares no capability")
+    if _imports_torch(home):
+        raise ConformanceError(f"importing {home} imports torch; import it inside functions")
+    if distribution is not None and not any(target is plugin for target in _entry_point_targets(distribution)):
+        raise ConformanceError(f"{distribution} has no entry point of group {ENTRY_POINT_GROUP!r} that loads "
+                               f"{plugin!r} (point it at \"{home}:<name of the object>\")")
+    if isinstance(plugin, CapabilityPlugin):
+        _check_modules(plugin)
     for capability in record.capabilities:
         _check_datasets(plugin_set, capability)
         _check_demo_teacher(plugin_set, capability)

@@ -4,7 +4,7 @@ from nexus_kernel.kit.testing import check_capability_plugin
 
 
 def test_math_plugin_conforms() -> None:
-    capabilities = check_capability_plugin(nexus_cap_math, distribution="nexus-cap-math")
+    capabilities = check_capability_plugin(nexus_cap_math.plugin, distribution="nexus-cap-math")
     assert [(c.name, c.modality, c.benchmarks) for c in capabilities] == [
         ("math", "text", ("GSM8K",))
     ]

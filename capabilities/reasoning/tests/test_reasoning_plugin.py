@@ -4,7 +4,7 @@ from nexus_kernel.kit.testing import check_capability_plugin
 
 
 def test_reasoning_plugin_conforms() -> None:
-    capabilities = check_capability_plugin(nexus_cap_reasoning, distribution="nexus-cap-reasoning")
+    capabilities = check_capability_plugin(nexus_cap_reasoning.plugin, distribution="nexus-cap-reasoning")
     assert [(c.name, c.modality, c.benchmarks) for c in capabilities] == [
         ("reasoning", "text", ("MMLU",))
     ]

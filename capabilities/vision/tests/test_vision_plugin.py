@@ -4,7 +4,7 @@ from nexus_kernel.kit.testing import check_capability_plugin
 
 
 def test_vision_plugin_conforms() -> None:
-    capabilities = check_capability_plugin(nexus_cap_vision, distribution="nexus-cap-vision")
+    capabilities = check_capability_plugin(nexus_cap_vision.plugin, distribution="nexus-cap-vision")
     assert [(c.name, c.modality, c.benchmarks) for c in capabilities] == [
         ("vision", "image", ("vision QA",))
     ]

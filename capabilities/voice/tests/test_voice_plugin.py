@@ -4,7 +4,7 @@ from nexus_kernel.kit.testing import check_capability_plugin
 
 
 def test_voice_plugin_conforms() -> None:
-    capabilities = check_capability_plugin(nexus_cap_voice, distribution="nexus-cap-voice")
+    capabilities = check_capability_plugin(nexus_cap_voice.plugin, distribution="nexus-cap-voice")
     assert [(c.name, c.modality, c.benchmarks) for c in capabilities] == [
         ("voice", "audio", ("voice centroid accuracy", "voice cosine"))
     ]
