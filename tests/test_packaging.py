@@ -43,9 +43,9 @@ RANKS = {"math": 21, "reasoning": 64}  # the demo's math rank, and the default m
 
 
 def _plugins(quantizer: bool = True, reasoning: bool = True) -> PluginSet:
-    plugins = [("math", nexus_cap_math)]
+    plugins = [("math", nexus_cap_math.plugin)]
     if reasoning:
-        plugins.append(("reasoning", nexus_cap_reasoning))
+        plugins.append(("reasoning", nexus_cap_reasoning.plugin))
     if quantizer:
         plugins.append(("quant-bnb", nexus_quant_bnb))
     return plugin_set_of(*plugins)

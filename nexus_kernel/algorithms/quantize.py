@@ -12,15 +12,20 @@ module built and quantized the same way, which is how `load_bundle` restores a b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import pluggy
 import torch
 from torch import nn
 
 from nexus_kernel.errors import NexusError
 
-if TYPE_CHECKING:
-    from nexus_kernel.plugins import PluginSet
+
+class PluginSet(Protocol):
+    """What quantization needs of `nexus_kernel.plugins.PluginSet` (not imported: the kernel's
+    built-in plugin imports this module)."""
+
+    manager: pluggy.PluginManager
 
 SCHEMES = ("int8", "nf4")
 KERNEL = "nexus-kernel"  # the name `nexus_kernel.defaults` is registered under

@@ -261,7 +261,7 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
     teacher, collecting, scoring it on held-out items, caching and unloading it."""
     from safetensors.torch import save
 
-    from nexus_kernel.teachers.loading import load_teacher, run_device
+    from nexus_kernel.teachers.access import load_teacher, run_device
     from nexus_kernel.teachers.registry import TeacherEntry
 
     capability, _ = context.plugins.capabilities()[name]

@@ -25,12 +25,8 @@ from nexus_kernel.run.fsio import atomic_write_bytes, atomic_write_json
 from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, PROFILE_SUMMARY, REGISTRY_FILE
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
-from nexus_kernel.teachers.loading import (
-    QUANTIZATION_ORDER,
-    LoadedTeacher,
-    load_teacher,
-    run_device,
-)
+from nexus_kernel.teachers.access import load_teacher, run_device
+from nexus_kernel.teachers.loading import QUANTIZATION_ORDER, LoadedTeacher
 from nexus_kernel.teachers.registry import TeacherEntry
 
 _TRIAL_BATCH = 4

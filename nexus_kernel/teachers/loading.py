@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from nexus_kernel.errors import NexusError
-from nexus_kernel.run.runner import RunContext
 from nexus_kernel.teachers.registry import TeacherEntry
 
 QUANTIZATION_ORDER = ("nf4", "int8", "dynamic-int8", "bf16", "fp32")
@@ -166,17 +165,3 @@ def most_precise_fitting(parameters: int, budget_gb: float, share: float = 0.5) 
         if parameters * BYTES_PER_PARAMETER[scheme] <= allowance:
             return scheme
     return QUANTIZATION_ORDER[0]
-
-
-def run_device(context: RunContext) -> str:
-    env = json.loads((context.run_dir / "env.json").read_text())
-    return str(env.get("device", "cpu"))
-
-
-def load_teacher(context: RunContext, entry: TeacherEntry, preferred: str, device: str) -> LoadedTeacher:
-    """The owner's `load_teacher` answer, else the kernel default's (`load_teacher_folder`)."""
-    answer = context.plugins.call_for(entry.capability, "load_teacher", entry=entry, quantization=preferred,
-                                      device=device)
-    if answer is None:
-        raise TeacherLoadError(f"teacher {entry.name!r}: no plugin loads it (row {entry.row} of the registry)")
-    return answer  # type: ignore[no-any-return]

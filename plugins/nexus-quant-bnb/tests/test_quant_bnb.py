@@ -21,7 +21,7 @@ def test_quantize_replaces_linears_and_keeps_outputs_close(
     inputs = torch.randn(16, 64)
     with torch.no_grad():
         reference = model(inputs)
-        plugin_set = plugin_set_of(("quant-bnb", nexus_quant_bnb))
+        plugin_set = plugin_set_of(("quant-bnb", nexus_quant_bnb), builtins=())  # no kernel fallback
         quantized = plugin_set.manager.hook.quantize(module=model, scheme=scheme)
         output = quantized(inputs)
     assert [type(m).__name__ for m in quantized] == [layer, "ReLU", layer]
@@ -31,7 +31,7 @@ def test_quantize_replaces_linears_and_keeps_outputs_close(
 
 
 def test_unknown_scheme_is_declined() -> None:
-    plugin_set = plugin_set_of(("quant-bnb", nexus_quant_bnb))
+    plugin_set = plugin_set_of(("quant-bnb", nexus_quant_bnb), builtins=())  # no kernel fallback
     assert plugin_set.manager.hook.quantize(module=_mlp(), scheme="fp8") is None
     with pytest.raises(ValueError, match="unknown scheme 'fp8'; quant-bnb supports nf4, int8"):
         nexus_quant_bnb.quantize_linears(_mlp(), "fp8")
@@ -56,5 +56,5 @@ def test_nf4_declines_shapes_the_cpu_kernel_cannot_run() -> None:
     odd = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Linear(128, 30))
     assert nexus_quant_bnb.unsupported_layers(odd, "nf4") == ["1"]
     assert nexus_quant_bnb.unsupported_layers(odd, "int8") == []
-    plugin_set = plugin_set_of(("quant-bnb", nexus_quant_bnb))
+    plugin_set = plugin_set_of(("quant-bnb", nexus_quant_bnb), builtins=())  # no kernel fallback
     assert plugin_set.manager.hook.quantize(module=odd, scheme="nf4") is None
