@@ -10,7 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel_helpers import CAPABILITY_PLUGINS, install_fake_distribution, nexus, require_plugins
+from kernel_helpers import (
+    CAPABILITY_PLUGINS,
+    install_fake_distribution,
+    nexus,
+    require_plugins,
+)
 
 from nexus_kernel import Capability, hookimpl
 from nexus_kernel.errors import CapabilityConflict, PluginError

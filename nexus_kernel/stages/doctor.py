@@ -9,7 +9,6 @@ changes in a way no stage sees.
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
 import logging
 import os
 import platform
@@ -17,6 +16,7 @@ import shutil
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from typing import Any
 
 import psutil
