@@ -21,8 +21,6 @@ from nexus_kernel.plugins import PluginSet, choose_allow_list, load_plugins
 if TYPE_CHECKING:
     from nexus_kernel.run.runner import RunContext
 
-EXIT_INCOMPLETE = 3
-
 _plugins_option = click.option(
     "--plugins", "plugins_text", metavar="A,B",
     help="Allow-list of plugins (entry-point or distribution names); overrides NEXUS_PLUGINS "
@@ -150,7 +148,7 @@ def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | Non
 def _run_stages(context: RunContext, start: str | None, only: str | None, until: str | None,
                 force: bool, relock: bool) -> None:
     """`nexus run` once the run directory is held: the stages, then the summary table."""
-    from nexus_kernel.run.runner import NOT_IMPLEMENTED, StageRunner
+    from nexus_kernel.run.runner import StageRunner
     from nexus_kernel.stages.lock import build_scope, check_scope
     from nexus_kernel.stages.pipeline import stages
 
@@ -173,11 +171,6 @@ def _run_stages(context: RunContext, start: str | None, only: str | None, until:
         click.echo("\n" + table(collect(run_dir)))
         if (run_dir / REPORT_HTML).is_file():
             click.echo(f"report: {run_dir / REPORT_HTML}")
-    pending = [o.stage.name for o in outcomes if o.status == NOT_IMPLEMENTED]
-    if pending:
-        click.echo(f"run incomplete: {', '.join(pending)} not implemented in nexus-kernel "
-                   f"{__version__}; nothing was packaged", err=True)
-        sys.exit(EXIT_INCOMPLETE)
 
 
 @cli.group("teachers")

@@ -1,4 +1,10 @@
-"""Fixtures and hypothesis profiles for the kernel's tests."""
+"""Fixtures and hypothesis profiles for the kernel's tests.
+
+The kernel's tests never depend on which plugins are installed: they register test plugins
+(`nexus_kernel.kit.testing.plugin_set_of`), and entry-point discovery is off for them
+(`no_entry_points`). Only the end-to-end fixtures below run the shipped capability plugins,
+and they skip when one is not installed (`kernel_helpers.require_plugins`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,25 @@ from kernel_helpers import build_tiny_demo_teachers, tiny_project
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(autouse=True)
+def no_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this process, `nexus` entry points are never discovered: a kernel test that loads
+    plugins passes its own (`load_plugins(entry_points=...)`), like pytest's
+    PYTEST_DISABLE_PLUGIN_AUTOLOAD. CLI runs in a subprocess (`kernel_helpers.nexus`) see what
+    is installed."""
+    from importlib import metadata
+
+    real = metadata.entry_points
+
+    def entry_points(**selection: str) -> object:
+        if selection.get("group") == "nexus":
+            raise AssertionError("a kernel test discovered the installed plugins; pass entry_points= "
+                                 "or use nexus_kernel.kit.testing.plugin_set_of")
+        return real(**selection)
+
+    monkeypatch.setattr(metadata, "entry_points", entry_points)
 
 
 @pytest.fixture(scope="session")

@@ -145,6 +145,25 @@ def test_a_poisoned_batch_rolls_back_escalates_and_training_ends_healthy(tmp_pat
     assert final_loss(model) < 1e-2
 
 
+def test_step_and_rollback_lines_show_each_effective_alpha(tmp_path: Path) -> None:
+    model, step_loss = regression(poison_at=25)
+    trainer(tmp_path, model, step_loss, steps=30, alpha_scales={"voice": 0.01, "math": 1.0}).run()
+    lines = journal(tmp_path)
+    steps = {e["step"]: e for e in lines if e["kind"] == "step"}
+    assert steps[0]["alpha"] == 0.1
+    assert steps[0]["alpha_effective"] == {"math": pytest.approx(0.1), "voice": pytest.approx(0.001)}
+    rollback = next(e for e in lines if e["kind"] == "rollback")  # alpha doubled by the rollback
+    assert rollback["alpha_effective"] == {"math": pytest.approx(0.2), "voice": pytest.approx(0.002)}
+    assert steps[29]["alpha_effective"] == {"math": pytest.approx(0.2), "voice": pytest.approx(0.002)}
+
+
+def test_without_alpha_scales_a_step_line_shows_the_one_alpha(tmp_path: Path) -> None:
+    model, step_loss = regression()
+    trainer(tmp_path, model, step_loss, steps=2).run()
+    step = next(e for e in journal(tmp_path) if e["kind"] == "step")
+    assert step["alpha"] == 0.1 and "alpha_effective" not in step
+
+
 def test_a_learning_rate_blow_up_is_caught_as_a_spike_and_recovered(tmp_path: Path) -> None:
     model, step_loss = regression()
     blown = []
@@ -230,7 +249,7 @@ def _text_task(tmp_path: Path, student_words: list[str]) -> tuple[NexusStudent, 
     outputs = plan.teacher_outputs(items)
     soft = pack_distributions(plan.teacher_distributions(items, outputs)) if plan.objective == "kl" else None
     pool = Pool(items, outputs, torch.zeros(4, 0, 2), torch.ones(0, 2), {}, plan.objective, soft)
-    return student, CapabilityTask("fruit", None, plan, pool, 0)
+    return student, CapabilityTask("fruit", None, plan, pool, 0, 1.0)
 
 
 def test_a_student_vocabulary_covering_the_teachers_distils_its_distribution(tmp_path: Path) -> None:

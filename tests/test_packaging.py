@@ -7,11 +7,9 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-import nexus_cap_math
-import nexus_cap_reasoning
-import nexus_quant_bnb
 import pytest
 import torch
+from kernel_helpers import require_plugins
 
 from nexus_kernel.algorithms.quantize import (
     KERNEL,
@@ -43,11 +41,14 @@ RANKS = {"math": 21, "reasoning": 64}  # the demo's math rank, and the default m
 
 
 def _plugins(quantizer: bool = True, reasoning: bool = True) -> PluginSet:
-    plugins = [("math", nexus_cap_math.plugin)]
+    """The shipped math (and reasoning) plugins, and quant-bnb: a bundle round trip runs their
+    hooks for real (skipped where they are not installed)."""
+    found = require_plugins("nexus_cap_math", "nexus_cap_reasoning", "nexus_quant_bnb")
+    plugins = [("math", found["nexus_cap_math"].plugin)]
     if reasoning:
-        plugins.append(("reasoning", nexus_cap_reasoning.plugin))
+        plugins.append(("reasoning", found["nexus_cap_reasoning"].plugin))
     if quantizer:
-        plugins.append(("quant-bnb", nexus_quant_bnb))
+        plugins.append(("quant-bnb", found["nexus_quant_bnb"]))
     return plugin_set_of(*plugins)
 
 

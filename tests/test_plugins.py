@@ -10,7 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel_helpers import install_fake_distribution, nexus
+from kernel_helpers import (
+    CAPABILITY_PLUGINS,
+    install_fake_distribution,
+    nexus,
+    require_plugins,
+)
 
 from nexus_kernel import Capability, hookimpl
 from nexus_kernel.errors import CapabilityConflict, PluginError
@@ -236,6 +241,7 @@ def test_the_kernel_defaults_answer_after_the_owner() -> None:
 
 
 def test_nexus_plugins_json_lists_the_four_capabilities_with_versions(tmp_path: Path) -> None:
+    require_plugins(*(f"nexus_cap_{name}" for name in CAPABILITY_PLUGINS), "nexus_quant_bnb")
     result = nexus("plugins", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     listed = json.loads(result.stdout)

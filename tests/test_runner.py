@@ -31,7 +31,7 @@ class Pipeline:
         self.context = RunContext(run_dir, load_config(Path(__file__).parents[1] / "configs/nexus.toml"),
                                   plugin_set_of())
 
-    def stage(self, number: int, name: str, implemented: bool = True) -> Stage:
+    def stage(self, number: int, name: str) -> Stage:
         def action(context: RunContext) -> str:
             self.calls.append(name)
             if self.fail_in == name:
@@ -40,12 +40,12 @@ class Pipeline:
             atomic_write_text(context.run_dir / f"{name}.txt", f"{name}={self.inputs[name]}\n")
             return f"wrote {name}"
 
-        return Stage(number, name, f"toy {name}", (f"{name}.txt",), action if implemented else None,
+        return Stage(number, name, f"toy {name}", (f"{name}.txt",), action,
                      lambda context: self.inputs[name])
 
     def run(self, **options: str | bool) -> list[tuple[str, str]]:
         self.calls.clear()
-        stages = [self.stage(0, "a"), self.stage(1, "b"), self.stage(2, "c"), self.stage(3, "d", False)]
+        stages = [self.stage(0, "a"), self.stage(1, "b"), self.stage(2, "c")]
         outcomes = StageRunner(stages, self.context).run(**options)  # type: ignore[arg-type]
         return [(o.stage.name, o.status) for o in outcomes]
 
@@ -55,16 +55,16 @@ def toy(nexus_run_dir: Path) -> Pipeline:
     return Pipeline(nexus_run_dir)
 
 
-def test_first_run_runs_all_and_reports_not_implemented(toy: Pipeline) -> None:
-    assert toy.run() == [("a", "passed"), ("b", "passed"), ("c", "passed"), ("d", "not implemented")]
+def test_first_run_runs_every_stage_and_records_it(toy: Pipeline) -> None:
+    assert toy.run() == [("a", "passed"), ("b", "passed"), ("c", "passed")]
+    assert toy.calls == ["a", "b", "c"]
     state = json.loads((toy.context.run_dir / "state.json").read_text())
-    assert state["stages"]["d"]["status"] == "not implemented"
     assert {state["stages"][n]["status"] for n in "abc"} == {"passed"}
 
 
 def test_unchanged_inputs_skip(toy: Pipeline) -> None:
     toy.run()
-    assert toy.run() == [("a", "skipped"), ("b", "skipped"), ("c", "skipped"), ("d", "not implemented")]
+    assert toy.run() == [("a", "skipped"), ("b", "skipped"), ("c", "skipped")]
     assert toy.calls == []
 
 
@@ -101,7 +101,7 @@ def test_from_only_and_force(toy: Pipeline) -> None:
     assert toy.calls == ["a", "b", "c"]
     with pytest.raises(StageError, match="--from and --only cannot be combined"):
         toy.run(start="a", only="b")
-    with pytest.raises(StageError, match=r"unknown stage 'z'; stages: a \(0\), b \(1\), c \(2\), d \(3\)"):
+    with pytest.raises(StageError, match=r"unknown stage 'z'; stages: a \(0\), b \(1\), c \(2\)"):
         toy.run(start="z")
 
 

@@ -120,14 +120,20 @@ def _restore_optimiser(optimiser: torch.optim.Optimizer, tensors: Mapping[str, t
 
 class RecoveringTrainer:
     """Trains `parameters` (named, all belonging to `module`) for `steps` steps of `step_loss`,
-    with checkpoints in `folder` and events in `journal`."""
+    with checkpoints in `folder` and events in `journal`.
+
+    `alpha_scales` (part name to scale, e.g. each capability's `alpha_scale`) only describes
+    how `step_loss` scales the alpha it is given: step and rollback lines then also show each
+    effective alpha (`alpha_effective`), since the loop's own `alpha` is the unscaled one.
+    """
 
     def __init__(self, module: nn.Module, parameters: Mapping[str, nn.Parameter], step_loss: StepLoss,
                  steps: int, learning_rate: float, folder: Path, journal: Journal,
                  settings: RecoverySettings, alpha: float, check: Check | None = None,
                  fingerprint: Any = None, clip_norm: float = 1.0, warmup_fraction: float = 0.1,
                  on_step: Callable[[int, RecoveringTrainer], None] | None = None,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None,
+                 alpha_scales: Mapping[str, float] | None = None) -> None:
         self.module = module
         self.parameters = dict(parameters)
         self.step_loss = step_loss
@@ -140,6 +146,7 @@ class RecoveringTrainer:
         self.clip_norm = clip_norm
         self.on_step = on_step
         self.progress = progress
+        self.alpha_scales = dict(alpha_scales or {})
         self.fingerprint = sha256_json(fingerprint)
         self.state = LoopState(alpha=alpha)
         self.optimiser = torch.optim.AdamW(list(self.parameters.values()), lr=learning_rate, weight_decay=0.0)
@@ -219,6 +226,13 @@ class RecoveringTrainer:
 
     # the loop --------------------------------------------------------------------------------
 
+    def effective_alpha(self) -> dict[str, float]:
+        """Per name of `alpha_scales`, the anchor weight its loss uses now (alpha x scale)."""
+        return {name: self.state.alpha * scale for name, scale in sorted(self.alpha_scales.items())}
+
+    def _alpha_fields(self) -> dict[str, Any]:
+        return {"alpha": self.state.alpha, **({"alpha_effective": self.effective_alpha()} if self.alpha_scales else {})}
+
     def _count(self, event: str) -> None:
         self.state.events[event] = self.state.events.get(event, 0) + 1
 
@@ -241,7 +255,7 @@ class RecoveringTrainer:
         self._count(reason)
         self._count("rollback")
         self.journal.write("rollback", reason=reason, at_step=step, value=value, to_step=self.state.step,
-                           alpha=self.state.alpha, lr_scale=self.state.lr_scale, rollbacks=self.state.rollbacks)
+                           **self._alpha_fields(), lr_scale=self.state.lr_scale, rollbacks=self.state.rollbacks)
 
     def _is_spike(self, loss: float, composition: str) -> bool:
         if not math.isfinite(loss):
@@ -284,7 +298,7 @@ class RecoveringTrainer:
             self.state.running_loss[composition] = value if mean is None else 0.9 * mean + 0.1 * value
             self.state.steps_since_rollback[composition] = self.state.steps_since_rollback.get(composition, 0) + 1
             self.state.step += 1
-            self.journal.write("step", step=step, loss=value, alpha=self.state.alpha,
+            self.journal.write("step", step=step, loss=value, **self._alpha_fields(),
                                lr=self.optimiser.param_groups[0]["lr"], grad_norm=norm,
                                seconds=round(time.perf_counter() - started, 4),
                                **{key: round(v, 6) for key, v in parts.items()})

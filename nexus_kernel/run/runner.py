@@ -23,7 +23,7 @@ from nexus_kernel.run.fsio import atomic_write_json, sha256_file, sha256_json
 from nexus_kernel.run.layout import STATE_FILE
 from nexus_kernel.run.logs import get_logger
 
-PASSED, FAILED, RUNNING, NOT_IMPLEMENTED = "passed", "failed", "running", "not implemented"
+PASSED, FAILED, RUNNING = "passed", "failed", "running"
 
 log = get_logger("runner")
 
@@ -42,13 +42,13 @@ class RunContext:
 
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage. `action` is None for a stage not built yet."""
+    """One pipeline stage: `action` does its work and returns a one-line summary."""
 
     number: int
     name: str
     title: str
     outputs: tuple[str, ...]
-    action: Callable[[RunContext], str] | None
+    action: Callable[[RunContext], str]
     fingerprint: Callable[[RunContext], Any] = lambda context: None
     still_valid: Callable[[RunContext], str | None] = lambda context: None
     """Why the stage's results outside the run directory (e.g. the bundle) are no longer
@@ -64,7 +64,7 @@ class Outcome:
     """What happened to one stage in this invocation."""
 
     stage: Stage
-    status: str  # passed, failed, not implemented, skipped, not run
+    status: str  # passed, failed, skipped, not run
     detail: str = ""
     seconds: float = 0.0
 
@@ -168,7 +168,7 @@ class StageRunner:
         even if up to date (every earlier one must be); `force` reruns everything; `until`
         stops after that stage.
 
-        Stops at the first stage that fails or is not implemented; later ones are "not run".
+        Stops at the first stage that fails; later ones are "not run".
         A `NexusError` from a stage is recorded as failed and raised again.
         """
         if start and only:
@@ -205,10 +205,6 @@ class StageRunner:
         return outcomes
 
     def _run_one(self, stage: Stage, reason: str) -> Outcome:
-        if stage.action is None:
-            self.state.record(stage, status=NOT_IMPLEMENTED)
-            log.warning("stage not implemented", stage=stage.label, title=stage.title)
-            return Outcome(stage, NOT_IMPLEMENTED, "not built in this version")
         input_hash = self._input_hash(stage)
         log.info("stage start", stage=stage.label, reason=reason)
         self.state.record(stage, status=RUNNING, input_hash=input_hash)

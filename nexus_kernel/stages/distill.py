@@ -45,6 +45,7 @@ from nexus_kernel.run.layout import (
 )
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
+from nexus_kernel.run.settings import locked_settings
 from nexus_kernel.stages.distill_pool import Pool, build_pool
 from nexus_kernel.student.decoding import IGNORE_INDEX
 from nexus_kernel.student.model import (
@@ -72,7 +73,8 @@ class CapabilityTask:
     plan: Any
     pool: Pool
     order_seed: int
-    alpha_scale: float = 1.0
+    alpha_scale: float
+    """The capability's locked `alpha_scale` (no default here: the lock's is the only one)."""
 
     def batch(self, step: int, size: int) -> StudentBatch:
         """The batch of `step`: a seeded permutation of the pool per epoch, so the batch
@@ -312,11 +314,12 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
     with _progress(steps, f"distilling {phase}") as bar:
         trainer = RecoveringTrainer(student, parameters, step_loss, steps, learning_rate, folder, journal,
                                     _recovery(settings), settings["alpha"], check=check, fingerprint=fingerprint,
-                                    progress=bar.update)
+                                    progress=bar.update, alpha_scales={task.name: task.alpha_scale for task in tasks})
         state = trainer.run()
     explained = check()
     journal.write("end", step=state.step, reconstruction=explained, events=state.events)
-    return {"steps": state.step, "reconstruction": explained, "alpha": state.alpha, "lr_scale": state.lr_scale,
+    return {"steps": state.step, "reconstruction": explained, "alpha": state.alpha,
+            "alpha_effective": trainer.effective_alpha(), "lr_scale": state.lr_scale,
             "rollbacks": state.rollbacks, "events": state.events, "skipped_steps": state.skipped}
 
 
@@ -331,6 +334,7 @@ def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Map
     the teacher, one at a time, or read from the cache)."""
 
     datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"]
+    locked = locked_settings(context.run_dir)
     tasks = {}
     for index, name in enumerate(sorted(architecture["capabilities"])):
         capability, _ = context.plugins.capabilities()[name]
@@ -338,14 +342,11 @@ def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Map
                                         student=student, datasets=datasets[name])
         if plan is None:
             raise StageError(f"{name}: its plugin gives no distillation plan (distill_capability returned None)")
-        configured = context.config.capability_settings(name)
-        pool_scale = capability.pool_scale if configured.get("pool_scale") is None else configured["pool_scale"]
+        own = locked[name]
         pool = build_pool(context, student, name, plan, architecture,
-                          {**settings, "pool_size": max(1, round(settings["pool_size"] * pool_scale))},
+                          {**settings, "pool_size": own.pool_size(settings["pool_size"])},
                           context.run_dir / CHECKPOINT_DIR / name)
-        scale = configured.get("alpha_scale")
-        tasks[name] = CapabilityTask(name, capability, plan, pool, seed + index,
-                                     capability.alpha_scale if scale is None else scale)
+        tasks[name] = CapabilityTask(name, capability, plan, pool, seed + index, own.alpha_scale)
     return tasks
 
 
@@ -407,12 +408,14 @@ def run_distill(context: RunContext) -> str:
     adapters = {}
     for name, task in tasks.items():
         phase = f"adapter-{name}"
-        fingerprint = sha256_json({**base, "phase": phase, "pool": task.pool.teacher_scores})
+        fingerprint = sha256_json({**base, "phase": phase, "pool": task.pool.teacher_scores,
+                                   "alpha_scale": task.alpha_scale})
         phases[phase] = _phase(context, student, [task], phase, True, settings, fingerprint,
                                student.adapters[name], seed)
         adapters[name] = sha256_file(context.run_dir / CHECKPOINT_DIR / phase / "final.safetensors")
     if settings["joint_steps"]:
-        fingerprint = sha256_json({**base, "phase": "joint", "adapters": adapters})
+        fingerprint = sha256_json({**base, "phase": "joint", "adapters": adapters,
+                                   "alpha_scales": {name: task.alpha_scale for name, task in tasks.items()}})
         phases["joint"] = _phase(context, student, list(tasks.values()), "joint", False, settings, fingerprint,
                                  student, seed)
     student.eval()

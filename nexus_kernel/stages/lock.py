@@ -15,6 +15,7 @@ from nexus_kernel.errors import LockError
 from nexus_kernel.run.fsio import atomic_write_json, atomic_write_text, sha256_json
 from nexus_kernel.run.layout import LOCK_FILE, SEED_FILE
 from nexus_kernel.run.runner import RunContext
+from nexus_kernel.run.settings import CapabilitySettings
 
 LOCK_FORMAT = 1
 
@@ -84,20 +85,18 @@ def check_scope(run_dir: Path, scope: dict[str, Any], relock: bool) -> bool:
 
 
 def build_scope(context: RunContext) -> dict[str, Any]:
-    """What stage 0 locks: config, plugin versions and capability taxonomy (no file contents)."""
+    """What stage 0 locks: config, plugin versions and capability taxonomy with each
+    capability's resolved `CapabilitySettings` (no file contents)."""
     config = context.config
     owned = context.plugins.capabilities()
     # A table for an installed but unselected plugin is fine: that plugin is never registered.
     config.check_capability_names([*owned, *(r.name for r in context.plugins.not_selected)])
     capabilities = {}
     for name, (capability, record) in owned.items():
-        settings = config.capability_settings(name)
-        capabilities[name] = {
-            **capability.describe(),
-            "plugin": record.distribution,
-            "max_rank": settings["max_rank"] or capability.max_rank,
-            "data_dir": settings["data_dir"],
-        }
+        settings = CapabilitySettings.resolve(capability, config.capability_settings(name))
+        # The resolved settings replace the plugin's declared max_rank, alpha_scale and
+        # pool_scale: the lock records what the run uses (read back by `locked_settings`).
+        capabilities[name] = {**capability.describe(), "plugin": record.distribution, **settings.to_json()}
     return {
         "config": config.values,
         "selection": sorted(record.name for record in context.plugins.loaded)

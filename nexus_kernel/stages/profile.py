@@ -25,6 +25,7 @@ from nexus_kernel.run.fsio import atomic_write_bytes, atomic_write_json
 from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, PROFILE_SUMMARY, REGISTRY_FILE
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
+from nexus_kernel.run.settings import CapabilitySettings, locked_settings
 from nexus_kernel.teachers.access import load_teacher, run_device
 from nexus_kernel.teachers.loading import QUANTIZATION_ORDER, LoadedTeacher
 from nexus_kernel.teachers.registry import TeacherEntry
@@ -111,13 +112,13 @@ def _rank_audit(capability: Any, max_rank: int, layers: dict[str, Any]) -> dict[
 
 
 def profile_capability(context: RunContext, name: str, entry: TeacherEntry, datasets: dict[str, str],
-                       scope: dict[str, Any]) -> dict[str, Any]:
+                       locked: CapabilitySettings) -> dict[str, Any]:
     """Profile one capability's teacher and write its outputs; returns `profile.json`'s data."""
     from safetensors.torch import save
 
     settings = context.config.section("profiling")
     capability, _ = context.plugins.capabilities()[name]
-    max_rank = int(scope["capabilities"][name]["max_rank"])
+    max_rank = locked.max_rank
     out = context.run_dir / PROFILE_DIR / name
     started = time.perf_counter()
     teacher, plan = _load_working(context, name, capability, entry, datasets, settings)
@@ -180,6 +181,7 @@ def run_profile(context: RunContext) -> str:
 
     registry = json.loads((context.run_dir / REGISTRY_FILE).read_text())
     lock = json.loads((context.run_dir / LOCK_FILE).read_text())
+    locked = locked_settings(context.run_dir)
     teachers = {}
     for data in registry["teachers"]:
         entry = TeacherEntry.from_json(data)
@@ -191,7 +193,7 @@ def run_profile(context: RunContext) -> str:
     lines = []
     summary = {}
     for name, entry in sorted(teachers.items()):
-        profile = profile_capability(context, name, entry, lock["datasets"][name], lock["scope"])
+        profile = profile_capability(context, name, entry, lock["datasets"][name], locked[name])
         audit = profile["rank_audit"]
         summary[name] = {"teacher": entry.name, "quantization": profile["load"]["quantization"],
                          "key_layers": profile["key_layers"], "rank_audit": audit}
