@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nexus_kernel.contracts import TOP_K
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.fsio import (
     atomic_write_bytes,
@@ -36,7 +37,6 @@ from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, REGISTRY_FILE
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.student.model import NexusStudent, masked_mean
-from nexus_kernel.text import TOP_K
 
 OBJECTIVES = ("kl", "sequence", "cosine")
 _FORMAT = 7  # bump when what a pool holds changes: older caches are rebuilt
