@@ -10,7 +10,12 @@ from pathlib import Path
 import torch
 
 from nexus_kernel.contracts import TOP_K, AdapterSpec
-from nexus_kernel.student.model import CapabilityAdapter, NexusStudent, default_targets, linear_targets
+from nexus_kernel.student.model import (
+    CapabilityAdapter,
+    NexusStudent,
+    default_targets,
+    linear_targets,
+)
 from nexus_modalities.text_distill import text_distill_plan
 
 
@@ -72,5 +77,5 @@ def test_a_student_vocabulary_covering_the_teachers_distils_its_distribution(tmp
     assert student.adapters["fruit"].deltas["model__layers__1__mlp__down_proj"].up.weight.grad.abs().sum() > 0
 
     # A student missing teacher pieces cannot read the teacher's logits: sequence-level.
-    other, sequence_task = _text_task(tmp_path / "other", ["banana"])
+    _, sequence_task = _text_task(tmp_path / "other", ["banana"])
     assert sequence_task.plan.objective == "sequence" and sequence_task.pool.soft is None

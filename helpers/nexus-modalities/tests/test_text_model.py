@@ -3,14 +3,25 @@ picks the wrapper that fits what a benchmark is handed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from nexus_kernel.contracts import AdapterSpec
 from nexus_kernel.kit.testing import tiny_causal_teacher
-from nexus_kernel.student.decoding import continuation_logprobs, greedy_decode, left_padded, recomputing
-from nexus_kernel.student.model import CapabilityAdapter, NexusStudent, StudentCapability, StudentTextModel
+from nexus_kernel.student.decoding import (
+    continuation_logprobs,
+    greedy_decode,
+    left_padded,
+    recomputing,
+)
+from nexus_kernel.student.model import (
+    CapabilityAdapter,
+    NexusStudent,
+    StudentCapability,
+    StudentTextModel,
+)
 from nexus_kernel.teachers.loading import load_teacher_folder
 from nexus_modalities.text_model import CausalTextModel, text_model_of
 
@@ -21,7 +32,7 @@ def _teacher(tmp_path: Path) -> CausalTextModel:
     return CausalTextModel.from_folder(tiny_causal_teacher(tmp_path / "teacher", ["apple", "pear"]))
 
 
-def _logits(model: torch.nn.Module):  # noqa: ANN202 - a NextTokenLogits
+def _logits(model: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     def logits(input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits
     return logits

@@ -7,7 +7,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nexus_kernel.student.decoding import BOS_ID, EOS_ID, PAD_ID, build_tokenizer, completion_batch
+from nexus_kernel.student.decoding import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    build_tokenizer,
+    completion_batch,
+)
 from nexus_modalities.text_model import CausalTextModel
 
 if TYPE_CHECKING:
