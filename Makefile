@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PACKAGES := -e ".[test]" \
+PACKAGES := -e ".[test]" -e helpers/nexus-modalities \
 	-e capabilities/reasoning -e capabilities/math -e capabilities/voice -e capabilities/vision \
 	-e plugins/nexus-quant-bnb
 STAMP := $(VENV)/.installed
@@ -11,7 +11,7 @@ LOCK_VENV := .lock-venv
 
 .PHONY: install run test bench lock clean
 
-$(STAMP): pyproject.toml capabilities/*/pyproject.toml plugins/*/pyproject.toml constraints.txt
+$(STAMP): pyproject.toml helpers/*/pyproject.toml capabilities/*/pyproject.toml plugins/*/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel; an unpinned torch pulls gigabytes of CUDA packages.
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
@@ -38,7 +38,7 @@ lock:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install --quiet torch==2.13.0
-	$(LOCK_VENV)/bin/pip install --quiet -e ".[test,bench]" \
+	$(LOCK_VENV)/bin/pip install --quiet -e ".[test,bench]" -e helpers/nexus-modalities \
 		-e capabilities/reasoning -e capabilities/math -e capabilities/voice -e capabilities/vision \
 		-e plugins/nexus-quant-bnb
 	{ echo "# Exact versions make run / make test install (pip -c). Refresh on purpose: make lock."; \

@@ -6,7 +6,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-MODALITIES = ("text", "audio", "image")
+TEXT = "text"
+"""The one modality the student reads without a projector: as tokens of its own tokenizer."""
 OUTPUTS = ("text", "embedding")
 DEFAULT_MAX_RANK = 64
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -19,6 +20,11 @@ RankPolicy = Callable[[int, int], int]
 class Capability:
     """One capability a plugin brings: the student gets exactly one adapter for it.
 
+    `modality` is what the student reads for it, any lower-case identifier (`text`, `image`,
+    `audio`, `video`, ...). `text` is read as tokens, with no projector; every other modality
+    is read through an input projector, which the owning plugin's `build_adapter` must supply
+    (the kernel has none of its own, and stage 3 stops with an error naming the capability,
+    its modality and its plugin when the adapter has none).
     `categories` are the values of the teacher CSV's `Category` column this capability serves
     (matched case-insensitively); `benchmarks` name the scores its `retention_metric` reports,
     the headline (the one retention is judged on) first. `output` is what the student gives
@@ -45,9 +51,10 @@ class Capability:
             raise ValueError(
                 f"capability name {self.name!r} must be lower-case letters, digits and '_'"
             )
-        if self.modality not in MODALITIES:
+        if not isinstance(self.modality, str) or not _NAME_PATTERN.match(self.modality):
             raise ValueError(
-                f"capability {self.name!r}: modality {self.modality!r} is not one of {MODALITIES}"
+                f"capability {self.name!r}: modality {self.modality!r} must be a lower-case "
+                "identifier (letters, digits and '_', starting with a letter), e.g. 'text' or 'image'"
             )
         if self.output not in OUTPUTS:
             raise ValueError(
@@ -63,6 +70,11 @@ class Capability:
             raise ValueError(f"capability {self.name!r}: pool_scale must be > 0")
         if self.max_rank < 1:
             raise ValueError(f"capability {self.name!r}: max_rank must be >= 1")
+
+    @property
+    def input_projector(self) -> str | None:
+        """What `AdapterSpec.input_projector` records: the modality, or None for text."""
+        return None if self.modality == TEXT else self.modality
 
     def serves(self, category: str) -> bool:
         """Whether a teacher CSV row with this `Category` belongs to this capability."""

@@ -48,8 +48,9 @@ class AdapterSpec:
     `(in_features, out_features)`;
     `anchored_layers` the student blocks whose output is anchored to the teacher's key
     layers; `output` is `text` (the backbone's LM head) or `embedding` (a head of
-    `output_dim`); `input_projector` names the modality's projector (`patch`, `audio-frames`,
-    or None for text).
+    `output_dim`); `input_projector` is the capability's modality when the student reads it
+    through a projector (any modality but `text`; the owner's `build_adapter` supplies the
+    projector), None for text, which the student reads as tokens.
     """
 
     capability: str
@@ -72,6 +73,11 @@ class AdapterSpec:
                       "anchored_layers": tuple(data["anchored_layers"])})
 
 
+TOP_K = 16
+"""Teacher tokens kept per position for the `kl` objective: the `k` of
+`DistillPlan.teacher_distributions`."""
+
+
 @dataclass(frozen=True)
 class DistillPlan:
     """What a capability plugin gives stage 4 (hook `distill_capability`).
@@ -88,10 +94,10 @@ class DistillPlan:
     differs from the student's) or `cosine` (embedding teachers).
 
     `teacher_distributions(items, outputs)`, for `kl` only: per item, the teacher's `k` most
-    likely token ids (in the student's vocabulary) and their log-probabilities at each
-    completion position, as a pair of `(positions, k)` tensors in the order of the student
-    batch's label positions, or None for an item the two tokenize differently (it is then
-    trained with cross-entropy).
+    likely token ids (`k` = `TOP_K`, in the student's vocabulary) and their log-probabilities
+    at each completion position, as a pair of `(positions, k)` tensors in the order of the
+    student batch's label positions, or None for an item the two tokenize differently (it is
+    then trained with cross-entropy).
     """
 
     items: Callable[[], Iterator[Any]]
@@ -126,8 +132,8 @@ class ProbePlan:
 class DemoBuildResult:
     """What a demo build returns: the held-out scores (`benchmark -> Score`, on the test split
     the build never trained or validated on) and the training loop's record
-    (`nexus_kernel.training.TrainingRecord.to_json()`: steps trained, each round's validation
-    score, the target and whether it was reached)."""
+    (e.g. `nexus_modalities.training.TrainingRecord.to_json()`: steps trained, each round's
+    validation score, the target and whether it was reached)."""
 
     scores: Mapping[str, Score]
     training: Mapping[str, Any] = field(default_factory=dict)
@@ -178,9 +184,10 @@ class DemoTeacher:
     def of(cls, name: str, capability: str, build: DemoBuild, benchmark: str, plan: Any,
            minimum: float = 0.9, margin: float = 0.04, seed: int = 42, seconds_per_step: float = 0.1,
            **parts: Any) -> DemoTeacher:
-        """A demo teacher whose recipe is `seed`, the training `plan` (a
-        `nexus_kernel.training.TrainingPlan`), the validation target `minimum + margin` and the
-        named `parts` (dataclasses or mappings: data recipe, model shape, feature settings)."""
+        """A demo teacher whose recipe is `seed`, the training `plan` (a dataclass such as
+        `nexus_modalities.training.TrainingPlan`: `steps` is the cap, `rounds()`, where it has
+        one, gives the first round), the validation target `minimum + margin` and the named
+        `parts` (dataclasses or mappings: data recipe, model shape, feature settings)."""
         recipe = {"seed": seed, "plan": _plain(plan), "validation_target": round(minimum + margin, 6),
                   **{key: _plain(value) for key, value in parts.items()}}
         first_round = plan.rounds()[0][1] if hasattr(plan, "rounds") else plan.steps

@@ -26,7 +26,6 @@ from nexus_kernel.run.layout import ARCHITECTURE_FILE, LOCK_FILE, PROFILE_DIR, P
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.student.build import (
-    PROJECTORS,
     build_backbone,
     build_student,
     embedding_width,
@@ -122,7 +121,7 @@ def run_architecture(context: RunContext) -> str:
                       if capability.output == "embedding" else None)
         spec = AdapterSpec(capability=name, rank=rank, hidden_size=hidden, targets=targets,
                            anchored_layers=tuple(pair["student"] for pair in layer_map),
-                           input_projector=PROJECTORS[capability.modality], output=capability.output,
+                           input_projector=capability.input_projector, output=capability.output,
                            output_dim=output_dim)
         capabilities[name] = {
             "plugin": record.distribution, "modality": capability.modality, "teacher": teacher,

@@ -45,6 +45,7 @@ from nexus_kernel.run.layout import (
 )
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
+from nexus_kernel.run.seeding import seed_everything
 from nexus_kernel.run.settings import locked_settings
 from nexus_kernel.stages.distill_pool import Pool, build_pool
 from nexus_kernel.student.decoding import IGNORE_INDEX
@@ -354,8 +355,6 @@ def _phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTas
            frozen: bool, settings: Mapping[str, Any], fingerprint: str, weights: nn.Module, seed: int) -> dict[str, Any]:
     """Run one phase, or reuse its result when `done.json` has this fingerprint; the phase's
     final `weights` (the adapter, or the whole student) are saved next to it."""
-    from nexus_kernel.training import seed_everything
-
     folder = context.run_dir / CHECKPOINT_DIR / phase
     final = folder / "final.safetensors"
     if _phase_done(folder, fingerprint) and final.is_file():

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nexus_kernel.contracts import TOP_K
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.fsio import (
     atomic_write_bytes,
@@ -39,7 +40,6 @@ from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, REGISTRY_FILE, refer
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.student.model import NexusStudent, masked_mean
-from nexus_kernel.text import TOP_K
 
 OBJECTIVES = ("kl", "sequence", "cosine")
 _FORMAT = 8  # bump when what a pool holds changes: older caches are rebuilt

@@ -17,12 +17,11 @@ from nexus_kernel.contracts import AdapterSpec
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.layout import STUDENT_DIR
 from nexus_kernel.run.runner import RunContext
+from nexus_kernel.run.seeding import seed_everything
 from nexus_kernel.student.model import CapabilityAdapter, NexusStudent
 
 if TYPE_CHECKING:
     from nexus_kernel.plugins import PluginSet
-
-PROJECTORS = {"text": None, "image": "patch", "audio": "audio-frames"}
 
 
 _INDEXED = re.compile(r"^(?P<stack>.*)\.(?P<index>\d+)$")
@@ -66,7 +65,6 @@ def build_backbone(settings: dict[str, Any], config_dir: Path, run_dir: Path, wo
     )
 
     from nexus_kernel.student.decoding import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
-    from nexus_kernel.training import seed_everything
 
     seed_everything(seed)
     if settings["backbone"] == "config":
@@ -108,17 +106,24 @@ def embedding_width(teacher: str, folder: Path) -> int:
 
 def adapter_for(plugins: PluginSet, name: str, spec: AdapterSpec) -> CapabilityAdapter:
     """The owner's `build_adapter`, else the kernel default's (text capabilities, no
-    projector); checked to be a `CapabilityAdapter` built for exactly `spec`."""
+    projector); checked to be a `CapabilityAdapter` built for exactly `spec`. A capability
+    whose spec names an input projector (any modality but text) needs an adapter with one:
+    the kernel has no projector of its own to fall back on."""
     capability, record = plugins.capabilities()[name]
     adapter = plugins.call_for(name, "build_adapter", capability=capability, spec=spec)
     if adapter is None:
-        raise StageError(f"{name}: its plugin {record.distribution} builds no adapter, and a "
-                         f"{capability.modality} capability needs a {spec.input_projector} projector")
+        raise StageError(f"capability {name!r} ({capability.modality} modality): its plugin "
+                         f"{record.distribution} builds no adapter, and a {capability.modality} "
+                         "capability needs an input projector from its build_adapter")
     if not isinstance(adapter, CapabilityAdapter):
         raise StageError(f"{name}: build_adapter of {record.distribution} returned {type(adapter).__name__}, "
                          "not a nexus_kernel.student.model.CapabilityAdapter")
     if adapter.spec != spec:
         raise StageError(f"{name}: build_adapter of {record.distribution} changed the spec it was given")
+    if spec.input_projector is not None and adapter.projector is None:
+        raise StageError(f"capability {name!r} ({capability.modality} modality): build_adapter of "
+                         f"{record.distribution} returned an adapter without an input projector; "
+                         f"a {capability.modality} capability needs one")
     return adapter
 
 
@@ -126,8 +131,6 @@ def build_student(context: RunContext, architecture: dict[str, Any], words: list
                   ) -> NexusStudent:
     """The student `architecture` describes: its backbone (seeded) and one adapter per
     capability, built in name order so the same file always gives the same weights."""
-    from nexus_kernel.training import seed_everything
-
     seed = architecture["backbone"]["seed"]
     backbone, tokenizer, _ = build_backbone(context.config.section("student"), context.config.source.parent,
                                             context.run_dir, words, seed)

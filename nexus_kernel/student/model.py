@@ -1,8 +1,8 @@
 """The student: one shared causal-LM backbone and exactly one low-rank adapter per capability.
 
 An adapter holds low-rank deltas for named `nn.Linear` modules of the backbone, the input
-projector its modality needs (image patches or audio frames into the backbone's hidden size),
-an output head for embedding capabilities, and the anchor projections stage 4 trains (hidden
+projector its modality needs (any module from raw input `(batch, *input_shape)` to
+`(batch, tokens, hidden)`, supplied by the owning plugin; text has none), an output head for embedding capabilities, and the anchor projections stage 4 trains (hidden
 state into the teacher's PCA coefficients; training-only, dropped when packaging). The deltas
 are applied through forward hooks for whichever capability is active, so the backbone keeps
 its own module names and loads and saves as the transformers model it is.
@@ -48,40 +48,6 @@ class LowRankDelta(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(inputs))
-
-
-class PatchProjector(nn.Module):
-    """Image `(batch, channels, H, W)` into `(batch, patches, hidden)`: square patches, one
-    linear map, a learned position per patch."""
-
-    def __init__(self, channels: int, patch: int, image_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.patch = patch
-        self.input_shape = (channels, image_size, image_size)
-        self.linear = nn.Linear(channels * patch * patch, hidden_size)
-        self.position = nn.Parameter(torch.zeros((image_size // patch) ** 2, hidden_size))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        patches = nn.functional.unfold(images, self.patch, stride=self.patch).transpose(1, 2)
-        return self.linear(patches) + self.position
-
-
-class FrameProjector(nn.Module):
-    """Audio features `(batch, frames, features)` into `(batch, frames // stack, hidden)`:
-    `stack` consecutive frames per token, one linear map, a learned position per token."""
-
-    def __init__(self, features: int, stack: int, frames: int, hidden_size: int) -> None:
-        super().__init__()
-        self.stack = stack
-        self.input_shape = (frames, features)
-        self.linear = nn.Linear(features * stack, hidden_size)
-        self.position = nn.Parameter(torch.zeros(frames // stack, hidden_size))
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        batch, length, width = frames.shape
-        tokens = length // self.stack
-        stacked = frames[:, : tokens * self.stack].reshape(batch, tokens, width * self.stack)
-        return self.linear(stacked) + self.position[:tokens]
 
 
 class EmbeddingHead(nn.Module):
@@ -338,7 +304,7 @@ class StudentCapability:
 
 class StudentTextModel:
     """One text capability of the student behind `generate` and `loglikelihoods`, the calls
-    text benchmarks make of a teacher (see `nexus_kernel.text.CausalTextModel`)."""
+    text benchmarks make of a teacher (as `nexus_modalities.text_model.CausalTextModel` does)."""
 
     def __init__(self, student: NexusStudent, capability: str, batch_size: int = 64) -> None:
         self.student = student

@@ -22,6 +22,7 @@ from nexus_kernel.errors import RegistryError, StageError
 from nexus_kernel.plugins import PluginSet
 from nexus_kernel.run.fsio import atomic_write_json, canonical_json, sha256_bytes
 from nexus_kernel.run.logs import get_logger
+from nexus_kernel.run.seeding import seed_everything
 from nexus_kernel.teachers.registry import TeacherEntry, TeacherRegistry
 from nexus_kernel.teachers.removal import away_path
 
@@ -98,8 +99,6 @@ def build_in_worker(demo: DemoTeacher, digest: str, folder: str, queue: Any) -> 
     and return the build record (what `nexus_demo.json` holds). `queue.put((name, steps))` gets
     the progress; a build that falls short raises `StageError` with its figures and saves nothing."""
     from transformers.utils import logging as transformers_logging
-
-    from nexus_kernel.training import seed_everything
 
     # One progress bar (the parent's) is enough; transformers' save bars and hints would tear it.
     transformers_logging.disable_progress_bar()

@@ -28,7 +28,7 @@ def _prompt(problem: Problem) -> tuple[str, str]:
 def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> DistillPlan:
     """Train on the training split (synthetic stream or `train*.jsonl`); the teacher answers by
     greedy generation."""
-    from nexus_kernel.text import text_distill_plan
+    from nexus_modalities.text_distill import text_distill_plan
 
     return text_distill_plan(teacher, student, lambda: iter(_items(datasets, "train")), _prompt,
                              lambda model, prompts: model.generate(prompts, benchmark.MAX_ANSWER_TOKENS))
@@ -37,7 +37,7 @@ def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> Dis
 def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None,
           reference: Mapping[str, Any] | None = None) -> dict[str, Score]:
     """GSM8K strict and flexible exact match of a teacher or student on `split`."""
-    from nexus_kernel.text import text_model_of
+    from nexus_modalities.text_model import text_model_of
 
     problems = list(_items(datasets, split))[:limit]
     return benchmark.evaluate(text_model_of(model), problems)
@@ -46,7 +46,7 @@ def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None
 def answer(model: Any, inputs: list[str], assets: Mapping[str, Any]) -> str:
     """The packaged student's worked answer to one word problem (`inputs` joined as the question)."""
     from nexus_kernel.errors import NexusError
-    from nexus_kernel.text import text_model_of
+    from nexus_modalities.text_model import text_model_of
 
     question = " ".join(inputs).strip()
     if not question:

@@ -9,8 +9,8 @@ from typing import Any
 from nexus_cap_math import benchmark
 from nexus_cap_math.data import TEMPLATE_WORDS, SyntheticRecipe, load_split
 from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
-from nexus_kernel.text import SMALL_DECODER
-from nexus_kernel.training import TrainingPlan
+from nexus_modalities.text_teacher import SMALL_DECODER
+from nexus_modalities.training import TrainingPlan
 
 NAME = "nexus-demo-math"
 MODEL = {**SMALL_DECODER, "max_position_embeddings": 128}
@@ -25,7 +25,7 @@ def demo() -> DemoTeacher:
 def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> DemoBuildResult:
     """Train the teacher `recipe` describes until it clears its validation target, save it to
     `folder`, return its held-out scores and training record."""
-    from nexus_kernel.text import train_causal_teacher
+    from nexus_modalities.text_teacher import train_causal_teacher
 
     data = SyntheticRecipe(**recipe["data"])
     validation = data.validation()
@@ -43,7 +43,7 @@ def _pair(p: Any) -> tuple[str, str]:
 def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> ProbePlan:
     """Probe and profile the teacher on its training split (the synthetic stream, or a GSM8K
     folder's `train*.jsonl`)."""
-    from nexus_kernel.text import text_probe_plan
+    from nexus_modalities.text_teacher import text_probe_plan
 
     return text_probe_plan(teacher, n_probe, datasets["train"], "train", lambda: SyntheticRecipe().train(),
                            load_split, _pair)

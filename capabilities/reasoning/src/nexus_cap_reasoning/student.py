@@ -36,7 +36,7 @@ def _choose(model: Any, prompts: list[str]) -> list[str]:
 
 
 def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> DistillPlan:
-    from nexus_kernel.text import text_distill_plan
+    from nexus_modalities.text_distill import text_distill_plan
 
     return text_distill_plan(teacher, student, lambda: iter(_items(datasets, "train")), _pair, _choose)
 
@@ -44,7 +44,7 @@ def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> Dis
 def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None,
           reference: Mapping[str, Any] | None = None) -> dict[str, Score]:
     """MMLU accuracy of a teacher or student on `split` (zero-shot, as the teacher learned)."""
-    from nexus_kernel.text import text_model_of
+    from nexus_modalities.text_model import text_model_of
 
     questions = list(_items(datasets, split))[:limit]
     return benchmark.evaluate(text_model_of(model), questions)
@@ -54,7 +54,7 @@ def answer(model: Any, inputs: list[str], assets: Mapping[str, Any]) -> str:
     """The packaged student's choice for one multiple-choice question: `inputs` are the
     question and its four options, e.g. `"In which range is 47?" "10 to 29" "30 to 49" ...`."""
     from nexus_kernel.errors import NexusError
-    from nexus_kernel.text import text_model_of
+    from nexus_modalities.text_model import text_model_of
 
     if len(inputs) != 1 + len(LETTERS):
         raise NexusError(f"reasoning: give the question and its {len(LETTERS)} options as separate arguments "

@@ -35,7 +35,7 @@ def _items(datasets: Mapping[str, str], split: str) -> Any:
 
 def projector(spec: AdapterSpec) -> Any:
     """RGB and coordinate planes, 8x8 patches, into the backbone."""
-    from nexus_kernel.student.model import PatchProjector
+    from nexus_modalities.image_patches import PatchProjector
 
     return PatchProjector(CHANNELS, PATCH, IMAGE_SIZE, spec.hidden_size)
 

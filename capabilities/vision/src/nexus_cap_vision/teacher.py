@@ -20,7 +20,7 @@ from nexus_cap_vision.data import (
     load_split,
 )
 from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
-from nexus_kernel.training import TrainingPlan
+from nexus_modalities.training import TrainingPlan
 
 NAME = "nexus-demo-vision"
 CHANNELS = 5
@@ -135,7 +135,7 @@ def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], Non
     )
 
     from nexus_kernel.student.decoding import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
-    from nexus_kernel.training import fit
+    from nexus_modalities.training import fit
 
     data = SyntheticRecipe(**recipe["data"])
     plan = TrainingPlan(**recipe["plan"])

@@ -30,7 +30,7 @@ def _items(datasets: Mapping[str, str], split: str) -> Any:
 
 def projector(spec: AdapterSpec) -> Any:
     """Log-mel frames into the backbone: four frames per token."""
-    from nexus_kernel.student.model import FrameProjector
+    from nexus_modalities.audio_frames import FrameProjector
 
     return FrameProjector(FEATURES.n_mels, FRAMES_PER_TOKEN, FEATURES.frames, spec.hidden_size)
 

@@ -16,7 +16,7 @@ from nexus_cap_voice.data import LABELS, SyntheticRecipe, Utterance, load_folder
 from nexus_cap_voice.features import LogMel
 from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
 from nexus_kernel.kit.datasets import DatasetError
-from nexus_kernel.training import TrainingPlan
+from nexus_modalities.training import TrainingPlan
 
 NAME = "nexus-demo-voice"
 FEATURES_KEY = "nexus_log_mel"
@@ -92,7 +92,7 @@ def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], Non
     `folder`, return its held-out scores and training record."""
     from transformers import ASTConfig, ASTForAudioClassification
 
-    from nexus_kernel.training import fit
+    from nexus_modalities.training import fit
 
     data = SyntheticRecipe(**recipe["data"])
     features = LogMel.from_json(recipe["features"])

@@ -1,9 +1,10 @@
 """The small, deterministic training loop every demo teacher uses.
 
 Plugins bring the model, a batch maker, a loss and (optionally) a validation scorer; the loop
-brings what all of them need: seeding, AdamW with a warm-up and cosine rounds, gradient
-clipping, a finite-loss check, progress, and stopping once the validation score clears its
-target.
+brings what all of them need: AdamW with a warm-up and cosine rounds, gradient clipping, a
+finite-loss check, progress, and stopping once the validation score clears its target. Seeding
+is the kernel's: a demo build runs in a worker that `nexus_kernel.run.seeding.seed_everything`
+seeded with the recipe's seed.
 
 Training runs in rounds so that a build can stop as soon as it is good enough and go on where
 it is not (another CPU's floats give another trajectory): the first round warms up and decays
@@ -119,20 +120,6 @@ class TrainingRecord:
                 "rounds": [result.to_json() for result in self.rounds]}
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch, and pin torch to one thread: on small models one thread is
-    the steadiest and keeps results bitwise repeatable."""
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-
-
 def fit(
     model: nn.Module,
     plan: TrainingPlan,
@@ -146,8 +133,8 @@ def fit(
     """Train `model` on `make_batch(step)` round by round (see the module docstring). With
     `validate`, the model is scored after each round and training stops at the first round
     whose score reaches `target` (without a target, every round runs); without it, all
-    `plan.steps` run. `progress` gets the steps as they are trained. A non-finite loss stops training with an error naming the step. The model
-    is left in eval mode."""
+    `plan.steps` run. `progress` gets the steps as they are trained. A non-finite loss stops
+    training with an error naming the step. The model is left in eval mode."""
     import torch
 
     optimiser = torch.optim.AdamW(model.parameters(), lr=plan.learning_rate,

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nexus_kernel.training import TrainingPlan, fit, seed_everything
+from nexus_kernel.run.seeding import seed_everything
+from nexus_modalities.training import TrainingPlan, fit
 
 
 def _task(seed: int = 0) -> tuple[torch.nn.Module, object, object]:

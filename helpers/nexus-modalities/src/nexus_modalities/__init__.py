@@ -1,0 +1,13 @@
+"""Domain helpers capability plugins share, kept out of the kernel.
+
+- `training`: the demo teachers' training loop (`TrainingPlan`, `fit`, `TrainingRecord`).
+- `text_model`: `CausalTextModel` and `text_model_of`, what text benchmarks score.
+- `text_teacher`: building and profiling a causal-LM text teacher (`train_causal_teacher`,
+  `text_probe_plan`).
+- `text_distill`: the whole `DistillPlan` of a text capability (`text_distill_plan`).
+- `image_patches`: `PatchProjector`, images into the student's hidden size.
+- `audio_frames`: `FrameProjector`, audio features into the student's hidden size.
+
+The dependency points one way: plugins import this package, this package imports the kernel,
+the kernel never imports it. Importing the package or `training`/`text_*` never imports torch.
+"""

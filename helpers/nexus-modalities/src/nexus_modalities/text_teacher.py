@@ -1,0 +1,96 @@
+"""Causal-LM text teachers: training the demo ones, and the probe plan that profiles any of
+them (a demo build or a user's Hugging Face folder)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nexus_kernel.student.decoding import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    build_tokenizer,
+    completion_batch,
+)
+from nexus_modalities.text_model import CausalTextModel
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerFast
+
+    from nexus_modalities.training import TrainingRecord
+
+SMALL_DECODER = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
+                 "num_attention_heads": 4}
+"""The LLaMA-style shape of the text demo teachers (about 0.5M parameters with their vocabulary)."""
+
+
+def train_causal_teacher(
+    folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None],
+    words: Iterable[str], pairs: Iterator[tuple[str, str]],
+    validate: Callable[[CausalTextModel], float] | None = None,
+) -> tuple[CausalTextModel, TrainingRecord]:
+    """Train a LLaMA-style causal LM (shape `recipe["model"]`, plan `recipe["plan"]`) on
+    `(prompt, completion)` pairs with the loss on completions only, round by round until
+    `validate` reaches `recipe["validation_target"]` (see `nexus_modalities.training.fit`), save
+    it and its tokenizer to `folder`, and return it ready to score with its training record."""
+    import itertools
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nexus_modalities.training import TrainingPlan, fit
+
+    plan = TrainingPlan(**recipe["plan"])
+    tokenizer = build_tokenizer(words)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+        **recipe["model"],
+    ))
+
+    def make_batch(_: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return completion_batch(tokenizer, list(itertools.islice(pairs, plan.batch_size)))
+
+    def scored(model: torch.nn.Module) -> float:
+        assert validate is not None
+        return validate(CausalTextModel(model, tokenizer))
+
+    record = fit(model, plan, make_batch, completion_loss, progress, validate=scored if validate else None,
+                 target=recipe.get("validation_target"))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return CausalTextModel(model, tokenizer), record
+
+
+def completion_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """A causal LM's cross-entropy on a `completion_batch` (`input_ids, mask, labels`): the loss
+    on the completion tokens only."""
+    input_ids, mask, labels = batch
+    return model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+
+
+def causal_probe_plan(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
+                      pairs: Callable[[], Iterator[tuple[str, str]]], n_probe: int) -> Any:
+    """A `ProbePlan` for a causal LM whose task is `(prompt, completion)` pairs: `pairs()`
+    starts a fresh stream; the loss is the completion loss, the mask the attention mask, the
+    candidates the decoder blocks."""
+    from nexus_kernel.algorithms.profiling import plan_from_items, repeated_blocks
+
+    return plan_from_items(pairs, lambda chunk: completion_batch(tokenizer, chunk), completion_loss,
+                           repeated_blocks(model), n_probe, mask_of=lambda batch: batch[1])
+
+
+def text_probe_plan(teacher: Any, n_probe: int, source: str, split: str,
+                    synthetic: Callable[[], Iterable[Any]], read_folder: Callable[[Path, str], Iterable[Any]],
+                    to_pair: Callable[[Any], tuple[str, str]]) -> Any:
+    """`causal_probe_plan` for a loaded text teacher (`teacher.model`, `teacher.folder`) whose
+    items come from a locked `source`: the `synthetic()` stream, or `split` of a real folder."""
+    from transformers import AutoTokenizer
+
+    from nexus_kernel.kit.datasets import items_of
+
+    def pairs() -> Iterator[tuple[str, str]]:
+        return map(to_pair, items_of(source, split, lambda _: synthetic(), read_folder))
+
+    return causal_probe_plan(teacher.model, AutoTokenizer.from_pretrained(teacher.folder), pairs, n_probe)

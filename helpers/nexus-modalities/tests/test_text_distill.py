@@ -1,0 +1,81 @@
+"""A text capability's distillation plan: KL on the teacher's top-k distribution where the
+student's vocabulary covers the teacher's (cross-entropy for items tokenized differently),
+sequence-level distillation where it does not; through the kernel's pool and stage-4 loss."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from nexus_kernel.contracts import TOP_K, AdapterSpec
+from nexus_kernel.student.model import (
+    CapabilityAdapter,
+    NexusStudent,
+    default_targets,
+    linear_targets,
+)
+from nexus_modalities.text_distill import text_distill_plan
+
+
+def _text_task(tmp_path: Path, student_words: list[str]) -> tuple[NexusStudent, object]:
+    """A tiny text teacher (words apple, pear) and a student whose tokenizer knows
+    `student_words`; returns the student and the stage-4 task built on the teacher's answers."""
+    import itertools
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nexus_kernel.kit.testing import tiny_causal_teacher
+    from nexus_kernel.stages.distill import CapabilityTask
+    from nexus_kernel.stages.distill_pool import Pool, pack_distributions
+    from nexus_kernel.student.decoding import build_tokenizer
+    from nexus_kernel.teachers.loading import load_teacher_folder
+
+    teacher = load_teacher_folder("tiny", tiny_causal_teacher(tmp_path / "teacher", ["apple", "pear"]), "fp32")
+    tokenizer = build_tokenizer(student_words)
+    torch.manual_seed(1)
+    backbone = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64))
+    student = NexusStudent(backbone, tokenizer)
+    spec = AdapterSpec("fruit", 2, 16, linear_targets(backbone, default_targets(backbone)))
+    student.add_adapter("fruit", CapabilityAdapter(spec))
+    questions = (f"apple {n} pear" if n % 2 else f"banana {n}" for n in itertools.count())
+    plan = text_distill_plan(teacher, student, lambda: questions, lambda q: (q, " apple"),
+                             lambda model, prompts: model.generate(prompts, 3))
+    items = [next(questions) for _ in range(4)]
+    outputs = plan.teacher_outputs(items)
+    soft = pack_distributions(plan.teacher_distributions(items, outputs)) if plan.objective == "kl" else None
+    pool = Pool(items, outputs, torch.zeros(4, 0, 2), torch.ones(0, 2), {}, plan.objective, soft)
+    return student, CapabilityTask("fruit", None, plan, pool, 0)
+
+
+def test_a_student_vocabulary_covering_the_teachers_distils_its_distribution(tmp_path: Path) -> None:
+    from nexus_kernel.stages.distill import task_loss
+
+    # The student knows every teacher piece plus "banana": KL on the teacher's distribution for
+    # items both tokenize alike; "banana ..." items (one student token, six teacher ones) fall
+    # back to cross-entropy on the teacher's completion.
+    student, task = _text_task(tmp_path, ["apple", "pear", "banana"])
+    assert task.plan.objective == "kl"
+    ids, _, offsets = task.pool.soft
+    lengths = (offsets[1:] - offsets[:-1]).tolist()
+    assert [length > 0 for length in lengths] == [False, True, False, True]  # items 0, 2 say "banana"
+    batch = task.collate([0, 1, 2, 3])
+    wanted = (batch.labels != -100)
+    wanted[:, 0] = False
+    assert batch.soft_ids.shape == (*batch.labels.shape, TOP_K)
+    # A KL item carries the teacher's top tokens, most likely first, in the student's ids.
+    assert bool((batch.soft_logprobs[1][wanted[1]][:, 0] >= batch.soft_logprobs[1][wanted[1]][:, 1]).all())
+    assert int(ids.max()) < len(student.tokenizer)
+    # A cross-entropy item puts all its mass on its label.
+    assert torch.equal(batch.soft_ids[0][wanted[0]][:, 0], batch.labels[0][wanted[0]])
+    assert bool((batch.soft_logprobs[0][wanted[0]][:, 0] == 0).all())
+    loss, parts = task_loss(student, task, batch, 0.1)
+    assert math.isfinite(parts["fruit.output"]) and parts["fruit.output"] > 0
+    loss.backward()
+    assert student.adapters["fruit"].deltas["model__layers__1__mlp__down_proj"].up.weight.grad.abs().sum() > 0
+
+    # A student missing teacher pieces cannot read the teacher's logits: sequence-level.
+    _, sequence_task = _text_task(tmp_path / "other", ["banana"])
+    assert sequence_task.plan.objective == "sequence" and sequence_task.pool.soft is None
