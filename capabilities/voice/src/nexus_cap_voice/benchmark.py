@@ -4,7 +4,8 @@ The headline, `voice centroid accuracy`, asks whether the embeddings separate th
 utterance is assigned the label of the nearest class centroid, computed leave-one-out from the
 other utterances. The second figure, `voice cosine`, is the mean cosine similarity between the
 model's utterance embedding and the teacher's for the same utterance (a teacher scores 1.0
-against itself); it needs the teacher's embeddings, so it is reported where they are at hand.
+against itself); it needs the teacher's embeddings, which stage 4 records while the teacher is
+loaded (`student.reference`), so the student's figure is reported in stages 4 to 6.
 """
 
 from __future__ import annotations
@@ -14,43 +15,23 @@ from collections.abc import Sequence
 import numpy as np
 
 from nexus_kernel import Score
+from nexus_modalities import embedding_scores
 
 COSINE = "voice cosine"
 CENTROID = "voice centroid accuracy"
 
 
-def unit_rows(rows: np.ndarray) -> np.ndarray:
-    """Each row scaled to unit length (zero rows stay zero)."""
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+unit_rows = embedding_scores.unit_rows
 
 
 def cosine_score(embeddings: np.ndarray, reference: np.ndarray) -> Score:
     """Mean per-utterance cosine similarity of `embeddings` to the teacher's `reference`."""
-    if embeddings.shape != reference.shape:
-        raise ValueError(f"embeddings {embeddings.shape} and teacher embeddings {reference.shape} differ in shape")
-    per_item = (unit_rows(embeddings.astype(np.float64)) * unit_rows(reference.astype(np.float64))).sum(axis=1)
-    return Score.from_items(COSINE, per_item.tolist(), 0.0)
+    return embedding_scores.cosine_score(COSINE, embeddings, reference)
 
 
 def centroid_score(embeddings: np.ndarray, labels: Sequence[str]) -> Score:
     """Leave-one-out nearest-centroid accuracy (cosine) of `embeddings` against `labels`."""
-    classes = sorted(set(labels))
-    if len(classes) < 2:
-        raise ValueError("nearest-centroid accuracy needs at least two labels")
-    index = np.array([classes.index(label) for label in labels])
-    unit = unit_rows(embeddings.astype(np.float64))
-    sums = np.stack([unit[index == c].sum(axis=0) for c in range(len(classes))])
-    counts = np.bincount(index, minlength=len(classes)).astype(np.float64)
-    correct = []
-    for row, own in enumerate(index):
-        centroids = sums.copy()
-        centroids[own] -= unit[row]
-        sizes = counts.copy()
-        sizes[own] -= 1
-        usable = sizes > 0
-        similarity = np.where(usable, unit_rows(centroids / np.maximum(sizes, 1)[:, None]) @ unit[row], -np.inf)
-        correct.append(float(int(np.argmax(similarity)) == own))
-    return Score.from_items(CENTROID, correct, 1 / len(classes))
+    return embedding_scores.centroid_score(CENTROID, embeddings, labels)
 
 
 def score(embeddings: np.ndarray, labels: Sequence[str], reference: np.ndarray | None = None

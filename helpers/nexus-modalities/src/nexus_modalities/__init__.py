@@ -7,6 +7,7 @@
 - `text_distill`: the whole `DistillPlan` of a text capability (`text_distill_plan`).
 - `image_patches`: `PatchProjector`, images into the student's hidden size.
 - `audio_frames`: `FrameProjector`, audio features into the student's hidden size.
+- `embedding_scores`: nearest-centroid accuracy and cosine to the teacher, for embedding outputs.
 
 The dependency points one way: plugins import this package, this package imports the kernel,
 the kernel never imports it. Importing the package or `training`/`text_*` never imports torch.
