@@ -121,3 +121,63 @@ def test_unknown_architecture_is_named(tiny_teacher: Path, tmp_path: Path) -> No
     (odd / "config.json").write_text("{not json")
     with pytest.raises(TeacherLoadError, match=r"config.json is not valid JSON"):
         load_teacher_folder("odd", odd)
+
+
+@pytest.fixture(scope="module")
+def tiny_encoders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init BERT saved as `BertModel` and as `BertForMaskedLM`."""
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    root = tmp_path_factory.mktemp("encoders")
+    config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32)
+    for model_class in (BertModel, BertForMaskedLM):
+        torch.manual_seed(0)
+        model_class(config).save_pretrained(root / model_class.__name__)
+    return root
+
+
+@pytest.mark.parametrize("saved_as", ["BertModel", "BertForMaskedLM"])
+@pytest.mark.parametrize("scheme", ["dynamic-int8", "fp32"])
+def test_a_bert_encoder_loads_as_the_class_it_was_saved_as(tiny_encoders: Path, saved_as: str, scheme: str) -> None:
+    loaded = load_teacher_folder("encoder", tiny_encoders / saved_as, scheme)
+    assert type(loaded.model).__name__ == saved_as and loaded.quantization == scheme
+    assert "note" not in loaded.describe()
+    ids = torch.arange(1, 9)[None]
+    hidden = loaded.model.base_model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    assert hidden.shape == (1, 8, 32) and torch.isfinite(hidden).all()
+
+
+@pytest.mark.parametrize("architectures", [None, [], ["AcmeSentenceEncoder"]])
+def test_an_encoder_whose_class_transformers_lacks_loads_as_its_base_model(
+    tiny_encoders: Path, tmp_path: Path, architectures: list[str] | None
+) -> None:
+    import shutil
+
+    folder = tmp_path / "export"
+    shutil.copytree(tiny_encoders / "BertModel", folder)
+    config = json.loads((folder / "config.json").read_text())
+    if architectures is None:
+        del config["architectures"]
+    else:
+        config["architectures"] = architectures
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = load_teacher_folder("export", folder, "fp32")
+    reference = load_teacher_folder("saved", tiny_encoders / "BertModel", "fp32")
+    assert type(loaded.model).__name__ == "BertModel"
+    assert "loaded the bert encoder's base model (BertModel) with AutoModel" in loaded.describe()["note"]
+    ids = torch.arange(1, 9)[None]
+    assert torch.equal(loaded.model(input_ids=ids).last_hidden_state, reference.model(input_ids=ids).last_hidden_state)
+
+
+def test_an_unknown_class_of_an_unknown_or_decoder_family_is_named(tiny_teacher: Path, tmp_path: Path) -> None:
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    config = json.loads((tiny_teacher / "config.json").read_text())
+    # A decoder family's base model would drop its LM head: no fallback, the class is named.
+    (odd / "config.json").write_text(json.dumps({**config, "architectures": ["AcmeForCausalLM"]}))
+    with pytest.raises(TeacherLoadError, match=r"names architectures \['AcmeForCausalLM'\] \(model_type 'llama'\)"):
+        load_teacher_folder("odd", odd)
+    (odd / "config.json").write_text(json.dumps({"architectures": ["AcmeEncoder"], "model_type": "acme"}))
+    with pytest.raises(TeacherLoadError, match=r"names architectures \['AcmeEncoder'\] \(model_type 'acme'\)"):
+        load_teacher_folder("odd", odd)

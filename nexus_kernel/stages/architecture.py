@@ -45,25 +45,47 @@ log = get_logger("architecture")
 
 
 def dummy_batch(student: NexusStudent, adapter: CapabilityAdapter) -> StudentBatch:
-    """A two-item batch with the shapes the adapter expects (zeros; a short text)."""
+    """A two-item batch of the inputs the adapter reads: zeros of its projector's
+    `input_shape` when it has a projector (image, audio), and a short text in the student's
+    tokenizer when it has none (text in, whatever the output) or when it writes text (the
+    prompt after the prefix). A projector without `input_shape` is an `AdapterError`."""
     from nexus_kernel.student.decoding import left_padded
 
     batch = StudentBatch()
+    name = adapter.spec.capability
     if adapter.projector is not None:
-        batch.prefix = torch.zeros(2, *adapter.projector.input_shape)
-    if adapter.spec.output == "text":
+        shape = getattr(adapter.projector, "input_shape", None)
+        if shape is None:
+            raise AdapterError(f"{name}: its projector {type(adapter.projector).__name__} has no `input_shape` "
+                               "(the shape of one raw input, e.g. (channels, height, width)); stage 3 needs it "
+                               "to check a forward pass")
+        batch.prefix = torch.zeros(2, *shape)
+    if adapter.projector is None or adapter.spec.output == "text":
         batch.input_ids, batch.attention_mask = left_padded(student.tokenizer, ["a short prompt", "two"])
     return batch
 
 
+def _described(batch: StudentBatch) -> str:
+    parts = {"prefix": batch.prefix, "input_ids": batch.input_ids}
+    return ", ".join(f"{key} {tuple(value.shape)}" for key, value in parts.items() if value is not None) or "nothing"
+
+
 def check_forward(student: NexusStudent, name: str) -> dict[str, Any]:
-    """Run the dummy batch through capability `name` and record the shapes; a shape that does
-    not fit the spec is an error naming the capability."""
+    """Run the dummy batch through capability `name` and record the shapes; a batch the
+    adapter cannot run, or a shape that does not fit the spec, is an `AdapterError` naming
+    the capability."""
     adapter = student.adapters[name]
     spec = adapter.spec
     batch = dummy_batch(student, adapter)  # type: ignore[arg-type]
-    with torch.no_grad():
-        output = student(name, batch)
+    try:
+        with torch.no_grad():
+            output = student(name, batch)
+    except AdapterError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # torch's errors for shapes that do not fit
+        raise AdapterError(f"{name}: the {spec.output}-out adapter ({spec.input_projector or 'text'} in) fails "
+                           f"a forward pass on a dummy batch of {_described(batch)}: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     shapes: dict[str, Any] = {}
     if batch.prefix is not None:
         shapes["prefix"] = list(batch.prefix.shape)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -97,6 +97,33 @@ def left_padded(
         input_ids[index, width - len(row):] = torch.tensor(row)
         mask[index, width - len(row):] = 1
     return input_ids, mask
+
+
+class TextEmbedder(Protocol):
+    """What `embed_texts` needs of a student (`nexus_kernel.student.model.NexusStudent` is one)."""
+
+    tokenizer: Any
+
+    def embed(self, name: str, prefix: torch.Tensor | None = None, *, input_ids: torch.Tensor | None = None,
+              attention_mask: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+def embed_texts(student: TextEmbedder, name: str, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """The embeddings `(len(texts), dim)` of a text-in, embedding-out capability `name` of
+    `student`: each text tokenized with the student's tokenizer as `<s> text` (`left_padded`,
+    batches of `batch_size`), run through `NexusStudent.embed` without gradients. A plugin's
+    `student_batch` should tokenize its texts the same way (`left_padded` into `input_ids` and
+    `attention_mask`), so scoring sees what training saw. No texts is a `ValueError`."""
+    import torch
+
+    if not texts:
+        raise ValueError(f"{name}: no texts to embed")
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            input_ids, mask = left_padded(student.tokenizer, texts[start : start + batch_size])
+            rows.append(student.embed(name, input_ids=input_ids, attention_mask=mask))
+    return torch.cat(rows)
 
 
 NextTokenLogits = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]

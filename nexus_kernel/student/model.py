@@ -229,6 +229,9 @@ class NexusStudent(nn.Module):
     def _run(self, adapter: CapabilityAdapter, input_ids: torch.Tensor | None, mask: torch.Tensor | None,
              positions: torch.Tensor | None, prefix: torch.Tensor | None, hidden_states: bool,
              cache: dict[str, Any] | None = None) -> tuple[Any, int, torch.Tensor]:
+        if prefix is None and input_ids is None:
+            raise AdapterError(f"capability {adapter.spec.capability!r}: the batch has neither a prefix nor input_ids "
+                               "(a text-in capability reads input_ids, an image or audio one a prefix)")
         parts, masks = [], []
         if prefix is not None:
             if adapter.projector is None:
@@ -252,14 +255,15 @@ class NexusStudent(nn.Module):
         return outputs, prefix_length, full_mask
 
     def forward(self, name: str, batch: StudentBatch) -> StudentOutput:
-        """Run capability `name` on a training batch: logits over the text positions (text
-        capabilities), the embedding (embedding capabilities), and the pooled hidden state
-        of each anchored layer."""
+        """Run capability `name` on a training batch: logits over the text positions (text-out
+        capabilities given `input_ids`), the embedding (embedding capabilities, whatever
+        their input), and the pooled hidden state of each anchored layer."""
         with self.active(name) as adapter:
             outputs, prefix_length, mask = self._run(adapter, batch.input_ids, batch.attention_mask, None,
                                                      batch.prefix, hidden_states=True)
             last = outputs.last_hidden_state
-            logits = self.backbone.lm_head(last[:, prefix_length:]) if batch.input_ids is not None else None
+            logits = (self.backbone.lm_head(last[:, prefix_length:])
+                      if batch.input_ids is not None and adapter.head is None else None)
             embedding = adapter.head(last, mask) if adapter.head is not None else None
             layers = set(adapter.spec.anchored_layers)
             pooled = {layer: masked_mean(outputs.hidden_states[layer + 1], mask) for layer in layers}
@@ -285,12 +289,22 @@ class NexusStudent(nn.Module):
                                       cache=cache_arguments(self.backbone.model, past))
             return self.backbone.lm_head(outputs.last_hidden_state), cache_of(outputs)
 
-    def embed(self, name: str, prefix: torch.Tensor) -> torch.Tensor:
-        """The embedding `(batch, dim)` of an embedding capability for a prefix input."""
+    def embed(self, name: str, prefix: torch.Tensor | None = None, *, input_ids: torch.Tensor | None = None,
+              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedding `(batch, dim)` of embedding capability `name`: the same head and
+        inputs as training (`forward`), without the anchors.
+
+        `prefix` is the raw modality input of an image or audio capability (what its
+        projector reads); `input_ids` and `attention_mask` (1 on real tokens, 0 on padding;
+        all ones when None) are text in the student's tokenizer, e.g. from
+        `nexus_kernel.student.decoding.left_padded` (or call `embed_texts` there). Give either
+        or both (prefix first, then the text). A capability without an embedding head, or a
+        call with neither input, is an `AdapterError`.
+        """
         with self.active(name) as adapter:
             if adapter.head is None:
-                raise AdapterError(f"capability {name!r} has no embedding head")
-            outputs, _, mask = self._run(adapter, None, None, None, prefix, hidden_states=False)
+                raise AdapterError(f"capability {name!r} has no embedding head (its output is {adapter.spec.output!r})")
+            outputs, _, mask = self._run(adapter, input_ids, attention_mask, None, prefix, hidden_states=False)
             return adapter.head(outputs.last_hidden_state, mask)
 
 

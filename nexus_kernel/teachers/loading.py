@@ -4,7 +4,11 @@ The order tried is NF4 (bitsandbytes 4-bit), INT8 (bitsandbytes 8-bit), torch dy
 (`nn.Linear` only), bf16, fp32; each option that fails is recorded with the reason, so
 `profile.json` can say what was used and why. The model class is the one the folder's
 `config.json` names in `architectures`, so any transformers model saved with `save_pretrained`
-loads, whatever its task. Before any option is tried, every safetensors file is read once,
+loads, whatever its task: a causal LM as its `...ForCausalLM`, an encoder (BERT-family
+sentence encoder, ViT, Wav2Vec2, ...) as the class it was saved as (`BertModel`,
+`BertForMaskedLM`, ...; `model.base_model` is the encoder either way). An encoder folder whose
+`architectures` is missing or names a class transformers lacks loads as its base model through
+`AutoModel`; any other unknown class is an error naming it. Before any option is tried, every safetensors file is read once,
 tensor by tensor: an unreadable file or a NaN or Inf weight stops the load with its name.
 """
 
@@ -36,15 +40,15 @@ class LoadedTeacher:
     model: Any
     quantization: str
     skipped: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+    """How the model class was chosen when it is not the one `config.json` names (else empty)."""
 
     def describe(self) -> dict[str, Any]:
-        return {"teacher": self.name, "quantization": self.quantization,
-                "skipped": dict(self.skipped)}
+        described = {"teacher": self.name, "quantization": self.quantization, "skipped": dict(self.skipped)}
+        return {**described, "note": self.note} if self.note else described
 
 
-def _architecture(name: str, folder: Path) -> Any:
-    import transformers
-
+def _read_config(name: str, folder: Path) -> dict[str, Any]:
     config_path = folder / "config.json"
     if not folder.is_dir():
         raise TeacherLoadError(f"teacher {name!r}: folder {folder} does not exist")
@@ -55,13 +59,47 @@ def _architecture(name: str, folder: Path) -> Any:
                                "save_pretrained folder)") from None
     except ValueError as exc:
         raise TeacherLoadError(f"teacher {name!r}: {config_path} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise TeacherLoadError(f"teacher {name!r}: {config_path} is not a JSON object")
+    return config
+
+
+def _is_encoder(model_type: str) -> bool:
+    """Whether transformers' `model_type` is an encoder family: it has a masked-LM head (BERT,
+    RoBERTa, DeBERTa, MPNet, ...) or no causal-LM class at all (ViT, DINOv2, Wav2Vec2, ...).
+    Its base model (`AutoModel`) is then the encoder itself; a decoder's base model would drop
+    the LM head its task needs."""
+    from transformers.models.auto import modeling_auto
+
+    return (model_type in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+            or model_type not in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def _architecture(name: str, folder: Path) -> tuple[Any, str]:
+    """The model class to load `folder` with, and a note when it is not the one `config.json`
+    names: the first class of `architectures` that transformers provides; else, for an
+    encoder family (`_is_encoder`) that transformers knows, its base model through
+    `AutoModel` (what a sentence-encoder export or a config without `architectures` needs);
+    else a `TeacherLoadError` naming the classes and the model type."""
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    config = _read_config(name, folder)
     architectures = config.get("architectures") or []
     for architecture in architectures:
         model_class = getattr(transformers, architecture, None)
         if model_class is not None:
-            return model_class
-    raise TeacherLoadError(f"teacher {name!r}: {config_path} names architectures {architectures}, "
-                           f"none of which this transformers {transformers.__version__} provides")
+            return model_class, ""
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in modeling_auto.MODEL_MAPPING_NAMES and _is_encoder(model_type):
+        named = f"names architectures {architectures}" if architectures else "names no architectures"
+        return transformers.AutoModel, (f"config.json {named}; loaded the {model_type} encoder's base model "
+                                        f"({modeling_auto.MODEL_MAPPING_NAMES[model_type]}) with AutoModel")
+    raise TeacherLoadError(f"teacher {name!r}: {folder / 'config.json'} names architectures {architectures} "
+                           f"(model_type {model_type!r}), none of which this transformers "
+                           f"{transformers.__version__} provides; an encoder family it knows loads as its base "
+                           "model, any other model needs a class transformers provides or a plugin's "
+                           "load_teacher")
 
 
 def _non_finite_tensors(path: Path) -> list[str]:
@@ -141,7 +179,7 @@ def load_teacher_folder(name: str, folder: Path, preferred: str = "nf4", device:
     that are about the folder itself (missing, corrupt, unknown architecture) stop at once."""
     if preferred not in QUANTIZATION_ORDER:
         raise TeacherLoadError(f"unknown quantization {preferred!r}; use one of {QUANTIZATION_ORDER}")
-    model_class = _architecture(name, folder)
+    model_class, note = _architecture(name, folder)
     _check_weights(name, folder)
     skipped: dict[str, str] = {}
     for scheme in QUANTIZATION_ORDER[QUANTIZATION_ORDER.index(preferred):]:
@@ -150,7 +188,7 @@ def load_teacher_folder(name: str, folder: Path, preferred: str = "nf4", device:
         except Exception as exc:  # each backend fails in its own way; the next option is tried
             skipped[scheme] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             continue
-        return LoadedTeacher(name, folder, model.eval(), scheme, skipped)
+        return LoadedTeacher(name, folder, model.eval(), scheme, skipped, note)
     raise TeacherLoadError(f"teacher {name!r}: no quantization option could load {folder}: {skipped}")
 
 
