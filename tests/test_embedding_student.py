@@ -13,9 +13,7 @@ from nexus_kernel.student.decoding import embed_texts, left_padded
 from nexus_kernel.student.model import (
     AdapterError,
     CapabilityAdapter,
-    FrameProjector,
     NexusStudent,
-    PatchProjector,
     StudentBatch,
     default_targets,
     linear_targets,
@@ -23,6 +21,19 @@ from nexus_kernel.student.model import (
 
 HIDDEN = 16
 TEXTS = ["apple pear", "pear", "a longer sentence about one apple"]
+
+
+class FlatProjector(nn.Module):
+    """Any modality's input `(batch, positions, features)` into the hidden size: one linear map
+    (a real plugin's projector comes from its own package, e.g. `nexus_modalities`)."""
+
+    def __init__(self, positions: int, features: int) -> None:
+        super().__init__()
+        self.input_shape = (positions, features)
+        self.linear = nn.Linear(features, HIDDEN)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.linear(inputs)
 
 
 class NoShapeProjector(nn.Module):
@@ -65,8 +76,8 @@ def every_pair() -> NexusStudent:
     return student_with(
         sentences=("embedding", None, None),
         chat=("text", None, None),
-        captions=("text", "patch", PatchProjector(3, 4, 8, HIDDEN)),
-        speech=("embedding", "audio-frames", FrameProjector(5, 2, 6, HIDDEN)),
+        captions=("text", "image", FlatProjector(4, 3)),
+        speech=("embedding", "audio", FlatProjector(6, 5)),
     )
 
 
@@ -148,7 +159,7 @@ def test_the_cosine_objective_trains_a_text_in_embedding_adapter() -> None:
     batch = StudentBatch(input_ids=input_ids, attention_mask=mask, target=target,
                          anchor={0: torch.randn(3, 2), 1: torch.randn(3, 2)})
     pool = Pool(TEXTS, list(target), torch.zeros(3, 2, 2), torch.ones(2, 2), {}, "cosine")
-    loss, parts = task_loss(student, CapabilityTask("sentences", None, None, pool, 0), batch, alpha=1.0)
+    loss, parts = task_loss(student, CapabilityTask("sentences", None, None, pool, 0, 1.0), batch, alpha=1.0)
     with torch.no_grad():
         embedding = student.embed("sentences", input_ids=input_ids, attention_mask=mask)
     expected = (1 - nn.functional.cosine_similarity(embedding, target, dim=-1)).mean()
