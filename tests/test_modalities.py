@@ -12,7 +12,7 @@ from torch import nn
 from nexus_kernel import Capability, hookimpl
 from nexus_kernel.contracts import AdapterSpec
 from nexus_kernel.errors import StageError
-from nexus_kernel.kit.testing import plugin_set_of
+from nexus_kernel.kit.testing import plugin_module, plugin_set_of
 from nexus_kernel.student.build import adapter_for
 from nexus_kernel.student.model import CapabilityAdapter
 
@@ -30,7 +30,7 @@ class _Frames(nn.Module):
         return self.linear(clips)
 
 
-def _plugin(modality: str, build: object = None) -> types.SimpleNamespace:
+def _plugin(modality: str, build: object = None) -> types.ModuleType:
     """A plugin declaring capability `clips` of `modality`, with `build(spec)` as its
     `build_adapter` when given."""
     @hookimpl
@@ -43,14 +43,14 @@ def _plugin(modality: str, build: object = None) -> types.SimpleNamespace:
         def build_adapter(capability: Capability, spec: AdapterSpec) -> CapabilityAdapter:
             return build(spec)  # type: ignore[operator]
         hooks["build_adapter"] = build_adapter
-    return types.SimpleNamespace(**hooks)
+    return plugin_module(**hooks)
 
 
 def _adapter(modality: str, build: object = None) -> CapabilityAdapter:
-    context = types.SimpleNamespace(plugins=plugin_set_of(("clips", _plugin(modality, build))))
-    capability, _ = context.plugins.capabilities()["clips"]
+    plugins = plugin_set_of(("clips", _plugin(modality, build)))
+    capability, _ = plugins.capabilities()["clips"]
     spec = AdapterSpec("clips", 2, 16, {}, input_projector=capability.input_projector)
-    return adapter_for(context, "clips", spec)  # type: ignore[arg-type]
+    return adapter_for(plugins, "clips", spec)
 
 
 @pytest.mark.parametrize("modality", ["text", "image", "audio", "video", "point_cloud", "x3"])

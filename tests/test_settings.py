@@ -11,7 +11,7 @@ import pytest
 from nexus_kernel import Capability, hookimpl
 from nexus_kernel.config import load_config
 from nexus_kernel.errors import LockError
-from nexus_kernel.kit.testing import plugin_set_of
+from nexus_kernel.kit.testing import plugin_module, plugin_set_of
 from nexus_kernel.run.layout import LOCK_FILE
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.run.settings import CapabilitySettings, locked_settings
@@ -20,12 +20,12 @@ from nexus_kernel.stages.lock import build_scope, run_lock
 DECLARED = Capability("toy", "text", ("Toys",), ("toy bench",), max_rank=12, alpha_scale=0.01, pool_scale=2.0)
 
 
-def _plugin(capability: Capability) -> types.SimpleNamespace:
+def _plugin(capability: Capability) -> types.ModuleType:
     @hookimpl
     def register_capabilities() -> list[Capability]:
         return [capability]
 
-    return types.SimpleNamespace(register_capabilities=register_capabilities)
+    return plugin_module(register_capabilities=register_capabilities)
 
 
 def _context(tmp_path: Path, table: str = "") -> RunContext:
