@@ -47,7 +47,7 @@ def _text_task(tmp_path: Path, student_words: list[str]) -> tuple[NexusStudent, 
     outputs = plan.teacher_outputs(items)
     soft = pack_distributions(plan.teacher_distributions(items, outputs)) if plan.objective == "kl" else None
     pool = Pool(items, outputs, torch.zeros(4, 0, 2), torch.ones(0, 2), {}, plan.objective, soft)
-    return student, CapabilityTask("fruit", None, plan, pool, 0)
+    return student, CapabilityTask("fruit", None, plan, pool, 0, 1.0)
 
 
 def test_a_student_vocabulary_covering_the_teachers_distils_its_distribution(tmp_path: Path) -> None:
