@@ -74,8 +74,19 @@ def _imports_torch(module_name: str) -> bool:
 
 
 def _check_datasets(plugin_set: PluginSet, capability: Capability) -> None:
-    answer = plugin_set.call_for(capability.name, "resolve_datasets", capability=capability,
-                                 settings={"max_rank": None, "data_dir": None})
+    """`resolve_datasets` without a `data_dir` (a capability with no synthetic data may refuse
+    that with a `NexusError`) and with an existing one."""
+    import tempfile
+
+    from nexus_kernel.errors import NexusError
+
+    try:
+        answer = plugin_set.call_for(capability.name, "resolve_datasets", capability=capability,
+                                     settings={"max_rank": None, "data_dir": None})
+    except NexusError:
+        with tempfile.TemporaryDirectory() as folder:
+            answer = plugin_set.call_for(capability.name, "resolve_datasets", capability=capability,
+                                         settings={"max_rank": None, "data_dir": folder})
     if answer is None:
         return
     if not answer or not all(isinstance(k, str) and isinstance(v, str) for k, v in answer.items()):
