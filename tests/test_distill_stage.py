@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from kernel_helpers import nexus, run_and_kill_when
+from safetensors import safe_open
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +21,8 @@ def _sha(path: Path) -> str:
 
 
 def test_architecture_distillation_and_kill_resume(project: Path) -> None:
+    with (project / "configs/nexus.toml").open("a") as config:
+        config.write("\n[capabilities.voice]\nalpha_scale = 0.02\n")  # the plugin declares 0.01
     reference = nexus("run", "--run-dir", "runs/reference", "--to", "distill", cwd=project)
     assert reference.returncode == 0, reference.stderr
     assert "4 distill       passed" in reference.stdout
@@ -52,7 +55,20 @@ def test_architecture_distillation_and_kill_resume(project: Path) -> None:
         assert verdict["status"] == ("not measurable" if near_chance else verdict["status"])
         if near_chance:
             assert verdict["ratio"] is None
+    # Settings resolved once, at the lock (math declares pool_scale 2, voice alpha_scale 0.01):
+    # stage 4 uses what the lock records.
+    lock = json.loads((run_dir / "configs/global_config.json").read_text())
+    assert {name: (entry["alpha_scale"], entry["pool_scale"]) for name, entry in lock["scope"]["capabilities"].items()} \
+        == {"math": (1.0, 2.0), "reasoning": (1.0, 1.0), "vision": (1.0, 1.0), "voice": (0.02, 1.0)}
+    pools = {name: safe_open(str(run_dir / f"checkpoints/{name}/pool.safetensors"), "pt").get_slice("coefficients")
+             .get_shape()[0] for name in CAPABILITIES}
+    assert pools == {"math": 96, "reasoning": 48, "vision": 48, "voice": 48}  # distill.pool_size 48
     journal = [json.loads(line) for line in (run_dir / "training.jsonl").read_text().splitlines()]
+    first = {e["phase"]: e for e in journal if e["kind"] == "step" and e["step"] == 0}
+    assert first["adapter-voice"]["alpha"] == 10.0  # distill.alpha; voice's loss weighs its anchor 10 x 0.02
+    assert first["adapter-voice"]["alpha_effective"] == {"voice": pytest.approx(0.2)}
+    assert first["joint"]["alpha_effective"] == {"math": 10.0, "reasoning": 10.0, "vision": 10.0,
+                                                 "voice": pytest.approx(0.2)}
     checks = {e["phase"]: e for e in journal if e["kind"] == "gradient_check"}
     assert set(checks) == set(report["phases"])
     assert checks["joint"]["backbone_frozen"] is False and checks["adapter-math"]["backbone_frozen"] is True
