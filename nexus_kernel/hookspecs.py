@@ -99,7 +99,9 @@ def build_adapter(capability: Capability, spec: AdapterSpec) -> nn.Module | None
     """Build the adapter for `capability` as stage 3 specified it: a
     `nexus_kernel.student.model.CapabilityAdapter` with low-rank deltas on `spec.target_modules`
     plus the input projector its modality needs. The kernel answers for text capabilities
-    (no projector); image and audio plugins answer with their projector.
+    (no projector); a capability of any other modality (`spec.input_projector` is its
+    modality) must answer with an adapter that has a projector, else stage 3 stops with an
+    error naming the capability, the modality and the plugin.
 
     .. versionadded:: 0.1
     """
