@@ -127,7 +127,8 @@ def retention_metric(
 ) -> dict[str, Score] | None:
     """Score `model` on the first `limit` items (all when None) of `split` of the capability's
     benchmark, with the same scorer, items and prompts for teacher and student. `model` is a `LoadedTeacher` or a
-    `nexus_kernel.student.model.StudentCapability`; the first score is the headline retention uses.
+    `nexus_kernel.student.model.StudentCapability`. Retention is judged on the capability's first
+    declared benchmark (`Capability.benchmarks[0]`), whatever order the scores come in.
 
     .. versionadded:: 0.1
     """

@@ -184,8 +184,8 @@ def embeddings(model: Any, texts: list[str], datasets: Mapping[str, str]) -> Any
 def neighbour_score(found: Any, labels: list[str]) -> Any:
     """Leave-one-out nearest-neighbour accuracy (cosine) of the embeddings against `labels`."""
     import numpy as np
-
     from nexus_cap_voice.benchmark import unit_rows
+
     from nexus_kernel import Score
 
     unit = unit_rows(found.astype(np.float64))
