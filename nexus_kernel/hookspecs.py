@@ -144,7 +144,8 @@ def retention_metric(
     `LoadedTeacher` or a `nexus_kernel.student.model.StudentCapability`. `reference` is what
     `reference_outputs` recorded from the teacher on the same items (None when the owner
     records nothing), so a benchmark can compare the model with its teacher. Keys are
-    benchmark names; retention is judged on `capability.benchmarks[0]`, which must be present.
+    benchmark names; retention is judged on the capability's first declared benchmark
+    (`Capability.benchmarks[0]`), which must be present, whatever order the scores come in.
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2 `reference` is passed.
