@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from kernel_helpers import REPO, file_hashes, nexus
 
-_BLOCK = re.compile(r"```(?:python|toml)\n# file: (?P<path>\S+)\n(?P<body>.*?)```", re.S)
+_BLOCK = re.compile(r"```(?:python|toml)\n# file: (?P<path>\S+)\n(?P<body>.*?)```", re.DOTALL)
 EXAMPLES = {"acme-cap-chemistry": "acme_cap_chemistry", "acme-cap-sentences": "acme_cap_sentences",
             "acme-cap-glyphs": "acme_cap_glyphs"}
 

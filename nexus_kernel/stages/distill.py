@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nexus_kernel import defaults
 from nexus_kernel.algorithms.recovery import (
     Journal,
     RecoveringTrainer,
@@ -27,7 +28,6 @@ from nexus_kernel.algorithms.recovery import (
     named_trainable,
     summarise,
 )
-from nexus_kernel import defaults
 from nexus_kernel.algorithms.retention import checked_scores, headline_benchmark, read_reference, verdict
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.fsio import (

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nexus_kernel.algorithms.retention import checked_scores
 from nexus_kernel.contracts import TOP_K
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.fsio import (
@@ -35,7 +36,6 @@ from nexus_kernel.run.fsio import (
     sha256_file,
     sha256_json,
 )
-from nexus_kernel.algorithms.retention import checked_scores
 from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, REGISTRY_FILE, reference_file
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
