@@ -20,6 +20,7 @@ import pluggy
 from nexus_kernel import defaults, hookspecs
 from nexus_kernel.capability import Capability, UnselectedCapabilities
 from nexus_kernel.errors import CapabilityConflict, PluginError
+from nexus_kernel.kit.plugin_kit import CapabilityPlugin
 
 ENTRY_POINT_GROUP = "nexus"
 PLUGINS_ENV = "NEXUS_PLUGINS"
@@ -268,8 +269,6 @@ def contract_problem(plugin: object) -> str | None:
     point naming a package module that holds a `CapabilityPlugin` instead of the instance
     itself (pluggy would find no hooks on the module, and the capability would vanish).
     """
-    from nexus_kernel.kit.plugin_kit import CapabilityPlugin
-
     name = getattr(plugin, "__name__", repr(plugin))
     bound_by_position = getattr(plugin, "register_capabilities", None)
     if "standard_hooks.<locals>." in getattr(bound_by_position, "__qualname__", ""):

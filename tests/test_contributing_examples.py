@@ -51,13 +51,20 @@ def test_the_page_has_every_file_of_three_packages() -> None:
                 f"{distribution}/src/{module}/teacher.py", f"{distribution}/src/{module}/student.py"} <= files
 
 
-@pytest.mark.slow
-def test_the_worked_examples_install_and_pass_the_conformance_kit(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def example_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A site folder with the three examples pip-installed, once for the module."""
     pytest.importorskip("nexus_modalities", reason="the examples import nexus-modalities")
-    root = write_examples(tmp_path / "examples")
-    site = tmp_path / "site"
+    root = write_examples(tmp_path_factory.mktemp("examples"))
+    site = tmp_path_factory.mktemp("site")
     for distribution in EXAMPLES:
         install(root / distribution, site)
+    return site
+
+
+@pytest.mark.slow
+def test_the_worked_examples_install_and_pass_the_conformance_kit(example_site: Path, tmp_path: Path) -> None:
+    site = example_site
     probe = ("import importlib, json, sys\n"
              "from nexus_kernel.kit.testing import check_capability_plugin\n"
              "found = {}\n"
@@ -154,7 +161,7 @@ def write_bert_teacher(folder: Path, texts: list[str]) -> None:
 
 
 @pytest.fixture
-def sentence_project(tmp_path: Path) -> tuple[Path, Path]:
+def sentence_project(tmp_path: Path, example_site: Path) -> tuple[Path, Path]:
     """A project whose only teacher is the BERT sentence encoder (outside the project, by
     absolute `Path`), its data folder, and CONTRIBUTING's `acme-cap-sentences` pip-installed
     into a site folder; returns the project root and the site folder to put on PYTHONPATH."""
@@ -174,9 +181,7 @@ def sentence_project(tmp_path: Path) -> tuple[Path, Path]:
     # Norms and embeddings stay fp32 in the bundle: a 32-wide student cannot shrink to 0.35 x.
     text = config.read_text().replace("[package]\n", "[package]\nmax_fp32_ratio = 0.7\n")
     config.write_text(text + TINY.format(data=data))
-    site = tmp_path / "site"
-    install(write_examples(tmp_path / "examples") / "acme-cap-sentences", site)
-    return project, site
+    return project, example_site
 
 
 def _statuses(stdout: str) -> dict[str, str]:

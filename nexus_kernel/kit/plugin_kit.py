@@ -140,6 +140,7 @@ class CapabilityPlugin:
         self.teacher_module_name = teacher
         self.student_module_name = student
         self.synthetic = synthetic
+        self._checked: dict[str, ModuleType] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -160,9 +161,12 @@ class CapabilityPlugin:
         return self._module(self.student_module_name, "student")
 
     def _module(self, name: str, role: str) -> ModuleType:
-        module = importlib.import_module(name)
-        check_module(module, role, self.capability.name)
-        return module
+        """`name` imported and checked on first use; every later hook call reuses it."""
+        if name not in self._checked:
+            module = importlib.import_module(name)
+            check_module(module, role, self.capability.name)
+            self._checked[name] = module
+        return self._checked[name]
 
     @hookimpl
     def register_capabilities(self) -> list[Capability]:

@@ -29,7 +29,7 @@ import pytest
 from nexus_kernel.capability import Capability
 from nexus_kernel.contracts import DemoTeacher, ProbePlan
 from nexus_kernel.errors import PluginError
-from nexus_kernel.kit.plugin_kit import CapabilityPlugin
+from nexus_kernel.kit.plugin_kit import CapabilityPlugin, check_module
 from nexus_kernel.plugins import BUILTINS, ENTRY_POINT_GROUP, PluginRecord, PluginSet, new_manager
 from nexus_kernel.run.fsio import canonical_json
 
@@ -134,9 +134,12 @@ def _home_module(plugin: object) -> str:
 
 
 def _check_modules(plugin: CapabilityPlugin) -> None:
+    """Both modules against their protocols, afresh (not the plugin's checked-once cache)."""
+    import importlib
+
     try:
-        plugin.teacher_module()
-        plugin.student_module()
+        for name, role in ((plugin.teacher_module_name, "teacher"), (plugin.student_module_name, "student")):
+            check_module(importlib.import_module(name), role, plugin.capability.name)
     except PluginError as exc:
         raise ConformanceError(str(exc)) from None
     except ImportError as exc:
