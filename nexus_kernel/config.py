@@ -87,7 +87,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "student": {
         "backbone": Key("str", "config", "`config` builds a LLaMA-style backbone from the keys below; "
-                        "otherwise a local Hugging Face causal-LM folder"),
+                        "`teacher:<capability>` cuts it from that capability's teacher (its key layers, see "
+                        "keep_layers); otherwise a local Hugging Face causal-LM folder"),
+        "keep_layers": Key("int", 0, "backbone = teacher:<capability>: decoder blocks kept, those stage 2's "
+                           "ablation ranked highest, in their order (0: all)", minimum=0),
         "hidden_size": Key("int", 128, "backbone hidden size (backbone = config)", minimum=8),
         "layers": Key("int", 4, "backbone decoder blocks (backbone = config)", minimum=1),
         "heads": Key("int", 4, "attention heads (backbone = config)", minimum=1),
@@ -100,6 +103,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "adapter_steps": Key("int", 100, "adapter-first steps per capability (backbone frozen)", minimum=1),
         "joint_steps": Key("int", 1000, "joint steps over every capability with the backbone unfrozen; "
                            "0 skips the joint phase", minimum=0),
+        "joint": Key("str", "auto", "whether the joint phase runs: `auto` runs it for a backbone built from "
+                     "config (random weights) and skips it for a pretrained one (folder or teacher:), whose "
+                     "backbone stays frozen; `on` or `off` decide it", choices=("auto", "on", "off")),
         "batch_size": Key("int", 32, "items per capability per step", minimum=1),
         "learning_rate": Key("float", 3e-3, "peak learning rate of the adapter phase", minimum=0.0,
                              exclusive_minimum=True, maximum=1.0),

@@ -36,6 +36,8 @@ PROFILE_SUMMARY = f"{PROFILE_DIR}/summary.json"
 ARCHITECTURE_FILE = "architecture.json"
 STUDENT_DIR = "student"
 """The demo student's tokenizer (backbone = config)."""
+PRUNED_BACKBONE_DIR = f"{STUDENT_DIR}/backbone"
+"""The backbone stage 3 cuts from a teacher (backbone = "teacher:<capability>"): model and tokenizer."""
 
 # stage 4
 CHECKPOINT_DIR = "checkpoints"

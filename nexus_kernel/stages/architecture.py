@@ -30,6 +30,7 @@ from nexus_kernel.student.build import (
     build_student,
     embedding_width,
     map_layer,
+    teacher_source,
     teacher_words,
 )
 from nexus_kernel.student.model import (
@@ -110,6 +111,38 @@ def count(module: nn.Module | None) -> int:
     return 0 if module is None else sum(parameter.numel() for parameter in module.parameters())
 
 
+def cut_from_teacher(context: RunContext, source: str, registry: dict[str, Any], summary: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """Cut the student's backbone from capability `source`'s teacher (`backbone =
+    "teacher:<source>"`): its `student.keep_layers` blocks that stage 2 ranked highest, saved
+    in the run's `student/backbone`; returns what was kept, for `architecture.json`."""
+    from nexus_kernel.run.layout import PRUNED_BACKBONE_DIR
+    from nexus_kernel.student.pruning import prune_causal_lm
+
+    if source not in summary:
+        raise StageError(f"student.backbone = 'teacher:{source}': no capability {source!r} was profiled "
+                         f"(profiled: {', '.join(sorted(summary)) or 'none'})")
+    teacher = summary[source]["teacher"]
+    profile = json.loads((context.run_dir / PROFILE_DIR / source / "profile.json").read_text())
+    ranking = profile["ablation"]["ranking"]
+    keep = context.config.section("student")["keep_layers"]
+    cut = prune_causal_lm(teacher, Path(registry[teacher]["path"]), ranking, keep,
+                          context.run_dir / PRUNED_BACKBONE_DIR)
+    log.info("student cut from its teacher", capability=source, teacher=teacher, kept=len(cut.kept),
+             of=cut.teacher_layers, parameters=cut.parameters)
+    return {"capability": source, "teacher": teacher, **cut.to_json()}
+
+
+def student_block(teacher_layer: str, candidates: list[str], student_layers: int, cut: dict[str, Any] | None) -> int:
+    """The student block anchored to `teacher_layer`: the same block when the student was cut
+    from this teacher and kept it, else the block at the same relative depth (`map_layer`)."""
+    if cut is not None and teacher_layer.startswith(cut["stack"] + "."):
+        index = teacher_layer[len(cut["stack"]) + 1:]
+        if index.isdigit() and int(index) in cut["kept_layers"]:
+            return int(cut["kept_layers"].index(int(index)))
+    return map_layer(teacher_layer, candidates, student_layers)
+
+
 def run_architecture(context: RunContext) -> str:
     """Stage 3: decide, build and check the student; write `architecture.json`."""
     summary = json.loads((context.run_dir / PROFILE_SUMMARY).read_text())
@@ -121,8 +154,10 @@ def run_architecture(context: RunContext) -> str:
     settings = context.config.section("student")
     folders = [Path(registry[item["teacher"]]["path"]) for item in summary.values()]
     words = teacher_words(folders) if settings["backbone"] == "config" else None
-    backbone, tokenizer, source = build_backbone(settings, context.config.source.parent, context.run_dir, words,
-                                                 lock["seed"])
+    source = teacher_source(settings)
+    cut = cut_from_teacher(context, source, registry, summary) if source is not None else None
+    backbone, tokenizer, made = build_backbone(settings, context.config.source.parent, context.run_dir, words,
+                                               lock["seed"])
     student_layers = int(backbone.config.num_hidden_layers)
     hidden = int(backbone.config.hidden_size)
     targets = linear_targets(backbone, default_targets(backbone))
@@ -136,7 +171,8 @@ def run_architecture(context: RunContext) -> str:
         rank = capability.choose_rank(audit["intrinsic_dim"], audit["max_rank"])
         candidates = list(profile["ablation"]["loss_increase"])
         # In key-layer order (largest ablation effect first): anchor k reads teacher layer k.
-        layer_map = [{"teacher": layer, "student": map_layer(layer, candidates, student_layers)}
+        own_cut = cut if cut is not None and cut["capability"] == name else None
+        layer_map = [{"teacher": layer, "student": student_block(layer, candidates, student_layers, own_cut)}
                      for layer in profile["key_layers"]]
         teacher = summary[name]["teacher"]
         output_dim = (embedding_width(teacher, Path(registry[teacher]["path"]))
@@ -151,8 +187,9 @@ def run_architecture(context: RunContext) -> str:
             "rank_policy": capability.rank_policy is not None and rank < min(audit["intrinsic_dim"], audit["max_rank"]),
             "layer_map": layer_map, "adapter": spec.to_json(),
         }
-    architecture = {"format": 1, "backbone": {**source, "layers": student_layers, "hidden_size": hidden,
-                                              "vocab_size": int(backbone.config.vocab_size)},
+    made = {**made, "cut": cut} if cut is not None else made
+    architecture = {"format": 1, "backbone": {**made, "class": type(backbone).__name__, "layers": student_layers,
+                                              "hidden_size": hidden, "vocab_size": int(backbone.config.vocab_size)},
                     "capabilities": capabilities}
     del backbone
     student = build_student(context, architecture)

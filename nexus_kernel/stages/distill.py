@@ -40,6 +40,7 @@ from nexus_kernel.run.layout import (
     CHECKPOINT_DIR,
     DISTILL_REPORT,
     LOCK_FILE,
+    REGISTRY_FILE,
     STUDENT_FILE,
     TRAINING_JOURNAL,
 )
@@ -331,24 +332,34 @@ def _phase_done(folder: Path, fingerprint: str) -> bool:
 
 def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Mapping[str, Any],
                    settings: Mapping[str, Any], seed: int) -> dict[str, CapabilityTask]:
-    """Per capability, in name order: its plan (without the teacher) and its pool (built with
-    the teacher, one at a time, or read from the cache)."""
+    """Per capability, in name order: its plan (without the teacher) and its pool (read from
+    the cache, or built with its teacher: one teacher in memory at a time, and each loaded once
+    for all the capabilities it serves)."""
+    from nexus_kernel.teachers.access import TeacherSession, by_teacher
+    from nexus_kernel.teachers.registry import TeacherEntry
 
     datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"]
+    registry = {e["name"]: e for e in json.loads((context.run_dir / REGISTRY_FILE).read_text())["teachers"]}
     locked = locked_settings(context.run_dir)
-    tasks = {}
-    for index, name in enumerate(sorted(architecture["capabilities"])):
+    names = sorted(architecture["capabilities"])
+    plans = {}
+    for name in names:
         capability, _ = context.plugins.capabilities()[name]
         plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=None,
                                         student=student, datasets=datasets[name])
         if plan is None:
             raise StageError(f"{name}: its plugin gives no distillation plan (distill_capability returned None)")
-        own = locked[name]
-        pool = build_pool(context, student, name, plan, architecture,
-                          {**settings, "pool_size": own.pool_size(settings["pool_size"])},
-                          context.run_dir / CHECKPOINT_DIR / name)
-        tasks[name] = CapabilityTask(name, capability, plan, pool, seed + index, own.alpha_scale)
-    return tasks
+        plans[name] = plan
+    entries = {name: TeacherEntry.from_json(registry[architecture["capabilities"][name]["teacher"]]) for name in names}
+    pools = {}
+    with TeacherSession(context) as session:
+        for name in by_teacher(entries):
+            pools[name] = build_pool(context, student, name, plans[name], architecture,
+                                     {**settings, "pool_size": locked[name].pool_size(settings["pool_size"])},
+                                     context.run_dir / CHECKPOINT_DIR / name, session)
+    return {name: CapabilityTask(name, context.plugins.capabilities()[name][0], plans[name], pools[name],
+                                 seed + index, locked[name].alpha_scale)
+            for index, name in enumerate(names)}
 
 
 def _phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTask], phase: str,
@@ -392,6 +403,15 @@ def _summary(score: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in score.items() if key != "per_item"}
 
 
+def joint_phase_runs(student: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:
+    """Whether stage 4 runs the joint phase (`distill.joint`, see its help): `auto` runs it only
+    over a backbone built from config, whose random weights the adapters alone cannot fix."""
+    from nexus_kernel.student.build import pretrained_backbone
+
+    wanted = settings["joint"] == "on" or (settings["joint"] == "auto" and not pretrained_backbone(dict(student)))
+    return wanted and settings["joint_steps"] > 0
+
+
 def run_distill(context: RunContext) -> str:
     """Stage 4 (see the module docstring)."""
     from nexus_kernel.student.build import build_student
@@ -412,7 +432,7 @@ def run_distill(context: RunContext) -> str:
         phases[phase] = _phase(context, student, [task], phase, True, settings, fingerprint,
                                student.adapters[name], seed)
         adapters[name] = sha256_file(context.run_dir / CHECKPOINT_DIR / phase / "final.safetensors")
-    if settings["joint_steps"]:
+    if joint_phase_runs(context.config.section("student"), settings):
         fingerprint = sha256_json({**base, "phase": "joint", "adapters": adapters,
                                    "alpha_scales": {name: task.alpha_scale for name, task in tasks.items()}})
         phases["joint"] = _phase(context, student, list(tasks.values()), "joint", False, settings, fingerprint,

@@ -15,7 +15,6 @@ repeated stage 4 does not load the teacher again.
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import time
@@ -40,6 +39,7 @@ from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, REGISTRY_FILE, refer
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.student.model import NexusStudent, masked_mean
+from nexus_kernel.teachers.access import TeacherSession
 
 OBJECTIVES = ("kl", "sequence", "cosine")
 _FORMAT = 8  # bump when what a pool holds changes: older caches are rebuilt
@@ -256,12 +256,14 @@ def _check_plan(name: str, plan: Any) -> None:
 
 
 def build_pool(context: RunContext, student: NexusStudent, name: str, plan_without_teacher: Any,
-               architecture: Mapping[str, Any], settings: Mapping[str, Any], folder: Path) -> Pool:
+               architecture: Mapping[str, Any], settings: Mapping[str, Any], folder: Path,
+               session: TeacherSession) -> Pool:
     """The capability's pool: from the cache when its fingerprint matches, else by loading its
-    teacher, collecting, scoring it on held-out items, caching and unloading it."""
+    teacher through `session` (reused when the previous capability had the same one),
+    collecting, scoring it on held-out items and caching."""
     from safetensors.torch import save
 
-    from nexus_kernel.teachers.access import load_teacher, run_device
+    from nexus_kernel.teachers.access import run_device
     from nexus_kernel.teachers.registry import TeacherEntry
 
     capability, _ = context.plugins.capabilities()[name]
@@ -280,7 +282,7 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
     entry = TeacherEntry.from_json(registry[entry_data["teacher"]])
     profiled = json.loads((context.run_dir / PROFILE_DIR / name / "profile.json").read_text())["load"]["quantization"]
     started = time.perf_counter()
-    teacher = load_teacher(context, entry, _teacher_precision(context, entry.parameters, profiled), run_device(context))
+    teacher = session.get(entry, _teacher_precision(context, entry.parameters, profiled), run_device(context))
     try:
         plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=teacher,
                                         student=student, datasets=datasets)
@@ -295,7 +297,6 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
         teacher_load = teacher.describe()
     finally:
         del teacher
-        gc.collect()
     _store_reference(name, reference_file(context.run_dir, name), reference)
 
     whitened, variances = whiten(torch.cat(collected.pooled))

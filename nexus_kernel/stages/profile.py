@@ -10,7 +10,6 @@ is in memory at a time; no activation outlives its batch.
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import time
@@ -26,7 +25,7 @@ from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, PROFILE_SUMMARY, REG
 from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.run.settings import CapabilitySettings, locked_settings
-from nexus_kernel.teachers.access import load_teacher, run_device
+from nexus_kernel.teachers.access import TeacherSession, by_teacher, run_device
 from nexus_kernel.teachers.loading import QUANTIZATION_ORDER, LoadedTeacher
 from nexus_kernel.teachers.registry import TeacherEntry
 
@@ -37,14 +36,16 @@ log = get_logger("profile")
 
 
 def _load_working(context: RunContext, name: str, capability: Any, entry: TeacherEntry,
-                  datasets: dict[str, str], settings: dict[str, Any]) -> tuple[LoadedTeacher, Any]:
+                  datasets: dict[str, str], settings: dict[str, Any], session: TeacherSession
+                  ) -> tuple[LoadedTeacher, Any]:
     """The teacher, loaded with the first quantization whose forward pass on a probe batch
-    works (bitsandbytes can load a layer shape its CPU kernels then refuse), and its plan."""
+    works (bitsandbytes can load a layer shape its CPU kernels then refuse), and its plan;
+    loaded through `session`, so a teacher already loaded for another capability is reused."""
     device = run_device(context)
     skipped: dict[str, str] = {}
     preferred = settings["quantization"]
     while True:
-        teacher = load_teacher(context, entry, preferred, device)
+        teacher = session.get(entry, preferred, device)
         skipped.update(teacher.skipped)
         plan = context.plugins.call_for(name, "profile_capability", capability=capability, teacher=teacher,
                                         n_probe=settings["probe_samples"], datasets=datasets)
@@ -60,7 +61,7 @@ def _load_working(context: RunContext, name: str, capability: Any, entry: Teache
             skipped[teacher.quantization] = f"forward pass failed: {type(exc).__name__}: {exc}"
             preferred = QUANTIZATION_ORDER[QUANTIZATION_ORDER.index(teacher.quantization) + 1]
             del teacher, plan
-            gc.collect()
+            session.release()
             continue
         teacher.skipped = skipped
         return teacher, plan
@@ -112,8 +113,9 @@ def _rank_audit(capability: Any, max_rank: int, layers: dict[str, Any]) -> dict[
 
 
 def profile_capability(context: RunContext, name: str, entry: TeacherEntry, datasets: dict[str, str],
-                       locked: CapabilitySettings) -> dict[str, Any]:
-    """Profile one capability's teacher and write its outputs; returns `profile.json`'s data."""
+                       locked: CapabilitySettings, session: TeacherSession) -> dict[str, Any]:
+    """Profile one capability's teacher (loaded through `session`) and write its outputs;
+    returns `profile.json`'s data."""
     from safetensors.torch import save
 
     settings = context.config.section("profiling")
@@ -121,7 +123,7 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
     max_rank = locked.max_rank
     out = context.run_dir / PROFILE_DIR / name
     started = time.perf_counter()
-    teacher, plan = _load_working(context, name, capability, entry, datasets, settings)
+    teacher, plan = _load_working(context, name, capability, entry, datasets, settings, session)
     try:
         ablation = rank_layers_by_ablation(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
                                            teacher=entry.name)
@@ -141,7 +143,6 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
     finally:
         model_quantization = teacher.describe()
         del teacher
-        gc.collect()
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, Any] = {}
     for layer, state in states.items():
@@ -190,18 +191,23 @@ def run_profile(context: RunContext) -> str:
                         capability=entry.capability, used=teachers[entry.capability].name, ignored=entry.name)
             continue
         teachers[entry.capability] = entry
-    lines = []
+    lines = {}
     summary = {}
+    with TeacherSession(context) as session:
+        profiles = {name: profile_capability(context, name, teachers[name], lock["datasets"][name], locked[name],
+                                             session)
+                    for name in by_teacher(teachers)}
+    log.info("teachers loaded", loads=session.loads, teachers=len({entry.path for entry in teachers.values()}))
     for name, entry in sorted(teachers.items()):
-        profile = profile_capability(context, name, entry, lock["datasets"][name], locked[name])
+        profile = profiles[name]
         audit = profile["rank_audit"]
         summary[name] = {"teacher": entry.name, "quantization": profile["load"]["quantization"],
                          "key_layers": profile["key_layers"], "rank_audit": audit}
-        lines.append(f"{name}: {profile['load']['quantization']}, key {', '.join(profile['key_layers'])}, "
-                     f"dim {audit['intrinsic_dim']} -> rank {audit['chosen_rank']}")
+        lines[name] = (f"{name}: {profile['load']['quantization']}, key {', '.join(profile['key_layers'])}, "
+                       f"dim {audit['intrinsic_dim']} -> rank {audit['chosen_rank']}")
         log.info("profiled", capability=name, **{k: v for k, v in audit.items() if k != "layer"})
     atomic_write_json(context.run_dir / PROFILE_SUMMARY, summary)
-    return "; ".join(lines) or "no capability has a teacher"
+    return "; ".join(lines.values()) or "no capability has a teacher"
 
 
 def profile_inputs(context: RunContext) -> dict[str, Any]:

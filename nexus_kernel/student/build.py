@@ -15,7 +15,7 @@ from torch import nn
 
 from nexus_kernel.contracts import AdapterSpec
 from nexus_kernel.errors import StageError
-from nexus_kernel.run.layout import STUDENT_DIR
+from nexus_kernel.run.layout import PRUNED_BACKBONE_DIR, STUDENT_DIR
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.run.seeding import seed_everything
 from nexus_kernel.student.model import CapabilityAdapter, NexusStudent
@@ -53,10 +53,26 @@ def teacher_words(folders: list[Path]) -> list[str]:
     return sorted(words)
 
 
+TEACHER_PREFIX = "teacher:"
+
+
+def teacher_source(settings: dict[str, Any]) -> str | None:
+    """The capability whose teacher the student is cut from (`backbone = "teacher:<capability>"`), else None."""
+    backbone = str(settings["backbone"])
+    return backbone[len(TEACHER_PREFIX):] if backbone.startswith(TEACHER_PREFIX) else None
+
+
+def pretrained_backbone(settings: dict[str, Any]) -> bool:
+    """Whether the backbone carries trained weights (a folder, or cut from a teacher), not `config`'s random ones."""
+    return settings["backbone"] != "config"
+
+
 def build_backbone(settings: dict[str, Any], config_dir: Path, run_dir: Path, words: list[str] | None,
                    seed: int) -> tuple[nn.Module, Any, dict[str, Any]]:
     """The backbone and its tokenizer, and how they were made. With `backbone = "config"` the
-    tokenizer is the kernel's word-and-character one over `words` (saved in `student/`)."""
+    tokenizer is the kernel's word-and-character one over `words` (saved in `student/`); with
+    `backbone = "teacher:<capability>"` both are the folder stage 3 cut from that capability's
+    teacher (`cut_from_teacher`); otherwise a local causal-LM folder with its own tokenizer."""
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
@@ -67,6 +83,14 @@ def build_backbone(settings: dict[str, Any], config_dir: Path, run_dir: Path, wo
     from nexus_kernel.student.decoding import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
 
     seed_everything(seed)
+    if teacher_source(settings) is not None:
+        folder = run_dir / PRUNED_BACKBONE_DIR
+        if not (folder / "config.json").is_file():
+            raise StageError(f"student.backbone = {settings['backbone']!r}: {folder} is missing (stage 3 cuts it "
+                             "from the teacher; rerun from stage 3)")
+        backbone = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        return backbone, AutoTokenizer.from_pretrained(folder), {"kind": "teacher", "folder": PRUNED_BACKBONE_DIR,
+                                                                 "seed": seed}
     if settings["backbone"] == "config":
         tokenizer_dir = run_dir / STUDENT_DIR
         if words is None:

@@ -23,3 +23,44 @@ def load_teacher(context: RunContext, entry: TeacherEntry, preferred: str, devic
     if answer is None:
         raise TeacherLoadError(f"teacher {entry.name!r}: no plugin loads it (row {entry.row} of the registry)")
     return answer  # type: ignore[no-any-return]
+
+
+class TeacherSession:
+    """One stage's teachers, each loaded once however many capabilities it serves, and one in
+    memory at a time: `get` keeps the last teacher while the same folder, owner, precision and
+    device are asked for, and frees it before loading another. A stage that visits the
+    capabilities of one teacher together (`by_teacher`) loads each teacher once. Use it as a
+    context manager so the last teacher is freed when the stage is done."""
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+        self.loads = 0
+        self._key: tuple[str, ...] | None = None
+        self._teacher: LoadedTeacher | None = None
+
+    def get(self, entry: TeacherEntry, preferred: str, device: str) -> LoadedTeacher:
+        owner = self.context.plugins.capabilities()[entry.capability][1].distribution
+        key = (str(entry.path), entry.name, owner, preferred, device)
+        if self._teacher is None or key != self._key:
+            self.release()
+            self._teacher = load_teacher(self.context, entry, preferred, device)
+            self._key = key
+            self.loads += 1
+        return self._teacher
+
+    def release(self) -> None:
+        import gc
+
+        self._teacher, self._key = None, None
+        gc.collect()
+
+    def __enter__(self) -> TeacherSession:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+def by_teacher(entries: dict[str, TeacherEntry]) -> list[str]:
+    """Capability names, those served by one teacher folder next to each other (then by name)."""
+    return sorted(entries, key=lambda name: (str(entries[name].path), name))
