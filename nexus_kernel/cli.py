@@ -226,6 +226,9 @@ def infer_command(bundle: Path, capability: str, inputs: tuple[str, ...]) -> Non
 
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and an exit code."""
+    # transformers' and huggingface_hub's own bars ("Loading weights", "Writing model shards")
+    # would interleave with Nexus's progress and logs; the user's explicit setting wins.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
