@@ -11,6 +11,7 @@ from nexus_kernel.algorithms.profiling import (
     UnhookableLayerError,
     profile_layers,
     rank_layers_by_ablation,
+    rank_layers_by_removal,
 )
 
 
@@ -55,6 +56,52 @@ def test_the_planted_block_ranks_first(planted: int) -> None:
     assert increases[f"blocks.{planted}"] > 10 * max(v for k, v in increases.items() if k != f"blocks.{planted}")
     # Ablation hooks are removed: the model answers as before.
     assert float(loss_of(model, batches[0]).detach()) == pytest.approx(0.0, abs=1e-10)
+
+
+class Residual(nn.Module):
+    """A pre-norm-style block: its output is its input plus what it adds (`x + f(x)`)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states + self.inner(hidden_states)
+
+
+class ResidualBlocks(Blocks):
+    """`Blocks` whose blocks carry the residual stream themselves, as decoder layers do."""
+
+    def __init__(self, planted: int) -> None:
+        super().__init__(planted)
+        self.blocks = nn.ModuleList(Residual(block) for block in self.blocks)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            inputs = block(inputs)
+        return inputs
+
+
+@pytest.mark.parametrize("planted", [0, 3])
+def test_removal_ranks_the_block_that_adds_most_where_mean_ablation_cannot_tell(planted: int) -> None:
+    model = ResidualBlocks(planted)
+    batches, loss_of = _task(model)
+    names = [f"blocks.{i}" for i in range(4)]
+    removal = rank_layers_by_removal(model, names, batches, loss_of)
+    assert removal.ranking()[0] == f"blocks.{planted}"
+    increases = removal.increases()
+    assert increases[f"blocks.{planted}"] > 10 * max(v for k, v in increases.items() if k != f"blocks.{planted}")
+    # Mean-ablating a block that carries the residual stream wipes the input for every block alike.
+    ablated = rank_layers_by_ablation(model, names, batches, loss_of).increases()
+    assert min(ablated.values()) > 0.5 * max(ablated.values())
+    assert float(loss_of(model, batches[0]).detach()) == pytest.approx(0.0, abs=1e-10)  # hooks removed
+
+
+def test_a_block_whose_input_is_not_its_output_shape_cannot_be_removed() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    batches = [torch.randn(2, 4)]
+    with pytest.raises(UnhookableLayerError, match="layer '0' cannot be bypassed"):
+        rank_layers_by_removal(model, ["0"], batches, lambda m, b: m(b).sum())
 
 
 def test_streamed_profile_equals_pca_of_the_stacked_activations() -> None:

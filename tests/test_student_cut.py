@@ -19,15 +19,18 @@ def test_a_student_cut_from_the_math_teacher_trains_adapters_only_and_packages(p
     assert result.returncode == 0, result.stderr
     run_dir = project / "runs/cut"
     profile = json.loads((run_dir / "niwt_stage2_output/math/profile.json").read_text())
-    top = profile["ablation"]["ranking"][0]
+    assert set(profile["removal"]["loss_increase"]) == set(profile["ablation"]["loss_increase"])
+    top = profile["removal"]["ranking"][0]
     architecture = json.loads((run_dir / "architecture.json").read_text())
     backbone = architecture["backbone"]
     assert backbone["kind"] == "teacher" and backbone["layers"] == 1 and backbone["class"] == "LlamaForCausalLM"
     cut = backbone["cut"]
     assert cut["capability"] == "math" and cut["teacher"] == "nexus-demo-math" and cut["teacher_layers"] == 2
-    assert cut["kept_layers"] == [int(top.rsplit(".", 1)[1])]  # the block whose ablation hurt most
-    # The teacher's most important block anchors the very block cut from it (block 0 of 1).
-    assert {"teacher": top, "student": 0} in architecture["capabilities"]["math"]["layer_map"]
+    assert cut["kept_layers"] == [int(top.rsplit(".", 1)[1])]  # the block whose removal hurt most
+    # A key layer that was kept anchors the very block cut from it (block 0 of 1).
+    for pair in architecture["capabilities"]["math"]["layer_map"]:
+        if pair["teacher"] == top:
+            assert pair["student"] == 0
     teacher_config = json.loads((project / "models/nexus-demo-math/config.json").read_text())
     student_config = json.loads((run_dir / "student/backbone/config.json").read_text())
     assert student_config["num_hidden_layers"] == 1

@@ -156,6 +156,42 @@ def rank_layers_by_ablation(model: nn.Module, layers: Sequence[str], batches: Se
     return AblationResult(baseline, ablated)
 
 
+def rank_layers_by_removal(model: nn.Module, layers: Sequence[str], batches: Sequence[Any],
+                           loss_of: LossOf, teacher: str = "teacher") -> AblationResult:
+    """Skip each of `layers` in turn (its output replaced by its input: the block removed from
+    the residual stream) over `batches` and measure the mean loss: what depth pruning costs.
+
+    Mean-ablation (`rank_layers_by_ablation`) replaces a block's whole output, residual stream
+    included, so in a deep pre-norm decoder every block looks fatal (measured on
+    SmolLM2-135M: +4.3 to +9.2 nats for each of its 30 blocks); removal measures what the block
+    itself adds. A layer whose input is not a tensor of its output's shape is an
+    `UnhookableLayerError`."""
+    modules = modules_named(model, layers, teacher)
+
+    def mean_loss() -> float:
+        with torch.inference_mode():
+            return float(sum(float(loss_of(model, batch)) for batch in batches) / len(batches))
+
+    baseline = mean_loss()
+    removed = {}
+    for name, module in modules.items():
+        def bypass(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any,
+                   name: str = name) -> Any:
+            given = args[0] if args else kwargs.get("hidden_states")
+            tensor = _first_tensor(output)
+            if not isinstance(given, torch.Tensor) or tensor is None or given.shape != tensor.shape:
+                raise UnhookableLayerError(f"{teacher}: layer {name!r} cannot be bypassed: its input is not a "
+                                           "tensor of its output's shape")
+            return _replace_first(output, given)
+
+        handle = module.register_forward_hook(bypass, with_kwargs=True)
+        try:
+            removed[name] = mean_loss()
+        finally:
+            handle.remove()
+    return AblationResult(baseline, removed)
+
+
 def profile_layers(model: nn.Module, layers: Sequence[str], batches: Iterable[Any],
                    forward: LossOf, mask_of: MaskOf | None = None, teacher: str = "teacher",
                    on_batch: Callable[[], None] | None = None) -> dict[str, StreamingPCA]:

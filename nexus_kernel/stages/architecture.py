@@ -114,7 +114,7 @@ def count(module: nn.Module | None) -> int:
 def cut_from_teacher(context: RunContext, source: str, registry: dict[str, Any], summary: dict[str, Any]
                      ) -> dict[str, Any]:
     """Cut the student's backbone from capability `source`'s teacher (`backbone =
-    "teacher:<source>"`): its `student.keep_layers` blocks that stage 2 ranked highest, saved
+    "teacher:<source>"`): its `student.keep_layers` blocks whose removal cost the most in stage 2, saved
     in the run's `student/backbone`; returns what was kept, for `architecture.json`."""
     from nexus_kernel.run.layout import PRUNED_BACKBONE_DIR
     from nexus_kernel.student.pruning import prune_causal_lm
@@ -124,7 +124,10 @@ def cut_from_teacher(context: RunContext, source: str, registry: dict[str, Any],
                          f"(profiled: {', '.join(sorted(summary)) or 'none'})")
     teacher = summary[source]["teacher"]
     profile = json.loads((context.run_dir / PROFILE_DIR / source / "profile.json").read_text())
-    ranking = profile["ablation"]["ranking"]
+    if "removal" not in profile:
+        raise StageError(f"student.backbone = 'teacher:{source}': {source}'s profile has no removal ranking "
+                         "(it was profiled before the student was to be cut from it); rerun from stage 2")
+    ranking = profile["removal"]["ranking"]
     keep = context.config.section("student")["keep_layers"]
     cut = prune_causal_lm(teacher, Path(registry[teacher]["path"]), ranking, keep,
                           context.run_dir / PRUNED_BACKBONE_DIR)

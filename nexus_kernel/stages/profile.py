@@ -1,6 +1,8 @@
 """Stage 2, profiling (NIWT): per capability, load its teacher quantized, rank candidate layers
 by mean-ablation on the probe samples, stream the key layers' activations through streaming
-PCA, and audit the intrinsic dimension against the capability's max rank.
+PCA, and audit the intrinsic dimension against the capability's max rank. For the teacher the
+student is cut from (`student.backbone = "teacher:<capability>"`), also rank its blocks by what
+removing each one costs (`removal` in `profile.json`: the cut keeps the costliest).
 
 Writes `niwt_stage2_output/<capability>/basis.safetensors` (per key layer: mean, components,
 eigenvalues) and `profile.json` (quantization used and why, ablation table, key layers, batch
@@ -18,7 +20,12 @@ from typing import Any
 import psutil
 import torch
 
-from nexus_kernel.algorithms.profiling import profile_layers, rank_layers_by_ablation
+from nexus_kernel.algorithms.profiling import (
+    AblationResult,
+    profile_layers,
+    rank_layers_by_ablation,
+    rank_layers_by_removal,
+)
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.fsio import atomic_write_bytes, atomic_write_json
 from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, PROFILE_SUMMARY, REGISTRY_FILE
@@ -112,6 +119,23 @@ def _rank_audit(capability: Any, max_rank: int, layers: dict[str, Any]) -> dict[
             "variance_kept": kept, "variance_lost": max(0.0, 1.0 - kept), "truncated": intrinsic > rank}
 
 
+def _table(result: AblationResult) -> dict[str, Any]:
+    """An ablation or removal result as `profile.json` holds it; a null increase means the
+    loss diverged (ranked first)."""
+    return {"baseline_loss": result.baseline,
+            "loss_increase": {layer: increase if math.isfinite(increase) else None
+                              for layer, increase in result.increases().items()},
+            "ranking": result.ranking()}
+
+
+def cut_source(context: RunContext) -> str | None:
+    """The capability whose teacher the student is cut from (`student.backbone = "teacher:<capability>"`):
+    stage 2 also measures, for that teacher only, what removing each block costs."""
+    from nexus_kernel.student.build import teacher_source
+
+    return teacher_source(context.config.section("student"))
+
+
 def profile_capability(context: RunContext, name: str, entry: TeacherEntry, datasets: dict[str, str],
                        locked: CapabilitySettings, session: TeacherSession) -> dict[str, Any]:
     """Profile one capability's teacher (loaded through `session`) and write its outputs;
@@ -128,6 +152,8 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
         ablation = rank_layers_by_ablation(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
                                            teacher=entry.name)
         key_layers = ablation.ranking()[: settings["key_layers"]]
+        removal = (rank_layers_by_removal(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
+                                          teacher=entry.name) if cut_source(context) == name else None)
         batching = choose_batch_size(teacher.model, plan, context.config.section("hardware")["memory_budget_gb"],
                                      settings["batch_size"])
         process = psutil.Process()
@@ -164,11 +190,8 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
     profile = {
         "capability": name, "teacher": entry.name, "load": model_quantization,
         "probe_samples": settings["probe_samples"], "samples": settings["samples"],
-        "ablation": {"baseline_loss": ablation.baseline,
-                     # null: ablating the layer made the loss diverge (ranked first)
-                     "loss_increase": {layer: increase if math.isfinite(increase) else None
-                                       for layer, increase in ablation.increases().items()},
-                     "ranking": ablation.ranking()},
+        "ablation": _table(ablation),
+        **({"removal": _table(removal)} if removal is not None else {}),
         "key_layers": key_layers, "batching": batching, "variance_threshold": settings["variance_threshold"],
         "layers": layers, "rank_audit": audit, "seconds": round(time.perf_counter() - started, 2),
     }
@@ -212,4 +235,5 @@ def run_profile(context: RunContext) -> str:
 
 def profile_inputs(context: RunContext) -> dict[str, Any]:
     return {"profiling": context.config.section("profiling"),
-            "memory_budget_gb": context.config.section("hardware")["memory_budget_gb"]}
+            "memory_budget_gb": context.config.section("hardware")["memory_budget_gb"],
+            "cut_source": cut_source(context)}
