@@ -83,7 +83,7 @@ def write_csv(path: Path, questions: Sequence[Question]) -> None:
 def subject_of(path: Path, split: str) -> str:
     """`high_school_mathematics_test.csv` -> `high_school_mathematics`."""
     suffix = f"_{split}"
-    return path.stem[: -len(suffix)] if path.stem.endswith(suffix) else path.stem
+    return path.stem.removesuffix(suffix)
 
 
 def load_split(folder: Path, split: str) -> list[Question]:
