@@ -10,21 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
 from pathlib import Path
 
 
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    centre = (correct + z * z / 2) / (n + z * z)
-    half = z * math.sqrt(correct * (n - correct) / n + z * z / 4) / (n + z * z)
-    return centre - half, centre + half
-
-
 def main() -> int:
     import torch
+    from nexus_cap_knowledge.benchmark import interval
     from nexus_cap_knowledge.data import facts_of, question_about
     from nexus_cap_knowledge.facts import ALL_RELATIONS
     from nexus_modalities.multiple_choice import accuracy, cloze_requests
@@ -49,8 +43,7 @@ def main() -> int:
         raw = accuracy(relation.name, questions, likelihoods)
         normalised = accuracy(relation.name, questions,
                               [value / len(continuation) for value, (_, continuation) in zip(likelihoods, requests)])
-        correct = round(raw.value * raw.n)
-        low, high = wilson(correct, raw.n)
+        low, high = interval(raw)
         results[relation.name] = {"n": raw.n, "accuracy": raw.value, "interval": [low, high], "chance": raw.chance,
                                   "accuracy_per_char": normalised.value, "seconds": time.perf_counter() - started}
         print(f"{relation.name:15s} n={raw.n:3d} acc={raw.value:.3f} [{low:.3f}, {high:.3f}] chance={raw.chance:.3f} "

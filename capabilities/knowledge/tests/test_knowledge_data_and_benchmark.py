@@ -139,3 +139,11 @@ def test_real_mmlu_samples_score_as_cloze() -> None:
 def test_answer_names_a_bad_input(inputs: list[str]) -> None:
     with pytest.raises(NexusError, match="knowledge: give the question and its 4 options"):
         student.answer(object(), inputs, {})
+
+
+def test_the_interval_is_wilsons() -> None:
+    from nexus_kernel import Score
+
+    low, high = benchmark.interval(Score.from_items("k", [1.0] * 188 + [0.0] * 50, 0.25))
+    assert (round(low, 3), round(high, 3)) == (0.734, 0.837)
+    assert benchmark.interval(Score.from_items("k", [1.0] * 40, 0.25)) == pytest.approx((0.912, 1.0), abs=5e-4)

@@ -12,8 +12,16 @@ from dataclasses import dataclass
 
 from nexus_modalities.multiple_choice import LETTERS, Question, load_split, read_csv, subject_of, write_csv
 
-__all__ = ["LETTERS", "Question", "SyntheticRecipe", "TEMPLATE_WORDS", "load_split", "read_csv", "subject_of",
-           "write_csv"]
+__all__ = [
+    "LETTERS",
+    "TEMPLATE_WORDS",
+    "Question",
+    "SyntheticRecipe",
+    "load_split",
+    "read_csv",
+    "subject_of",
+    "write_csv",
+]
 
 _NAMES = ("Ann", "Tom", "Mia", "Leo", "Sam", "Zoe", "Max", "Eva", "Ben", "Ivy")
 TEMPLATE_WORDS = frozenset(
