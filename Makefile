@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := -e ".[test]" -e helpers/nexus-modalities \
 	-e capabilities/reasoning -e capabilities/math -e capabilities/voice -e capabilities/vision \
-	-e plugins/nexus-quant-bnb
+	-e capabilities/knowledge -e plugins/nexus-quant-bnb
 STAMP := $(VENV)/.installed
 LOCK_VENV := .lock-venv
 
@@ -47,7 +47,7 @@ lock:
 	$(LOCK_VENV)/bin/pip install --quiet torch==2.13.0
 	$(LOCK_VENV)/bin/pip install --quiet -e ".[test,bench]" -e helpers/nexus-modalities \
 		-e capabilities/reasoning -e capabilities/math -e capabilities/voice -e capabilities/vision \
-		-e plugins/nexus-quant-bnb
+		-e capabilities/knowledge -e plugins/nexus-quant-bnb
 	{ echo "# Exact versions make run / make test install (pip -c). Refresh on purpose: make lock."; \
 	  $(LOCK_VENV)/bin/pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > constraints.txt.tmp
 	mv constraints.txt.tmp constraints.txt

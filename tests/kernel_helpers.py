@@ -19,8 +19,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-CAPABILITY_PLUGINS = ("math", "reasoning", "vision", "voice")
-"""The capability plugins this repository ships (`nexus_cap_<name>`)."""
+CAPABILITY_PLUGINS = ("knowledge", "math", "reasoning", "vision", "voice")
+"""The capability plugins this repository ships (`nexus_cap_<name>`); all but knowledge have a
+demo teacher in the default CSV."""
 
 HANG_GUARD = 1800.0
 """Seconds after which a subprocess of a test counts as hung. Sized for a 2-core machine busy

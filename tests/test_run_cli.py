@@ -64,7 +64,8 @@ def test_run_writes_artifacts_and_refuses_a_changed_config(project: Path) -> Non
     assert "7 cleanup       passed" in first.stdout
     run_dir = project / "runs" / "demo"
     lock = json.loads((run_dir / "configs/global_config.json").read_text())
-    assert sorted(lock["scope"]["capabilities"]) == ["math", "reasoning", "vision", "voice"]
+    # knowledge is installed but has no demo teacher and no row in the default CSV: locked, not distilled
+    assert sorted(lock["scope"]["capabilities"]) == ["knowledge", "math", "reasoning", "vision", "voice"]
     assert (run_dir / "configs/seed.txt").read_text() == "42\n"
     registry = json.loads((run_dir / "configs/teacher_registry.json").read_text())
     assert {t["name"]: t["capability"] for t in registry["teachers"]} == {

@@ -46,6 +46,21 @@ def _registered_teacher_fingerprints(run_dir: Path) -> dict[str, str]:
     return fingerprints
 
 
+def _report_unserved(context: RunContext, name: str, csv: str) -> None:
+    """A capability no CSV row serves is a warning when its plugin could build a demo teacher
+    for it (the row was likely forgotten), and an info line when it has none: such a plugin
+    (e.g. knowledge) waits for the user's own teacher, and the default run is not wrong without it."""
+    capability = context.plugins.capabilities()[name][0]
+    demo = context.plugins.call_for(name, "demo_teacher", capability=capability,
+                                    settings=context.config.capability_settings(name))
+    if demo is None:
+        log.info("capability has no teacher in the CSV and no demo teacher; add a CSV row with its Path to "
+                 "distil it", capability=name, csv=csv)
+    else:
+        log.warning("capability has no teacher in the CSV; it will not be distilled", capability=name,
+                    csv=csv, demo_teacher=demo.name)
+
+
 def run_registry(context: RunContext) -> str:
     registry = context.config.section("registry")
     owned = context.plugins.capabilities()
@@ -60,8 +75,7 @@ def run_registry(context: RunContext) -> str:
     served = {entry.capability for entry in entries}
     for name in owned:
         if name not in served:
-            log.warning("capability has no teacher in the CSV; it will not be distilled",
-                        capability=name, csv=registry["csv"])
+            _report_unserved(context, name, registry["csv"])
     cache = FileHashCache(context.run_dir / HASH_CACHE)
     teachers = [{**entry.to_json(), "files_sha256": folder_fingerprint(Path(entry.path), cache)}
                 for entry in entries]

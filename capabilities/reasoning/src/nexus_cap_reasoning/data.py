@@ -1,74 +1,27 @@
-"""MMLU-format data: CSV files without a header, six columns (question, A, B, C, D, answer
-letter), one file per subject named `<subject>_<split>.csv` under `dev/`, `val/` or `test/`.
-
-The same reader takes the real MMLU `data/` folder and the synthetic questions the demo teacher
-learns from (questions that need one small reasoning step: test each option, name the letter).
+"""MMLU-format data (`nexus_modalities.multiple_choice`: CSV files without a header, six
+columns, one file per subject under `dev/`, `val/` or `test/`) and the synthetic questions the
+demo teacher learns from (questions that need one small reasoning step: test each option, name
+the letter). The same reader takes the real MMLU `data/` folder.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-from nexus_kernel.kit.datasets import DatasetError, files_for_split
-from nexus_kernel.run.fsio import atomic_write_text
+from nexus_modalities.multiple_choice import LETTERS, Question, load_split, read_csv, subject_of, write_csv
 
-LETTERS = ("A", "B", "C", "D")
-
-
-@dataclass(frozen=True)
-class Question:
-    """One MMLU row and the subject its file is about."""
-
-    subject: str
-    question: str
-    choices: tuple[str, str, str, str]
-    answer: str
-
-    def row(self) -> list[str]:
-        return [self.question, *self.choices, self.answer]
-
-
-def read_csv(path: Path, subject: str) -> list[Question]:
-    """Every row of one MMLU CSV file; a row without six fields or with an answer other than
-    A-D is an error naming the file and row."""
-    questions = []
-    text = path.read_text(encoding="utf-8")
-    for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
-        if not row:
-            continue
-        if len(row) != 6:
-            raise DatasetError(f"{path}: row {number}: expected 6 fields "
-                               f"(question, A, B, C, D, answer), found {len(row)}")
-        answer = row[5].strip()
-        if answer not in LETTERS:
-            raise DatasetError(f"{path}: row {number}: answer {row[5]!r} is not one of A, B, C, D")
-        questions.append(Question(subject, row[0], (row[1], row[2], row[3], row[4]), answer))
-    return questions
-
-
-def write_csv(path: Path, questions: Sequence[Question]) -> None:
-    """Write `questions` as one MMLU CSV file (atomically)."""
-    buffer = io.StringIO(newline="")
-    csv.writer(buffer, lineterminator="\n").writerows(q.row() for q in questions)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def subject_of(path: Path, split: str) -> str:
-    """`high_school_mathematics_test.csv` -> `high_school_mathematics`."""
-    suffix = f"_{split}"
-    return path.stem[: -len(suffix)] if path.stem.endswith(suffix) else path.stem
-
-
-def load_split(folder: Path, split: str) -> list[Question]:
-    """Every question of `split` (`dev`, `val`, `test`) in an MMLU `data/` folder."""
-    return [question for path in files_for_split(folder, split, ".csv")
-            for question in read_csv(path, subject_of(path, split))]
-
+__all__ = [
+    "LETTERS",
+    "TEMPLATE_WORDS",
+    "Question",
+    "SyntheticRecipe",
+    "load_split",
+    "read_csv",
+    "subject_of",
+    "write_csv",
+]
 
 _NAMES = ("Ann", "Tom", "Mia", "Leo", "Sam", "Zoe", "Max", "Eva", "Ben", "Ivy")
 TEMPLATE_WORDS = frozenset(

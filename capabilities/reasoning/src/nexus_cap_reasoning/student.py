@@ -13,14 +13,13 @@ from nexus_cap_reasoning import benchmark
 from nexus_cap_reasoning.data import LETTERS, Question, SyntheticRecipe, load_split
 from nexus_kernel import Score
 from nexus_kernel.contracts import DistillPlan
-
-_SPLITS = {"train": "dev", "test": "test"}  # MMLU has no training split: train on dev
+from nexus_modalities.multiple_choice import MMLU_SPLITS, best_continuations
 
 
 def _items(datasets: Mapping[str, str], split: str) -> Any:
     from nexus_kernel.kit.datasets import split_items
 
-    return split_items(datasets, split, SyntheticRecipe(), load_split, _SPLITS[split])
+    return split_items(datasets, split, SyntheticRecipe(), load_split, MMLU_SPLITS[split])
 
 
 def _pair(question: Question) -> tuple[str, str]:
@@ -29,10 +28,7 @@ def _pair(question: Question) -> tuple[str, str]:
 
 def _choose(model: Any, prompts: list[str]) -> list[str]:
     """The continuation ` A`..` D` the model finds most likely after each prompt."""
-    likelihoods = model.loglikelihoods([(prompt, option) for prompt in prompts for option in benchmark.CONTINUATIONS])
-    width = len(LETTERS)
-    return [benchmark.CONTINUATIONS[max(range(width), key=likelihoods[i * width : (i + 1) * width].__getitem__)]
-            for i in range(len(prompts))]
+    return best_continuations(model, prompts, lambda _: benchmark.CONTINUATIONS)
 
 
 def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> DistillPlan:

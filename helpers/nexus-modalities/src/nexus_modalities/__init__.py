@@ -5,10 +5,13 @@
 - `text_teacher`: building and profiling a causal-LM text teacher (`train_causal_teacher`,
   `text_probe_plan`).
 - `text_distill`: the whole `DistillPlan` of a text capability (`text_distill_plan`).
+- `multiple_choice`: four-way questions in the MMLU CSV format, their prompts (letters or
+  cloze) and accuracy by log-likelihood (the reasoning and knowledge plugins).
 - `image_patches`: `PatchProjector`, images into the student's hidden size.
 - `audio_frames`: `FrameProjector`, audio features into the student's hidden size.
 - `embedding_scores`: nearest-centroid accuracy and cosine to the teacher, for embedding outputs.
 
 The dependency points one way: plugins import this package, this package imports the kernel,
-the kernel never imports it. Importing the package or `training`/`text_*` never imports torch.
+the kernel never imports it. Importing the package, `training`, `text_*` or `multiple_choice` never
+imports torch.
 """

@@ -18,6 +18,10 @@ TeacherAnswers = Callable[[Any, list[str]], list[str]]
 """`(text model, prompts) -> completions`: how a text teacher answers (greedy generation, or
 the best of a few log-likelihood choices)."""
 
+ItemAnswers = Callable[[Any, list[Any]], list[str]]
+"""`(text model, items) -> completions`: how a text teacher answers when it needs the items
+themselves, not only their prompts (each question's own options, say)."""
+
 
 def vocabulary_map(teacher: Any, student: Any) -> torch.Tensor | None:
     """Teacher token id -> student token id by piece, when every teacher piece is a student
@@ -34,10 +38,12 @@ def vocabulary_map(teacher: Any, student: Any) -> torch.Tensor | None:
 
 
 def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[Any]],
-                      to_pair: Callable[[Any], tuple[str, str]], answer: TeacherAnswers) -> Any:
+                      to_pair: Callable[[Any], tuple[str, str]], answer: TeacherAnswers | None = None, *,
+                      answer_items: ItemAnswers | None = None) -> Any:
     """A `DistillPlan` for a text teacher: the teacher `answer`s each item's prompt and the
-    student learns `(prompt, teacher's completion)`. When every teacher token is a student
-    token (`vocabulary_map`) the objective is `kl` on the teacher's top-`TOP_K` next-token
+    student learns `(prompt, teacher's completion)`; give `answer_items` instead of `answer`
+    when the teacher's answer depends on more of the item than its prompt. When every teacher
+    token is a student token (`vocabulary_map`) the objective is `kl` on the teacher's top-`TOP_K` next-token
     distribution over the completion, for each item whose two tokenizations agree token for
     token (the others get cross-entropy); else `sequence` (cross-entropy on the completion
     with the student's own tokenizer). The anchor activations are the teacher's on that same
@@ -51,6 +57,9 @@ def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[A
 
     def teacher_outputs(chunk: list[Any]) -> list[str]:
         assert teacher_model is not None, "the teacher is not loaded"
+        if answer_items is not None:
+            return answer_items(teacher_model, chunk)
+        assert answer is not None, "text_distill_plan needs `answer` or `answer_items`"
         return answer(teacher_model, prompts(chunk))
 
     def teacher_batch(chunk: list[Any], outputs: list[str]) -> Any:
