@@ -52,9 +52,9 @@ def drop_training_state(student: NexusStudent) -> None:
 
 
 def _tensor_bytes(state: Mapping[str, Any]) -> bytes:
-    from safetensors.torch import save
+    from nexus_kernel.student.weights import tensor_bytes
 
-    return save({key: value.detach().contiguous() for key, value in state.items() if isinstance(value, torch.Tensor)})
+    return tensor_bytes({key: value for key, value in state.items() if isinstance(value, torch.Tensor)})
 
 
 def _folder_bytes(save_to: Any) -> dict[str, bytes]:
@@ -225,6 +225,7 @@ def load_bundle(path: str | Path, plugins: PluginSet | None = None) -> Bundle:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from nexus_kernel.plugins import load_plugins
+    from nexus_kernel.student.weights import read_tensors
 
     folder = Path(path)
     manifest = verify_bundle(folder)
@@ -246,7 +247,7 @@ def load_bundle(path: str | Path, plugins: PluginSet | None = None) -> Bundle:
     drop_training_state(student)
     quantize_student(student, plugin_set, section["scheme"], section["quantizers"])
     try:
-        student.backbone.load_state_dict(load_file(folder / WEIGHTS["backbone"]))
+        student.backbone.load_state_dict(read_tensors(folder / WEIGHTS["backbone"]))
         for name, adapter in student.adapters.items():
             adapter.load_state_dict(load_file(folder / adapter_file(name)))
     except RuntimeError as exc:
