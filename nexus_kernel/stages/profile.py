@@ -27,7 +27,7 @@ from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.run.settings import CapabilitySettings, locked_settings
 from nexus_kernel.teachers.access import load_teacher, run_device
-from nexus_kernel.teachers.loading import QUANTIZATION_ORDER, LoadedTeacher
+from nexus_kernel.teachers.loading import AUTO, QUANTIZATION_ORDER, LoadedTeacher, choose_precision
 from nexus_kernel.teachers.registry import TeacherEntry
 
 _TRIAL_BATCH = 4
@@ -39,10 +39,15 @@ log = get_logger("profile")
 def _load_working(context: RunContext, name: str, capability: Any, entry: TeacherEntry,
                   datasets: dict[str, str], settings: dict[str, Any]) -> tuple[LoadedTeacher, Any]:
     """The teacher, loaded with the first quantization whose forward pass on a probe batch
-    works (bitsandbytes can load a layer shape its CPU kernels then refuse), and its plan."""
+    works (bitsandbytes can load a layer shape its CPU kernels then refuse), and its plan. The
+    first option tried is the configured one, or `choose_precision`'s for `auto` (its reason
+    goes into `profile.json`'s `load.chosen`)."""
     device = run_device(context)
     skipped: dict[str, str] = {}
-    preferred = settings["quantization"]
+    preferred, chosen = settings["quantization"], ""
+    if preferred == AUTO:
+        budget = context.config.section("hardware")["memory_budget_gb"]
+        preferred, chosen = choose_precision(device, entry.parameters, budget)
     while True:
         teacher = load_teacher(context, entry, preferred, device)
         skipped.update(teacher.skipped)
@@ -62,7 +67,7 @@ def _load_working(context: RunContext, name: str, capability: Any, entry: Teache
             del teacher, plan
             gc.collect()
             continue
-        teacher.skipped = skipped
+        teacher.skipped, teacher.chosen = skipped, chosen
         return teacher, plan
 
 
