@@ -128,10 +128,10 @@ def test_batched_cached_decoding_equals_one_by_one_decoding(zoo: Path, architect
     """Left padding, position ids and the key/value cache of each class: a batch of prompts
     of different lengths decodes exactly as each prompt alone, and as recomputing without a
     cache; log-likelihoods of a batch equal each request's alone."""
+    from nexus_modalities.text_model import CausalTextModel
     from transformers import AutoTokenizer
 
     from nexus_kernel.student.decoding import SpecialIds, cached_step, greedy_decode, left_padded, recomputing
-    from nexus_modalities.text_model import CausalTextModel
 
     folder = zoo / "models" / architecture
     model = load_teacher_folder(architecture, folder, "fp32").model
