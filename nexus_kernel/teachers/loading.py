@@ -250,11 +250,12 @@ def choose_precision(device: str, parameters: int, budget_gb: float, share: floa
 
     CUDA: `nf4` (bitsandbytes' 4-bit kernels; the loader walks `QUANTIZATION_ORDER` on from
     there). CPU, which has no working 4-bit kernel: the fastest option whose weights fit
-    `share` of the memory budget, fastest first bf16 then fp32 where the CPU has native bf16
-    (`native_bf16_flags`, else fp32 then bf16), then dynamic INT8, INT8, NF4; NF4 when none
-    fits. Measured on SmolLM2-135M-Instruct here (a 2-core AMX Xeon): loads of 2 s (bf16),
-    4 s (fp32), 18 s (dynamic INT8), 24 s (NF4); one forward pass of 64 x 32 tokens 9 s (bf16),
-    15 s (fp32), 14 s (dynamic INT8), 25 s (NF4)."""
+    `share` of the memory budget: bf16 then fp32 where the CPU has native bf16 matmuls
+    (`native_bf16_flags`; else fp32 then bf16, which would be emulated), then INT8, then NF4
+    (also when nothing fits). Dynamic INT8 is never chosen: it loads the fp32 weights first, so
+    it needs what fp32 needs. Measured on SmolLM2-135M-Instruct here (a 2-core AMX Xeon, shared):
+    loads of 2 s (bf16), 4 s (fp32), 18 s (dynamic INT8), 24 s (NF4); one forward pass of
+    64 x 32 tokens 9 s (bf16), 15 s (fp32), 14 s (dynamic INT8), 25 s (NF4)."""
     allowance = budget_gb * 2**30 * share
     size = f"{parameters / 1e6:,.0f}M parameters" if parameters >= 1e6 else f"{parameters:,} parameters"
     if device != "cpu":
@@ -262,8 +263,8 @@ def choose_precision(device: str, parameters: int, budget_gb: float, share: floa
     flags = native_bf16_flags() if bf16_flags is None else bf16_flags
     floats = ("bf16", "fp32") if flags else ("fp32", "bf16")
     speed = (f"native bf16 matmuls ({', '.join(flags)})" if flags
-             else "no native bf16 matmuls (no amx_bf16 or avx512_bf16 flag), so bf16 is slower than fp32")
-    for scheme in (*floats, "dynamic-int8", "int8", "nf4"):
+             else "no native bf16 matmuls (no amx_bf16 or avx512_bf16 flag), so fp32 before bf16")
+    for scheme in (*floats, "int8", "nf4"):
         weights = parameters * BYTES_PER_PARAMETER[scheme]
         if weights <= allowance:
             return scheme, (f"cpu: no working 4-bit kernel (bitsandbytes NF4 dequantizes every matmul); "
@@ -271,7 +272,6 @@ def choose_precision(device: str, parameters: int, budget_gb: float, share: floa
                             f"{size}) fit {share:.0%} of the {budget_gb:g} GB memory budget")
     return "nf4", (f"cpu: no option's weights fit {share:.0%} of the {budget_gb:g} GB memory budget for {size}; "
                    "NF4 is the smallest")
-
 
 
 def most_precise_fitting(parameters: int, budget_gb: float, share: float = 0.5) -> str:
