@@ -81,7 +81,8 @@ def test_sequences_use_the_tokenizer_s_own_special_ids() -> None:
 
     demo = build_tokenizer(["apple"])
     assert SpecialIds.of(demo) == SpecialIds(BOS_ID, EOS_ID, PAD_ID)
-    assert SpecialIds.of(SimpleNamespace(bos_token_id=None, eos_token_id=7, pad_token_id=None)) == SpecialIds(None, 7, 7)
+    no_bos = SimpleNamespace(bos_token_id=None, eos_token_id=7, pad_token_id=None)
+    assert SpecialIds.of(no_bos) == SpecialIds(None, 7, 7) and SpecialIds.of(no_bos).start() == [7]
     bare = SpecialIds.of(SimpleNamespace(bos_token_id=None, eos_token_id=None, pad_token_id=None))
     assert bare == SpecialIds(None, None, 0) and bare.start() == []
 

@@ -221,8 +221,8 @@ def greedy_decode(
     eos_id: int | None = EOS_ID,
 ) -> list[list[int]]:
     """Greedy continuation of left-padded prompts until `eos_id` (None: none stops a row) or
-    `max_new_tokens`; returns the new token ids per row, without the EOS. Position ids come from the mask so left padding does
-    not shift positions (the batch answer equals the one-by-one answer). Each step feeds `step`
+    `max_new_tokens`; returns the new token ids per row, without the EOS. Position ids come from
+    the mask so left padding does not shift positions (the batch answer equals the one-by-one answer). Each step feeds `step`
     only the new tokens (see `StepLogits`).
     """
     import torch
