@@ -13,7 +13,7 @@ tensor by tensor: an unreadable file or a NaN or Inf weight stops the load with 
 
 `choose_precision` is the `auto` rule stage 2 applies before it asks for a teacher: on CUDA
 the order above from NF4; on a CPU, which has no working 4-bit kernel (bitsandbytes NF4 there
-dequantizes every matmul: SmolLM2-135M loads in about 24 s instead of 2 s and runs 3x slower
+dequantizes every matmul: SmolLM2-135M loads in 24-29 s instead of 2-9 s and runs 2.5x slower
 than bf16), the fastest option whose weights fit half the memory budget. transformers' own
 progress bars ("Loading weights") are off during a load, so they never reach the console or
 the logs.
@@ -253,9 +253,10 @@ def choose_precision(device: str, parameters: int, budget_gb: float, share: floa
     `share` of the memory budget: bf16 then fp32 where the CPU has native bf16 matmuls
     (`native_bf16_flags`; else fp32 then bf16, which would be emulated), then INT8, then NF4
     (also when nothing fits). Dynamic INT8 is never chosen: it loads the fp32 weights first, so
-    it needs what fp32 needs. Measured on SmolLM2-135M-Instruct here (a 2-core AMX Xeon, shared):
-    loads of 2 s (bf16), 4 s (fp32), 18 s (dynamic INT8), 24 s (NF4); one forward pass of
-    64 x 32 tokens 9 s (bf16), 15 s (fp32), 14 s (dynamic INT8), 25 s (NF4)."""
+    it needs what fp32 needs. Measured on SmolLM2-135M-Instruct (a bf16 folder) on a 2-core AMX
+    Xeon shared with other work (load average 3-8), each in a fresh process, weight check
+    included: loads of 2-9 s (bf16), 4-10 s (fp32), 18 s (dynamic INT8), 24-29 s (NF4); one
+    forward pass of 64 x 32 tokens 9-11 s (bf16), 14-15 s (fp32), 14 s (dynamic INT8), 25 s (NF4)."""
     allowance = budget_gb * 2**30 * share
     size = f"{parameters / 1e6:,.0f}M parameters" if parameters >= 1e6 else f"{parameters:,} parameters"
     if device != "cpu":
