@@ -113,6 +113,12 @@ def build_zoo_teacher(folder: Path, spec: ZooSpec, texts: Iterable[str], seed: i
     torch.manual_seed(seed)
     model = getattr(transformers, spec.architecture)(config)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    was_on = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # no "Writing model shards" bar per class
+    try:
+        model.save_pretrained(folder)
+    finally:
+        if was_on:
+            transformers.utils.logging.enable_progress_bar()
     tokenizer.save_pretrained(folder)
     return folder
