@@ -80,8 +80,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "samples": Key("int", 512, "samples streamed through the key layers' PCA", minimum=1),
         "variance_threshold": Key("float", 0.95, "share of explained variance (in (0, 1]) that defines "
                                   "the intrinsic dimension", minimum=0.0, exclusive_minimum=True, maximum=1.0),
-        "quantization": Key("str", "nf4", "first quantization tried when loading a teacher",
-                            choices=("nf4", "int8", "dynamic-int8", "bf16", "fp32")),
+        "quantization": Key("str", "auto", "first quantization tried when loading a teacher (each failure "
+                            "is recorded and the next of nf4, int8, dynamic-int8, bf16, fp32 tried); auto: nf4 on "
+                            "CUDA, on a CPU (no working 4-bit kernel) the fastest option whose weights fit half "
+                            "hardware.memory_budget_gb (bf16 where the CPU has native bf16, else fp32; then "
+                            "int8, nf4); a named option is always honoured",
+                            choices=("auto", "nf4", "int8", "dynamic-int8", "bf16", "fp32")),
         "batch_size": Key("int", 0, "profiling batch size; 0 chooses it from the memory budget "
                           "by measuring one trial batch", minimum=0),
     },

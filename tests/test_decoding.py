@@ -68,3 +68,32 @@ def test_a_cached_student_capability_decodes_exactly_as_rerunning_the_sequence()
     assert fast == slow
     bare = greedy_decode(cached_step(backbone), *left_padded(tokenizer, PROMPTS), 12)
     assert fast != bare  # the adapter is in the cached path
+
+
+def test_sequences_use_the_tokenizer_s_own_special_ids() -> None:
+    """The demo tokenizer's ids are 0, 1, 2; another tokenizer's are wherever its vocabulary
+    puts them, and one without BOS starts with its EOS, one without either with nothing."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from nexus_kernel.student.decoding import BOS_ID, EOS_ID, PAD_ID, SpecialIds, completion_batch
+
+    demo = build_tokenizer(["apple"])
+    assert SpecialIds.of(demo) == SpecialIds(BOS_ID, EOS_ID, PAD_ID)
+    no_bos = SimpleNamespace(bos_token_id=None, eos_token_id=7, pad_token_id=None)
+    assert SpecialIds.of(no_bos) == SpecialIds(None, 7, 7) and SpecialIds.of(no_bos).start() == [7]
+    bare = SpecialIds.of(SimpleNamespace(bos_token_id=None, eos_token_id=None, pad_token_id=None))
+    assert bare == SpecialIds(None, None, 0) and bare.start() == []
+
+    moved = build_tokenizer(["apple", "pear"])
+    moved.bos_token, moved.eos_token, moved.pad_token = "apple", "pear", "x"
+    special = SpecialIds.of(moved)
+    ids, mask = left_padded(moved, ["7", "7 + 3"])
+    assert ids[0].tolist()[-2:] == [special.bos, moved.convert_tokens_to_ids("7")]
+    assert ids[0][~mask[0].bool()].tolist() == [special.pad] * int((~mask[0].bool()).sum())
+    input_ids, _, labels = completion_batch(moved, [("7", " 3")])
+    assert input_ids[0].tolist()[0] == special.bos and labels[0].tolist()[-1] == special.eos
+    moved.bos_token, moved.eos_token = None, None
+    with pytest.raises(ValueError, match="an empty prompt, and the tokenizer has neither a BOS nor an EOS"):
+        left_padded(moved, [""])

@@ -181,3 +181,48 @@ def test_an_unknown_class_of_an_unknown_or_decoder_family_is_named(tiny_teacher:
     (odd / "config.json").write_text(json.dumps({"architectures": ["AcmeEncoder"], "model_type": "acme"}))
     with pytest.raises(TeacherLoadError, match=r"names architectures \['AcmeEncoder'\] \(model_type 'acme'\)"):
         load_teacher_folder("odd", odd)
+
+
+def test_loads_keep_transformers_progress_bars_off_and_restore_them(tiny_teacher: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()
+    load_teacher_folder("tiny", tiny_teacher, "fp32")
+    captured = capsys.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
+    assert transformers_logging.is_progress_bar_enabled()  # as it was before the load
+    transformers_logging.disable_progress_bar()
+    load_teacher_folder("tiny", tiny_teacher, "bf16")
+    assert not transformers_logging.is_progress_bar_enabled()
+    transformers_logging.enable_progress_bar()
+
+
+@pytest.mark.parametrize(("device", "parameters", "budget", "flags", "scheme", "why"), [
+    ("cuda", 135_000_000, 16, [], "nf4", "cuda: bitsandbytes 4-bit kernels"),
+    ("cpu", 135_000_000, 16, ["amx_bf16", "avx512_bf16"], "bf16", "native bf16 matmuls (amx_bf16, avx512_bf16)"),
+    ("cpu", 135_000_000, 16, [], "fp32", "no native bf16 matmuls"),
+    # 7B in 16 GB: fp32 (28 GB) and bf16 (14 GB) exceed half the budget; INT8 (7 GB) fits (dynamic
+    # INT8 would load the fp32 weights first).
+    ("cpu", 7_000_000_000, 16, ["amx_bf16"], "int8", "int8 is the fastest option whose weights (6.52 GB for 7,000M"),
+    ("cpu", 70_000_000_000, 16, [], "nf4", "no option's weights fit 50% of the 16 GB memory budget"),
+])
+def test_auto_precision_is_the_fastest_that_fits(device: str, parameters: int, budget: float, flags: list[str],
+                                                  scheme: str, why: str) -> None:
+    from nexus_kernel.teachers.loading import choose_precision
+
+    chosen, reason = choose_precision(device, parameters, budget, bf16_flags=flags)
+    assert chosen == scheme and why in reason, reason
+    if device == "cpu" and scheme != "nf4":
+        assert reason.startswith("cpu: no working 4-bit kernel")
+
+
+def test_native_bf16_flags_read_the_cpu_flags(tmp_path: Path) -> None:
+    from nexus_kernel.teachers.loading import native_bf16_flags
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert native_bf16_flags(cpuinfo) == ["amx_bf16", "avx512_bf16"]
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2\n")
+    assert native_bf16_flags(cpuinfo) == []
+    assert native_bf16_flags(tmp_path / "absent") == []

@@ -33,7 +33,7 @@ from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.run.settings import CapabilitySettings, locked_settings
 from nexus_kernel.teachers.access import TeacherSession, by_teacher, run_device
-from nexus_kernel.teachers.loading import QUANTIZATION_ORDER, LoadedTeacher
+from nexus_kernel.teachers.loading import AUTO, QUANTIZATION_ORDER, LoadedTeacher, choose_precision
 from nexus_kernel.teachers.registry import TeacherEntry
 
 _TRIAL_BATCH = 4
@@ -47,10 +47,15 @@ def _load_working(context: RunContext, name: str, capability: Any, entry: Teache
                   ) -> tuple[LoadedTeacher, Any]:
     """The teacher, loaded with the first quantization whose forward pass on a probe batch
     works (bitsandbytes can load a layer shape its CPU kernels then refuse), and its plan;
-    loaded through `session`, so a teacher already loaded for another capability is reused."""
+    loaded through `session`, so a teacher already loaded for another capability is reused. The
+    first option tried is the configured one, or `choose_precision`'s for `auto` (its reason
+    goes into `profile.json`'s `load.chosen`)."""
     device = run_device(context)
     skipped: dict[str, str] = {}
-    preferred = settings["quantization"]
+    preferred, chosen = settings["quantization"], ""
+    if preferred == AUTO:
+        budget = context.config.section("hardware")["memory_budget_gb"]
+        preferred, chosen = choose_precision(device, entry.parameters, budget)
     while True:
         teacher = session.get(entry, preferred, device)
         skipped.update(teacher.skipped)
@@ -70,7 +75,7 @@ def _load_working(context: RunContext, name: str, capability: Any, entry: Teache
             del teacher, plan
             session.release()
             continue
-        teacher.skipped = skipped
+        teacher.skipped, teacher.chosen = skipped, chosen
         return teacher, plan
 
 

@@ -6,6 +6,10 @@ The tokenizer keeps a fixed set of whole words (the words of a plugin's template
 tokens and spells everything else character by character, so sequences stay short on the demo
 tasks while any ASCII text still round-trips exactly. Digits are always single tokens: small
 models learn arithmetic far more easily that way.
+
+The batch helpers take any tokenizer's own special tokens (`SpecialIds.of`): a real causal LM's
+BOS, EOS and pad ids sit wherever its vocabulary puts them, and some tokenizers have no BOS
+(Qwen2) or no pad token (LLaMA, Mistral).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -29,6 +34,31 @@ _PIECE_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^A-Za-z0-9 ]| "
 IGNORE_INDEX = -100
 """Label value the loss skips (prompt positions and padding)."""
 
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """The special ids a tokenizer's sequences are built with: `bos` (None: it has none), `eos`
+    ends a completion and stops greedy decoding (None: only the length does), `pad` fills
+    masked positions (its pad token, else its EOS, else 0: a masked position's id is never
+    read)."""
+
+    bos: int | None
+    eos: int | None
+    pad: int
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> SpecialIds:
+        bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+        fill = pad if pad is not None else eos if eos is not None else 0
+        return cls(None if bos is None else int(bos), None if eos is None else int(eos), int(fill))
+
+    def start(self) -> list[int]:
+        """What every sequence starts with before its text: the BOS, else the EOS as a document
+        boundary (as lm-evaluation-harness does for a tokenizer without BOS), so the first text
+        token has a prediction; empty only for a tokenizer with neither."""
+        if self.bos is not None:
+            return [self.bos]
+        return [self.eos] if self.eos is not None else []
 
 
 def build_tokenizer(words: Iterable[str] = ()) -> PreTrainedTokenizerFast:
@@ -60,20 +90,22 @@ def encode(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
 def completion_batch(
     tokenizer: PreTrainedTokenizerFast, pairs: Sequence[tuple[str, str]],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`(input_ids, attention_mask, labels)` for `<s> prompt completion </s>`, right-padded;
-    labels are set on the completion and `</s>` only, so the loss teaches answers, not questions.
+    """`(input_ids, attention_mask, labels)` for `<s> prompt completion </s>` (the tokenizer's
+    own `SpecialIds`: `start()`, and its EOS when it has one), right-padded; labels are set on
+    the completion and `</s>` only, so the loss teaches answers, not questions.
     """
     import torch
 
+    special = SpecialIds.of(tokenizer)
     rows: list[list[int]] = []
     labels: list[list[int]] = []
     for prompt, completion in pairs:
-        prompt_ids = [BOS_ID, *encode(tokenizer, prompt)]
-        completion_ids = [*encode(tokenizer, completion), EOS_ID]
+        prompt_ids = [*special.start(), *encode(tokenizer, prompt)]
+        completion_ids = [*encode(tokenizer, completion), *([] if special.eos is None else [special.eos])]
         rows.append(prompt_ids + completion_ids)
         labels.append([IGNORE_INDEX] * len(prompt_ids) + completion_ids)
     width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), special.pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     label_ids = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     for index, (row, label) in enumerate(zip(rows, labels, strict=True)):
@@ -86,12 +118,16 @@ def completion_batch(
 def left_padded(
     tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(input_ids, attention_mask)` of `<s> prompt`, left-padded so every row ends together."""
+    """`(input_ids, attention_mask)` of `<s> prompt` (the tokenizer's own `SpecialIds`),
+    left-padded so every row ends together."""
     import torch
 
-    rows = [[BOS_ID, *encode(tokenizer, prompt)] for prompt in prompts]
+    special = SpecialIds.of(tokenizer)
+    rows = [[*special.start(), *encode(tokenizer, prompt)] for prompt in prompts]
+    if not all(rows):
+        raise ValueError("an empty prompt, and the tokenizer has neither a BOS nor an EOS token to start it with")
     width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), special.pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for index, row in enumerate(rows):
         input_ids[index, width - len(row):] = torch.tensor(row)
@@ -182,10 +218,11 @@ def cached_step(model: torch.nn.Module) -> StepLogits:
 
 def greedy_decode(
     step: StepLogits, input_ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int,
+    eos_id: int | None = EOS_ID,
 ) -> list[list[int]]:
-    """Greedy continuation of left-padded prompts until `</s>` or `max_new_tokens`; returns the
-    new token ids per row, without `</s>`. Position ids come from the mask so left padding does
-    not shift positions (the batch answer equals the one-by-one answer). Each step feeds `step`
+    """Greedy continuation of left-padded prompts until `eos_id` (None: none stops a row) or
+    `max_new_tokens`; returns the new token ids per row, without the EOS. Position ids come from
+    the mask so left padding does not shift positions (the batch answer equals the one-by-one answer). Each step feeds `step`
     only the new tokens (see `StepLogits`).
     """
     import torch
@@ -199,7 +236,7 @@ def greedy_decode(
             logits, past = step(new_ids, mask, positions, past)
             next_ids = logits[:, -1].argmax(dim=-1)
             for row in torch.nonzero(~finished).flatten().tolist():
-                if next_ids[row].item() == EOS_ID:
+                if next_ids[row].item() == eos_id:
                     finished[row] = True
                 else:
                     generated[row].append(int(next_ids[row]))
@@ -212,9 +249,12 @@ def greedy_decode(
 
 def complete(step: StepLogits, tokenizer: PreTrainedTokenizerFast,
              prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    """Greedy text completions of one batch of `prompts` (see `greedy_decode`)."""
+    """Greedy text completions of one batch of `prompts` (see `greedy_decode`), stopping at the
+    tokenizer's EOS. (An id past the tokenizer's vocabulary, from a model whose embedding is
+    padded past it, decodes to nothing.)"""
     input_ids, mask = left_padded(tokenizer, prompts)
-    return [tokenizer.decode(ids) for ids in greedy_decode(step, input_ids, mask, max_new_tokens)]
+    rows = greedy_decode(step, input_ids, mask, max_new_tokens, eos_id=SpecialIds.of(tokenizer).eos)
+    return [tokenizer.decode(ids) for ids in rows]
 
 
 def continuation_logprobs(
@@ -222,20 +262,24 @@ def continuation_logprobs(
     requests: Sequence[tuple[str, str]],
 ) -> list[float]:
     """Sum of log-probabilities of each `continuation` after its `prompt` (the lm-evaluation-
-    harness `loglikelihood` request), computed for the whole batch in one forward pass."""
+    harness `loglikelihood` request), computed for the whole batch in one forward pass. Each
+    row starts as `left_padded` starts it (`SpecialIds.start`)."""
     import torch
 
+    special = SpecialIds.of(tokenizer)
     rows: list[list[int]] = []
     spans: list[tuple[int, int]] = []
     for prompt, continuation in requests:
-        prompt_ids = [BOS_ID, *encode(tokenizer, prompt)]
+        prompt_ids = [*special.start(), *encode(tokenizer, prompt)]
         continuation_ids = encode(tokenizer, continuation)
         if not continuation_ids:
             raise ValueError(f"empty continuation after prompt {prompt[-40:]!r}")
+        if not prompt_ids:
+            raise ValueError("an empty prompt, and the tokenizer has neither a BOS nor an EOS token to start it with")
         rows.append(prompt_ids + continuation_ids)
         spans.append((len(prompt_ids), len(prompt_ids) + len(continuation_ids)))
     width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), special.pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for index, row in enumerate(rows):
         input_ids[index, : len(row)] = torch.tensor(row)

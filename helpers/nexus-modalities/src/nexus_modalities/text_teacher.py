@@ -71,14 +71,16 @@ def completion_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> 
 
 
 def causal_probe_plan(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
-                      pairs: Callable[[], Iterator[tuple[str, str]]], n_probe: int) -> Any:
+                      pairs: Callable[[], Iterator[tuple[str, str]]], n_probe: int, teacher: str = "teacher") -> Any:
     """A `ProbePlan` for a causal LM whose task is `(prompt, completion)` pairs: `pairs()`
     starts a fresh stream; the loss is the completion loss, the mask the attention mask, the
-    candidates the decoder blocks."""
-    from nexus_kernel.algorithms.profiling import plan_from_items, repeated_blocks
+    candidates the decoder blocks (`nexus_kernel.teachers.classes.decoder_blocks`: a class the
+    kernel cannot hook is an error naming it and the supported ones)."""
+    from nexus_kernel.algorithms.profiling import plan_from_items
+    from nexus_kernel.teachers.classes import decoder_blocks
 
     return plan_from_items(pairs, lambda chunk: completion_batch(tokenizer, chunk), completion_loss,
-                           repeated_blocks(model), n_probe, mask_of=lambda batch: batch[1])
+                           decoder_blocks(model, teacher), n_probe, mask_of=lambda batch: batch[1])
 
 
 def text_probe_plan(teacher: Any, n_probe: int, source: str, split: str,
@@ -93,4 +95,5 @@ def text_probe_plan(teacher: Any, n_probe: int, source: str, split: str,
     def pairs() -> Iterator[tuple[str, str]]:
         return map(to_pair, items_of(source, split, lambda _: synthetic(), read_folder))
 
-    return causal_probe_plan(teacher.model, AutoTokenizer.from_pretrained(teacher.folder), pairs, n_probe)
+    return causal_probe_plan(teacher.model, AutoTokenizer.from_pretrained(teacher.folder), pairs, n_probe,
+                             getattr(teacher, "name", "teacher"))
