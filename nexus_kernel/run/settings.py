@@ -58,7 +58,12 @@ class CapabilitySettings:
         return max(1, round(base * self.pool_scale))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as JSON; `text_loss` only when it is not "auto", so a lock that sets
+        none stays what it was before the key existed."""
+        data = asdict(self)
+        if self.text_loss == "auto":
+            del data["text_loss"]
+        return data
 
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any], source: Path) -> CapabilitySettings:
@@ -75,7 +80,7 @@ class CapabilitySettings:
         if data_dir is not None and not isinstance(data_dir, str):
             raise LockError(f"{source}: capability {name!r} has no valid 'data_dir' in its lock "
                             f"(got {data_dir!r}); rerun with --relock to write a new one")
-        # A lock written before `text_loss` existed meant "auto".
+        # No `text_loss` in a lock means "auto" (see `to_json`).
         text_loss = data.get("text_loss", "auto")
         if text_loss not in TEXT_LOSSES:
             raise LockError(f"{source}: capability {name!r} has no valid 'text_loss' in its lock "
