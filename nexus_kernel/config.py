@@ -59,7 +59,8 @@ CAPABILITY_KEYS: dict[str, Key] = {
                       "default: the plugin's", minimum=0.01, maximum=100.0),
     "data_dir": Key("path", None, "folder of real benchmark data; default: synthetic data"),
     "text_loss": Key("str", None, "output loss of a text capability: auto (kl when every teacher token is a "
-                     "student token, else uld), uld, or sequence (cross-entropy only); default: auto",
+                     "student token, else sequence), uld (cross-entropy plus ULD's sorted-probability distance), or "
+                     "sequence (cross-entropy only); default: auto",
                      choices=TEXT_LOSSES),
 }
 """Keys of each `[capabilities.<name>]` table; `<name>` must be an installed capability."""

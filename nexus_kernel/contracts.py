@@ -90,7 +90,7 @@ class DistillPlan:
     answers into a `nexus_kernel.student.model.StudentBatch`.
     `objective` is `kl` (every teacher token is a student token: the student matches the
     teacher's next-token distribution on the completion, given by `teacher_distributions`),
-    `uld` (the tokenizers differ: cross-entropy on the teacher's completion plus the distance
+    `uld` (no shared vocabulary needed: cross-entropy on the teacher's completion plus the distance
     between the teacher's and the student's sorted next-token probabilities, position by
     position, `nexus_kernel.algorithms.uld`), `sequence` (cross-entropy on the teacher's
     completions only) or `cosine` (embedding teachers). `reason` says why, for

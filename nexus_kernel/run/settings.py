@@ -29,8 +29,8 @@ class CapabilitySettings:
     `max_rank` caps its adapter's rank; `alpha_scale` multiplies `distill.alpha` for its anchor
     loss; `pool_scale` multiplies `distill.pool_size` for its pool; `data_dir` is the configured
     folder of real benchmark data (None: synthetic data); `text_loss` the output loss of a text
-    capability ("auto": `kl` when every teacher token is a student token, else `uld`; or "uld",
-    "sequence"), applied by stage 4 (`distill_pool.chosen_plan`).
+    capability ("auto": `kl` when every teacher token is a student token, else `sequence`; or
+    "uld", "sequence"), applied by stage 4 (`distill_pool.chosen_plan`).
     """
 
     max_rank: int

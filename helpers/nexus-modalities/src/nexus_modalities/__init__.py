@@ -5,7 +5,7 @@
 - `text_teacher`: building and profiling a causal-LM text teacher (`train_causal_teacher`,
   `text_probe_plan`).
 - `text_distill`: the whole `DistillPlan` of a text capability (`text_distill_plan`: `kl` where
-  the vocabularies allow, `uld` where the tokenizers differ).
+  the vocabularies allow, `sequence` or, asked, `uld` where the tokenizers differ).
 - `image_patches`: `PatchProjector`, images into the student's hidden size.
 - `audio_frames`: `FrameProjector`, audio features into the student's hidden size.
 - `embedding_scores`: nearest-centroid accuracy and cosine to the teacher, for embedding outputs.

@@ -14,6 +14,14 @@ from nexus_modalities.text_model import text_model_of
 if TYPE_CHECKING:
     import torch
 
+DIFFERING_TOKENIZERS = "sequence"
+"""The "auto" objective where the tokenizers differ. `benchmarks/cross_tokenizer.py` (the demo
+reasoning teacher into a 6-block SmolLM2 student, 50 adapter steps each) measured `uld` no better
+than cross-entropy alone (retention 0.375 [0.263, 0.475] vs 0.438 [0.325, 0.550], n = 80, both
+at chance 0.400) and 13 % slower per step: a teacher as sure of its answers as that one
+(top-1 probability 0.999) gives the sorted distance nothing but "be confident". `text_loss =
+"uld"` asks for it."""
+
 TeacherAnswers = Callable[[Any, list[str]], list[str]]
 """`(text model, prompts) -> completions`: how a text teacher answers (greedy generation, or
 the best of a few log-likelihood choices)."""
@@ -42,9 +50,9 @@ def tokenizer_kind(tokenizer: Any) -> str:
 
 def objective_reason(objective: str, teacher: Any, student: Any, asked: str = "auto") -> str:
     """Why a text capability distils with `objective` (`asked` is what the plan was asked for:
-    "auto", or a `text_loss` override), in words for `distill_report.json`: e.g. "uld: teacher
-    and student tokenizers differ (teacher WordPiece vocabulary 371 vs student BPE 49,152; 120
-    teacher tokens are not student tokens)"."""
+    "auto", or a `text_loss` override), in words for `distill_report.json`: e.g. "uld:
+    text_loss = 'uld' (teacher WordPiece vocabulary 371 vs student BPE 49,152; 246 teacher
+    tokens are not student tokens)"."""
     student_vocabulary = student.get_vocab()
     pieces = teacher.convert_ids_to_tokens(list(range(len(teacher))))
     missing = sum(piece not in student_vocabulary for piece in pieces)
@@ -53,6 +61,8 @@ def objective_reason(objective: str, teacher: Any, student: Any, asked: str = "a
     if objective == "kl":
         return f"kl: every teacher token is a student token ({sizes})"
     why = "teacher and student tokenizers differ" if asked == "auto" else f"text_loss = {asked!r}"
+    if asked == "auto" and objective == "sequence":
+        why += ": cross-entropy on the teacher's text (text_loss = 'uld' adds ULD)"
     detail = f"{sizes}; {missing:,} teacher tokens are not student tokens" if missing else sizes
     return f"{objective}: {why} ({detail})"
 
@@ -64,10 +74,11 @@ def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[A
     student learns `(prompt, teacher's completion)`. With `objective` "auto": when every
     teacher token is a student token (`vocabulary_map`) the objective is `kl` on the teacher's
     top-`TOP_K` next-token distribution over the completion, for each item whose two
-    tokenizations agree token for token (the others get cross-entropy); else `uld`
-    (cross-entropy on the completion in the student's tokenizer plus the distance between
-    sorted top-`TOP_K` probabilities, position by position: `nexus_kernel.algorithms.uld`).
-    "uld" or "sequence" (cross-entropy only) ask for that one; "kl" where the vocabularies
+    tokenizations agree token for token (the others get cross-entropy); else
+    `DIFFERING_TOKENIZERS` (`sequence`: cross-entropy on the completion in the student's
+    tokenizer). "uld" (that cross-entropy plus the distance between sorted top-`TOP_K`
+    probabilities, position by position: `nexus_kernel.algorithms.uld`) or "sequence" ask for
+    that one; "kl" where the vocabularies
     differ is a `ValueError`. The plan's `for_objective` gives the others. The anchor
     activations are the teacher's on that same text. `teacher` may be None when only items
     and student batches are asked for (the objective is then `sequence`, with no reason)."""
@@ -130,7 +141,7 @@ def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[A
             return DistillPlan(items=items, teacher_batch=teacher_batch, teacher_forward=teacher_forward,
                                teacher_outputs=teacher_outputs, student_batch=student_batch, objective="sequence",
                                mask_of=lambda batch: batch[1])
-        chosen = asked if asked != "auto" else ("kl" if id_map is not None else "uld")
+        chosen = asked if asked != "auto" else ("kl" if id_map is not None else DIFFERING_TOKENIZERS)
         if chosen == "kl" and id_map is None:
             return None
         distributions = {"kl": kl_distributions, "uld": uld_distributions}.get(chosen)
