@@ -48,6 +48,9 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 only these characters, never hidden, `.`/`..`, or starting with `-` (read as an option)."""
 
 
+TEXT_LOSSES = ("auto", "uld", "sequence")
+"""Values of `[capabilities.<name>] text_loss`."""
+
 CAPABILITY_KEYS: dict[str, Key] = {
     "max_rank": Key("int", None, "adapter rank ceiling; default: the plugin's max rank", minimum=1),
     "alpha_scale": Key("float", None, "multiplies distill.alpha for this capability's anchor; "
@@ -55,6 +58,10 @@ CAPABILITY_KEYS: dict[str, Key] = {
     "pool_scale": Key("float", None, "multiplies distill.pool_size for this capability; "
                       "default: the plugin's", minimum=0.01, maximum=100.0),
     "data_dir": Key("path", None, "folder of real benchmark data; default: synthetic data"),
+    "text_loss": Key("str", None, "output loss of a text capability: auto (kl when every teacher token is a "
+                     "student token, else sequence), uld (cross-entropy plus ULD's sorted-probability distance), or "
+                     "sequence (cross-entropy only); default: auto",
+                     choices=TEXT_LOSSES),
 }
 """Keys of each `[capabilities.<name>]` table; `<name>` must be an installed capability."""
 

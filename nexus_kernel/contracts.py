@@ -74,7 +74,7 @@ class AdapterSpec:
 
 
 TOP_K = 16
-"""Teacher tokens kept per position for the `kl` objective: the `k` of
+"""Teacher tokens kept per position for the `kl` and `uld` objectives: the `k` of
 `DistillPlan.teacher_distributions`."""
 
 
@@ -90,14 +90,21 @@ class DistillPlan:
     answers into a `nexus_kernel.student.model.StudentBatch`.
     `objective` is `kl` (every teacher token is a student token: the student matches the
     teacher's next-token distribution on the completion, given by `teacher_distributions`),
-    `sequence` (cross-entropy on the teacher's completions, for teachers whose vocabulary
-    differs from the student's) or `cosine` (embedding teachers).
+    `uld` (no shared vocabulary needed: cross-entropy on the teacher's completion plus the distance
+    between the teacher's and the student's sorted next-token probabilities, position by
+    position, `nexus_kernel.algorithms.uld`), `sequence` (cross-entropy on the teacher's
+    completions only) or `cosine` (embedding teachers). `reason` says why, for
+    `distill_report.json` (e.g. "kl: every teacher token is a student token").
 
-    `teacher_distributions(items, outputs)`, for `kl` only: per item, the teacher's `k` most
-    likely token ids (`k` = `TOP_K`, in the student's vocabulary) and their log-probabilities
-    at each completion position, as a pair of `(positions, k)` tensors in the order of the
-    student batch's label positions, or None for an item the two tokenize differently (it is
-    then trained with cross-entropy).
+    `teacher_distributions(items, outputs)`, for `kl` and `uld`: per item, the teacher's `k`
+    most likely token ids (`k` = `TOP_K`) and their log-probabilities, most likely first, as a
+    pair of `(positions, k)` tensors. For `kl` the ids are the student's and the positions are
+    the student batch's label positions, or the item is None when the two tokenize it
+    differently (it is then trained with cross-entropy); for `uld` the ids and positions are
+    the teacher's own (its completion tokens, end of sequence included).
+
+    `for_objective(objective)`, optional: the same plan for another objective (what a
+    `[capabilities.<name>] text_loss` override asks for), or None when it cannot give it.
     """
 
     items: Callable[[], Iterator[Any]]
@@ -108,6 +115,8 @@ class DistillPlan:
     objective: str
     mask_of: Callable[[Any], Any] | None = None
     teacher_distributions: Callable[[list[Any], list[Any]], list[tuple[Any, Any] | None]] | None = None
+    reason: str = ""
+    for_objective: Callable[[str], DistillPlan | None] | None = None
 
 
 @dataclass(frozen=True)

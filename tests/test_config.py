@@ -143,8 +143,9 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 def test_capability_tables_are_checked_against_installed_capabilities(tmp_path: Path) -> None:
     config = load_config(_config(tmp_path, "[capabilities.mathh]\nmax_rank = 8\n"))
-    assert config.capability_settings("mathh") == {"max_rank": 8, "alpha_scale": None, "pool_scale": None, "data_dir": None}
-    assert config.capability_settings("voice") == {"max_rank": None, "alpha_scale": None, "pool_scale": None, "data_dir": None}
+    unset = {"alpha_scale": None, "pool_scale": None, "data_dir": None, "text_loss": None}
+    assert config.capability_settings("mathh") == {"max_rank": 8, **unset}
+    assert config.capability_settings("voice") == {"max_rank": None, **unset}
     with pytest.raises(ConfigError, match=r"unknown key 'capabilities.mathh': no installed plugin "
                                           r"provides capability 'mathh' \(did you mean 'capabilities.math'\?\)"):
         config.check_capability_names(["math", "voice"])

@@ -55,6 +55,13 @@ def test_architecture_distillation_and_kill_resume(project: Path) -> None:
         assert verdict["status"] == ("not measurable" if near_chance else verdict["status"])
         if near_chance:
             assert verdict["ratio"] is None
+    # The demo student's vocabulary holds every text teacher's pieces: kl stays kl, and the
+    # report says which output loss each capability used and why.
+    assert {name: report["capabilities"][name]["output_loss"]["objective"] for name in CAPABILITIES} == {
+        "math": "kl", "reasoning": "kl", "vision": "sequence", "voice": "cosine"}
+    assert report["capabilities"]["reasoning"]["output_loss"]["why"].startswith(
+        "kl: every teacher token is a student token")
+    assert report["capabilities"]["voice"]["output_loss"]["why"] == "cosine: embedding teacher"
     # Settings resolved once, at the lock (math declares pool_scale 2, voice alpha_scale 0.01):
     # stage 4 uses what the lock records.
     lock = json.loads((run_dir / "configs/global_config.json").read_text())

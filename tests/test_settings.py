@@ -88,3 +88,24 @@ def test_a_damaged_lock_entry_names_the_capability_and_key(tmp_path: Path, key: 
 def test_a_missing_lock_says_which_stage_writes_it(tmp_path: Path) -> None:
     with pytest.raises(LockError, match=r"global_config.json: unreadable lock .*--from lock"):
         locked_settings(tmp_path)
+
+
+def test_text_loss_defaults_to_auto_is_locked_when_set_and_checked(tmp_path: Path) -> None:
+    from nexus_kernel.errors import ConfigError
+
+    unset = {"max_rank": None, "alpha_scale": None, "pool_scale": None, "data_dir": None, "text_loss": None}
+    assert CapabilitySettings.resolve(DECLARED, unset).text_loss == "auto"
+    assert "text_loss" not in CapabilitySettings.resolve(DECLARED, unset).to_json()  # a default lock is unchanged
+    context = _context(tmp_path, '[capabilities.toy]\ntext_loss = "sequence"\n')
+    run_lock(context)
+    assert json.loads((context.run_dir / LOCK_FILE).read_text())["scope"]["capabilities"]["toy"]["text_loss"] == "sequence"
+    assert locked_settings(context.run_dir)["toy"].text_loss == "sequence"
+    path = context.run_dir / LOCK_FILE
+    lock = json.loads(path.read_text())
+    lock["scope"]["capabilities"]["toy"]["text_loss"] = "kl"
+    path.write_text(json.dumps(lock))
+    with pytest.raises(LockError, match=r"capability 'toy' has no valid 'text_loss' in its lock \(got 'kl'"):
+        locked_settings(context.run_dir)
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(ConfigError, match=r"'capabilities.toy.text_loss' must be one of auto, uld, sequence; got 'ce'"):
+        _context(tmp_path / "bad", '[capabilities.toy]\ntext_loss = "ce"\n')

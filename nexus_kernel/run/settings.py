@@ -1,7 +1,7 @@
 """Per-capability settings, resolved once at the config lock and read back by later stages.
 
 A capability's plugin declares its defaults (`Capability.max_rank`, `alpha_scale`,
-`pool_scale`); a config's `[capabilities.<name>]` table overrides any of them. Stage 0 resolves
+`pool_scale`; `text_loss` is "auto" for every plugin); a config's `[capabilities.<name>]` table overrides any of them. Stage 0 resolves
 the two into one `CapabilitySettings` per capability and records it in its lock
 (`LOCK_FILE`, `scope.capabilities.<name>`); every later stage reads it from there with
 `locked_settings`, so no stage resolves a setting again or sees a value the lock does not.
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_kernel.capability import Capability
+from nexus_kernel.config import TEXT_LOSSES
 from nexus_kernel.errors import LockError
 from nexus_kernel.run.layout import LOCK_FILE
 
@@ -27,13 +28,16 @@ class CapabilitySettings:
 
     `max_rank` caps its adapter's rank; `alpha_scale` multiplies `distill.alpha` for its anchor
     loss; `pool_scale` multiplies `distill.pool_size` for its pool; `data_dir` is the configured
-    folder of real benchmark data (None: synthetic data).
+    folder of real benchmark data (None: synthetic data); `text_loss` the output loss of a text
+    capability ("auto": `kl` when every teacher token is a student token, else `sequence`; or
+    "uld", "sequence"), applied by stage 4 (`distill_pool.chosen_plan`).
     """
 
     max_rank: int
     alpha_scale: float
     pool_scale: float
     data_dir: str | None = None
+    text_loss: str = "auto"
 
     @classmethod
     def resolve(cls, capability: Capability, configured: Mapping[str, Any]) -> CapabilitySettings:
@@ -47,14 +51,19 @@ class CapabilitySettings:
         return cls(max_rank=int(pick("max_rank", capability.max_rank)),
                    alpha_scale=float(pick("alpha_scale", capability.alpha_scale)),
                    pool_scale=float(pick("pool_scale", capability.pool_scale)),
-                   data_dir=configured.get("data_dir"))
+                   data_dir=configured.get("data_dir"), text_loss=str(pick("text_loss", "auto")))
 
     def pool_size(self, base: int) -> int:
         """`distill.pool_size` scaled for this capability (at least one item)."""
         return max(1, round(base * self.pool_scale))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as JSON; `text_loss` only when it is not "auto", so a lock that sets
+        none stays what it was before the key existed."""
+        data = asdict(self)
+        if self.text_loss == "auto":
+            del data["text_loss"]
+        return data
 
     @classmethod
     def from_json(cls, name: str, data: Mapping[str, Any], source: Path) -> CapabilitySettings:
@@ -71,7 +80,13 @@ class CapabilitySettings:
         if data_dir is not None and not isinstance(data_dir, str):
             raise LockError(f"{source}: capability {name!r} has no valid 'data_dir' in its lock "
                             f"(got {data_dir!r}); rerun with --relock to write a new one")
-        return cls(int(values["max_rank"]), float(values["alpha_scale"]), float(values["pool_scale"]), data_dir)
+        # No `text_loss` in a lock means "auto" (see `to_json`).
+        text_loss = data.get("text_loss", "auto")
+        if text_loss not in TEXT_LOSSES:
+            raise LockError(f"{source}: capability {name!r} has no valid 'text_loss' in its lock "
+                            f"(got {text_loss!r}; one of {', '.join(TEXT_LOSSES)}); rerun with --relock to write a new one")
+        return cls(int(values["max_rank"]), float(values["alpha_scale"]), float(values["pool_scale"]), data_dir,
+                   text_loss)
 
 
 def locked_settings(run_dir: Path) -> dict[str, CapabilitySettings]:

@@ -2,7 +2,8 @@
 
 Per capability, one teacher at a time, `distill_pool.build_pool` collects the teacher's
 answers and anchor targets on the training items. Each adapter is then trained with the
-backbone frozen on `L = L_output + alpha * L_anchor`. The joint phase unfreezes the backbone
+backbone frozen on `L = L_output + alpha * L_anchor`, `L_output` by the pool's objective (`kl`,
+`uld`, `sequence` or `cosine`; `distill_report.json` says which each capability used and why). The joint phase unfreezes the backbone
 and trains every capability at once, each capability's anchor protecting its subspace.
 Training runs under `RecoveringTrainer` (checkpoints, rollback on spikes and drift, resume).
 At the end every capability's student is scored on held-out items next to its teacher
@@ -12,6 +13,7 @@ At the end every capability's student is scored on held-out items next to its te
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from nexus_kernel.algorithms.recovery import (
     summarise,
 )
 from nexus_kernel.algorithms.retention import checked_scores, headline_benchmark, read_reference, verdict
+from nexus_kernel.algorithms.uld import ULD_WEIGHT, uld_distance
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.fsio import (
     atomic_write_json,
@@ -91,7 +94,9 @@ class CapabilityTask:
         """The student batch of pool items `order`, with their anchor targets."""
         batch = self.plan.student_batch([self.pool.items[i] for i in order], [self.pool.outputs[i] for i in order])
         batch.anchor = {k: self.pool.coefficients[order, k] for k in range(self.pool.coefficients.shape[1])}
-        if self.pool.soft is not None:
+        if self.pool.soft is not None and self.pool.objective == "uld":
+            self._uld_targets(batch, order)
+        elif self.pool.soft is not None:
             ids, logprobs, offsets = self.pool.soft
             wanted = batch.labels != IGNORE_INDEX  # type: ignore[operator]
             wanted[:, 0] = False
@@ -112,6 +117,17 @@ class CapabilityTask:
                 target[row][mask[row].bool()] = values[offsets[index] : offsets[index + 1]]
             batch.token_anchor[k] = target
         return batch
+
+    def _uld_targets(self, batch: StudentBatch, order: list[int]) -> None:
+        """The teacher's sorted top-k log-probabilities at its own completion positions,
+        `(batch, longest, k)` (-inf beyond each item's `soft_lengths`)."""
+        assert self.pool.soft is not None
+        _, logprobs, offsets = self.pool.soft
+        lengths = torch.tensor([int(offsets[i + 1] - offsets[i]) for i in order], dtype=torch.long)
+        batch.soft_lengths = lengths
+        batch.soft_logprobs = torch.full((len(order), max(1, int(lengths.max())), logprobs.shape[1]), -math.inf)
+        for row, index in enumerate(order):
+            batch.soft_logprobs[row, : int(lengths[row])] = logprobs[int(offsets[index]) : int(offsets[index + 1])]
 
 
 AnchorLoss = Callable[[CapabilityTask, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -157,10 +173,14 @@ def task_loss(student: NexusStudent, task: CapabilityTask, batch: StudentBatch, 
         student_logprobs = torch.log_softmax(output.logits[:, :-1][wanted], dim=-1)
         teacher = torch.softmax(batch.soft_logprobs[:, 1:][wanted], dim=-1)  # type: ignore[index]
         output_loss = -(teacher * student_logprobs.gather(1, batch.soft_ids[:, 1:][wanted])).sum(dim=-1).mean()
-    elif task.pool.objective == "sequence":
+    elif task.pool.objective in ("sequence", "uld"):
         assert output.logits is not None and batch.labels is not None
         output_loss = nn.functional.cross_entropy(output.logits[:, :-1].flatten(0, 1), batch.labels[:, 1:].flatten(),
                                                   ignore_index=IGNORE_INDEX)
+        if task.pool.objective == "uld":
+            assert batch.soft_logprobs is not None and batch.soft_lengths is not None
+            output_loss = output_loss + ULD_WEIGHT * uld_distance(
+                output.logits[:, :-1], batch.labels[:, 1:] != IGNORE_INDEX, batch.soft_logprobs.exp(), batch.soft_lengths)
     elif task.pool.objective == "cosine":
         assert output.embedding is not None and batch.target is not None
         output_loss = (1 - nn.functional.cosine_similarity(output.embedding, batch.target, dim=-1)).mean()
@@ -243,8 +263,9 @@ def _progress(total: int, description: str) -> Any:
 
 
 REVISIT_EVERY = 4
-CONVERGED_LOSS = {"kl": 0.02, "sequence": 0.02, "cosine": 0.05}
-"""Per objective: nats per token for `kl` and `sequence`; cosine distance for `cosine` (the
+CONVERGED_LOSS = {"kl": 0.02, "uld": 0.02, "sequence": 0.02, "cosine": 0.05}
+"""Per objective: nats per token for `kl`, `uld` (cross-entropy plus the sorted-probability
+distance) and `sequence`; cosine distance for `cosine` (the
 demo voice student settles near 0.045, cosine 0.955, with centroid accuracy at the teacher's:
 below 0.05 it rests instead of costing a step every joint step)."""
 WAKE_FACTOR = 2.0
@@ -355,7 +376,8 @@ def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Map
     with TeacherSession(context) as session:
         for name in by_teacher(entries):
             pools[name] = build_pool(context, student, name, plans[name], architecture,
-                                     {**settings, "pool_size": locked[name].pool_size(settings["pool_size"])},
+                                     {**settings, "pool_size": locked[name].pool_size(settings["pool_size"]),
+                                      "text_loss": locked[name].text_loss},
                                      context.run_dir / CHECKPOINT_DIR / name, session)
     return {name: CapabilityTask(name, context.plugins.capabilities()[name][0], plans[name], pools[name],
                                  seed + index, locked[name].alpha_scale)
@@ -395,6 +417,7 @@ def _score(context: RunContext, student: NexusStudent, task: CapabilityTask, set
     log.info("held-out", capability=task.name, benchmark=headline, teacher=task.pool.teacher_scores[headline]["value"],
              student=student_scores[headline]["value"], **result)
     return {"benchmark": headline, "retention": result,
+            "output_loss": {"objective": task.pool.objective, "why": task.pool.reason},
             "teacher": {key: _summary(score) for key, score in task.pool.teacher_scores.items()},
             "student": {key: _summary(score) for key, score in student_scores.items()}}
 
@@ -428,7 +451,7 @@ def run_distill(context: RunContext) -> str:
     for name, task in tasks.items():
         phase = f"adapter-{name}"
         fingerprint = sha256_json({**base, "phase": phase, "pool": task.pool.teacher_scores,
-                                   "alpha_scale": task.alpha_scale})
+                                   "alpha_scale": task.alpha_scale, "objective": task.pool.objective})
         phases[phase] = _phase(context, student, [task], phase, True, settings, fingerprint,
                                student.adapters[name], seed)
         adapters[name] = sha256_file(context.run_dir / CHECKPOINT_DIR / phase / "final.safetensors")

@@ -3,7 +3,8 @@
 With only that teacher loaded (at the most precise option that fits half the memory budget,
 never below what profiling found to work), the teacher answers `pool_size` training items
 (completion texts, or embedding rows), gives its top-k next-token distributions when the
-objective is `kl`, and its key layers' activations on the same inputs are projected on the
+objective is `kl` or `uld` (`SOFT_OBJECTIVES`; the plan's objective after the capability's
+locked `text_loss`, `chosen_plan`), and its key layers' activations on the same inputs are projected on the
 profiled PCA basis: per token and whitened by the profiled eigenvalues where the teacher's
 tokens line up with the student's text tokens, and as per-item sequence means whitened over
 the pool everywhere. While it is loaded the teacher also gives its `reference_outputs` on the
@@ -41,8 +42,17 @@ from nexus_kernel.run.runner import RunContext
 from nexus_kernel.student.model import NexusStudent, masked_mean
 from nexus_kernel.teachers.access import TeacherSession
 
-OBJECTIVES = ("kl", "sequence", "cosine")
-_FORMAT = 8  # bump when what a pool holds changes: older caches are rebuilt
+OBJECTIVES = ("kl", "uld", "sequence", "cosine")
+SOFT_OBJECTIVES = ("kl", "uld")
+"""The objectives whose pool holds the teacher's top-k distributions."""
+PLAIN_REASONS = {
+    "kl": "kl: the plugin's plan gives the teacher's distributions in the student's vocabulary",
+    "uld": "uld: the plugin's plan gives the teacher's sorted distributions in its own vocabulary",
+    "sequence": "sequence: cross-entropy on the teacher's outputs (the plugin's plan gives no distributions)",
+    "cosine": "cosine: embedding teacher",
+}
+"""What `distill_report.json` says of an objective whose plan gives no `reason` of its own."""
+_FORMAT = 9  # bump when what a pool holds changes: older caches are rebuilt
 _TEACHER_BATCH = 64
 _EIGEN_FLOOR = 1e-6
 
@@ -59,14 +69,17 @@ class Pool:
     eigenvalues: torch.Tensor  # (key layers, rank): the pool variance of each coefficient
     teacher_scores: dict[str, Any]
     objective: str = "sequence"
-    """What the teacher's plan asked for when it was loaded (`kl`, `sequence`, `cosine`)."""
+    """What the teacher's plan asked for when it was loaded (`kl`, `uld`, `sequence`, `cosine`)."""
     soft: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    """For `kl`: top-k ids `(positions, k)`, log-probabilities `(positions, k)` and each
-    item's offsets into them `(items + 1,)`."""
+    """For `kl` and `uld`: top-k ids `(positions, k)`, log-probabilities `(positions, k)` and
+    each item's offsets into them `(items + 1,)` (for `uld` the teacher's own ids and
+    completion positions)."""
     tokens: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     """Per key layer whose tokens line up with the student's text tokens: every real token's
     coefficients whitened by the profiled eigenvalues `(tokens, rank)`, and each item's
     offsets into them `(items + 1,)`."""
+    reason: str = ""
+    """Why the capability distils with `objective` (the plan's `reason`)."""
 
 
 # projections -----------------------------------------------------------------------------------
@@ -162,7 +175,7 @@ def _collect(plan: Any, teacher: Any, items: list[Any], key_layers: list[str],
              basis: Mapping[str, tuple[torch.Tensor, ...]], description: str) -> _Collected:
     """Run the teacher over `items` in batches: answers, anchor coefficients (pooled, and per
     token while the teacher's and the student's token counts agree) and, for `kl`, the
-    teacher's distributions."""
+    teacher's distributions (`kl`, `uld`)."""
     from tqdm import tqdm
 
     collected = _Collected(per_token={k: [] for k in range(len(key_layers))}, aligned=set(range(len(key_layers))))
@@ -186,7 +199,7 @@ def _collect(plan: Any, teacher: Any, items: list[Any], key_layers: list[str],
                     scale = eigenvalues.clamp(min=_floor(eigenvalues)).sqrt()
                     collected.per_token[k] += [project(row, mean, components) / scale for row in rows]
             collected.pooled.append(torch.stack(pooled, dim=1))
-            if plan.objective == "kl":
+            if plan.objective in SOFT_OBJECTIVES:
                 collected.distributions += plan.teacher_distributions(chunk, answers)
             collected.outputs += answers
             bar.update(len(chunk))
@@ -201,6 +214,7 @@ def _fingerprint(context: RunContext, name: str, entry: Mapping[str, Any], setti
 
     return sha256_json({
         "format": _FORMAT, "entry": entry, "pool_size": settings["pool_size"],
+        "text_loss": settings.get("text_loss", "auto"),
         "eval_samples": settings["eval_samples"], "datasets": datasets,
         "budget": context.config.section("hardware")["memory_budget_gb"],
         "basis": sha256_file(context.run_dir / PROFILE_DIR / name / "basis.safetensors"),
@@ -219,9 +233,10 @@ def _read_cached(folder: Path, fingerprint: str, items: list[Any]) -> Pool | Non
     tensors = load_file(str(tensor_path))
     outputs = meta["texts"] if meta["texts"] is not None else list(tensors["outputs"])
     tokens = {k: (tensors[f"tokens.{k}"], tensors[f"offsets.{k}"]) for k in meta["aligned"]}
-    soft = (tensors["soft.ids"], tensors["soft.logprobs"], tensors["soft.offsets"]) if meta["objective"] == "kl" else None
+    soft = (tensors["soft.ids"], tensors["soft.logprobs"], tensors["soft.offsets"]) \
+        if meta["objective"] in SOFT_OBJECTIVES else None
     return Pool(items, outputs, tensors["coefficients"], tensors["eigenvalues"], meta["teacher_scores"],
-                meta["objective"], soft, tokens)
+                meta["objective"], soft, tokens, meta.get("reason", ""))
 
 
 def _store_reference(name: str, path: Path, reference: Any) -> None:
@@ -251,8 +266,31 @@ def _check_plan(name: str, plan: Any) -> None:
         raise StageError(f"{name}: its plugin gives no distillation plan (distill_capability returned None)")
     if plan.objective not in OBJECTIVES:
         raise StageError(f"{name}: unknown distillation objective {plan.objective!r} (known: {', '.join(OBJECTIVES)})")
-    if plan.objective == "kl" and plan.teacher_distributions is None:
-        raise StageError(f"{name}: the kl objective needs the plan's teacher_distributions")
+    if plan.objective in SOFT_OBJECTIVES and plan.teacher_distributions is None:
+        raise StageError(f"{name}: the {plan.objective} objective needs the plan's teacher_distributions")
+
+
+def chosen_plan(name: str, plan: Any, text_loss: str) -> Any:
+    """`plan` after the capability's locked `text_loss`: "auto" keeps the plugin's choice;
+    "uld" or "sequence" ask the plan's `for_objective` for that objective, and "sequence" falls
+    back to dropping the teacher's distributions (cross-entropy needs only the completions).
+    An embedding (`cosine`) plan, or one that cannot give "uld", is a `StageError` naming the
+    capability and the config key."""
+    from dataclasses import replace
+
+    if text_loss == "auto" or text_loss == plan.objective:
+        return plan
+    key = f"[capabilities.{name}] text_loss = {text_loss!r}"
+    if plan.objective == "cosine":
+        raise StageError(f"{name}: {key} applies to text outputs; this capability distils embeddings (cosine)")
+    other = plan.for_objective(text_loss) if plan.for_objective is not None else None
+    if other is not None:
+        return other
+    if text_loss == "sequence":
+        return replace(plan, objective="sequence", teacher_distributions=None, for_objective=None,
+                       reason=f"sequence: {key}")
+    raise StageError(f"{name}: {key}, but its plugin's plan cannot give the teacher's distributions for uld "
+                     f"(its objective is {plan.objective}); use text_loss = 'auto' or 'sequence'")
 
 
 def build_pool(context: RunContext, student: NexusStudent, name: str, plan_without_teacher: Any,
@@ -287,6 +325,8 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
         plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=teacher,
                                         student=student, datasets=datasets)
         _check_plan(name, plan)
+        plan = chosen_plan(name, plan, settings.get("text_loss", "auto"))
+        _check_plan(name, plan)
         basis = read_basis(context.run_dir, name, key_layers, int(entry_data["rank"]))
         collected = _collect(plan, teacher, items, key_layers, basis, f"{name}: teacher answers")
         held_out = {"split": "test", "datasets": datasets, "limit": settings["eval_samples"]}
@@ -310,16 +350,18 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
         tensors["outputs"] = torch.stack([torch.as_tensor(output).float() for output in collected.outputs]).contiguous()
         outputs = list(tensors["outputs"])
     soft = None
-    if plan.objective == "kl":
+    reason = plan.reason or PLAIN_REASONS[plan.objective]
+    if plan.objective in SOFT_OBJECTIVES:
         soft = pack_distributions(collected.distributions)
         tensors["soft.ids"], tensors["soft.logprobs"], tensors["soft.offsets"] = soft
     atomic_write_bytes(folder / "pool.safetensors", save(tensors))
     atomic_write_json(folder / "pool.json", {
         "fingerprint": fingerprint, "texts": texts, "teacher_scores": scores, "teacher": entry.name,
         "teacher_load": teacher_load, "aligned": sorted(collected.aligned), "objective": plan.objective,
-        "kl_items": sum(row is not None for row in collected.distributions), "key_layers": key_layers,
+        "reason": reason, "soft_items": sum(row is not None for row in collected.distributions),
+        "key_layers": key_layers,
         "seconds": round(time.perf_counter() - started, 2),
     })
-    log.info("teacher answered the pool", capability=name, items=len(items),
+    log.info("teacher answered the pool", capability=name, items=len(items), objective=plan.objective,
              seconds=round(time.perf_counter() - started, 1))
-    return Pool(items, outputs, tensors["coefficients"], variances, scores, plan.objective, soft, tokens)
+    return Pool(items, outputs, tensors["coefficients"], variances, scores, plan.objective, soft, tokens, reason)

@@ -138,7 +138,10 @@ class StudentBatch:
     soft_ids: torch.Tensor | None = None
     soft_logprobs: torch.Tensor | None = None
     """For `kl`: the teacher's top-k token ids and log-probabilities `(batch, seq, k)` at the
-    positions whose `labels` are set (the distribution over the token at that position)."""
+    positions whose `labels` are set (the distribution over the token at that position).
+    For `uld`: no ids, and the teacher's sorted top-k log-probabilities `(batch, teacher
+    positions, k)` at its own completion positions, `soft_lengths` `(batch,)` of them real."""
+    soft_lengths: torch.Tensor | None = None
     token_anchor: dict[int, torch.Tensor] = field(default_factory=dict)
     """Per key layer whose tokens line up with the student's text tokens, the teacher's
     whitened coefficients per text position `(batch, seq, rank)` (zeros on padding)."""

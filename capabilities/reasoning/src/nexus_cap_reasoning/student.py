@@ -1,7 +1,9 @@
 """How the reasoning teacher is distilled and how either model is scored.
 
-Sequence-level distillation: the teacher's answer to a training question is the option letter
-it finds most likely (as the MMLU scorer asks it); the student learns to write that letter.
+The teacher's answer to a training question is the option letter it finds most likely (as the
+MMLU scorer asks it); the student learns to write that letter (`kl` on the teacher's
+distribution over it where every teacher token is a student token, cross-entropy or, asked,
+`uld` where the tokenizers differ: `nexus_modalities.text_distill`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 - `text_model`: `CausalTextModel` and `text_model_of`, what text benchmarks score.
 - `text_teacher`: building and profiling a causal-LM text teacher (`train_causal_teacher`,
   `text_probe_plan`).
-- `text_distill`: the whole `DistillPlan` of a text capability (`text_distill_plan`).
+- `text_distill`: the whole `DistillPlan` of a text capability (`text_distill_plan`: `kl` where
+  the vocabularies allow, `sequence` or, asked, `uld` where the tokenizers differ).
 - `multiple_choice`: four-way questions in the MMLU CSV format, their prompts (letters or
   cloze) and accuracy by log-likelihood (the reasoning and knowledge plugins).
 - `image_patches`: `PatchProjector`, images into the student's hidden size.
