@@ -73,7 +73,7 @@ def build() -> tuple[object, object, object, object]:
     tokens = {k: (torch.randn(int(offsets[-1]), RANK), offsets) for k in range(2)}
     pool = Pool(items, outputs, torch.randn(len(items), 2, RANK), torch.ones(2, RANK), {}, "sequence", None, tokens)
     plugins = load_plugins(frozenset({"math"}))
-    task = CapabilityTask("math", plugins.capabilities()["math"][0], plan, pool, 0)
+    task = CapabilityTask("math", plugins.capabilities()["math"][0], plan, pool, 0, alpha_scale=1.0)
     batch = task.batch(0, BATCH)
     return student, task, batch, plugins
 
