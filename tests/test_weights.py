@@ -35,3 +35,12 @@ def test_tied_weights_are_stored_once_and_read_back_under_both_names(tmp_path: P
 def test_a_state_without_shared_tensors_is_plain_safetensors() -> None:
     state = {key: value.detach().contiguous() for key, value in _llama(tied=False).state_dict().items()}
     assert tensor_bytes(state) == save(state)
+
+
+def test_bytes_read_through_python_give_the_aliases_too(tmp_path: Path) -> None:
+    from nexus_kernel.student.weights import tensors_from_bytes
+
+    model = _llama(tied=True)
+    save_weights(model, tmp_path / "w.safetensors")
+    tensors = tensors_from_bytes((tmp_path / "w.safetensors").read_bytes())
+    assert set(tensors) == set(model.state_dict())

@@ -58,7 +58,6 @@ def _teacher_path(error: BaseException, roots: list[Path]) -> str | None:
 
 def _score_all(job: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from safetensors.torch import load
 
     from nexus_kernel.algorithms.retention import score_capabilities
     from nexus_kernel.config import load_config
@@ -66,6 +65,7 @@ def _score_all(job: dict[str, Any]) -> dict[str, Any]:
     from nexus_kernel.run.runner import RunContext
     from nexus_kernel.student.build import build_student
     from nexus_kernel.student.model import StudentCapability
+    from nexus_kernel.student.weights import tensors_from_bytes
 
     torch.set_num_threads(int(job.get("threads", 1)))
     run_dir = Path(job["run_dir"])
@@ -77,7 +77,7 @@ def _score_all(job: dict[str, Any]) -> dict[str, Any]:
     student = build_student(context, architecture)
     # Read through Python's open (an audited event), not safetensors' native reader, so the
     # guard sees where the weights really come from, links included.
-    student.load_state_dict(load((run_dir / job["weights"]).read_bytes()))
+    student.load_state_dict(tensors_from_bytes((run_dir / job["weights"]).read_bytes()))
     student.eval()
     with torch.inference_mode():
         return score_capabilities(plugins, job["datasets"], lambda name: StudentCapability(student, name),

@@ -40,15 +40,23 @@ def tensor_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
     return save(stored, metadata={_ALIASES: json.dumps(aliases, sort_keys=True)} if aliases else None)
 
 
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every named tensor of the safetensors file `path`, aliases included."""
-    from safetensors import safe_open
+def tensors_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    """Every named tensor of safetensors `data` (a file's bytes), aliases included."""
+    import struct
 
-    with safe_open(str(path), framework="pt") as handle:
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        aliases = json.loads((handle.metadata() or {}).get(_ALIASES, "{}"))
+    from safetensors.torch import load
+
+    tensors = load(data)
+    (header_size,) = struct.unpack("<Q", data[:8])
+    metadata = json.loads(data[8 : 8 + header_size]).get("__metadata__") or {}
+    aliases = json.loads(metadata.get(_ALIASES, "{}"))
     tensors.update({alias: tensors[stored] for alias, stored in aliases.items()})
     return tensors
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every named tensor of the safetensors file `path`, aliases included."""
+    return tensors_from_bytes(path.read_bytes())
 
 
 def save_weights(module: nn.Module, path: Path) -> None:
