@@ -15,15 +15,19 @@ CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 KNOWLEDGE = {"knowledge": (nexus_cap_knowledge.CAPABILITY, "nexus-cap-knowledge")}
 
 
-def test_the_example_names_smollm2_as_the_knowledge_teacher_and_the_student_backbone() -> None:
+def test_the_example_names_smollm2_as_the_knowledge_teacher_and_cuts_the_student_from_it() -> None:
+    from nexus_kernel.stages.distill import joint_phase_runs
+
     config = load_config(CONFIGS / "smollm2-knowledge.toml")
     (entry,) = read_registry(Path(config.section("registry")["csv"]), KNOWLEDGE,
                              Path(config.section("registry")["models_dir"]))
     assert (entry.name, entry.capability, entry.parameters) == ("SmolLM2-135M-Instruct", "knowledge", 135_000_000)
     assert Path(entry.path) == CONFIGS.parent / "models" / "SmolLM2-135M-Instruct"
-    assert (CONFIGS / config.section("student")["backbone"]).resolve() == Path(entry.path)
+    assert config.section("student")["backbone"] == "teacher:knowledge"
+    assert 0 < config.section("student")["keep_layers"] < 30  # fewer blocks than SmolLM2's 30
     assert config.section("plugins")["enabled"] == ["knowledge"]
-    assert config.section("distill")["joint_steps"] == 0  # adapters only, backbone frozen
+    # adapters only, backbone frozen
+    assert not joint_phase_runs(config.section("student"), config.section("distill"))
 
 
 def test_a_copy_can_point_at_any_folder(tmp_path: Path) -> None:
