@@ -111,7 +111,7 @@ def test_selected_plugins_distil_only_their_rows_of_the_csv(project: Path) -> No
     assert unserved.returncode == 2
     assert (f"{csv_path.name}: row 6, column 'Category': category 'Chemistry' is served by no selected "
             "plugin (the selected ones serve: Reasoning, Voice) nor by any installed unselected one "
-            "(they serve: Math, Vision); install a plugin that serves it or remove the row") in unserved.stderr
+            "(they serve: Knowledge, Math, Vision); install a plugin that serves it or remove the row") in unserved.stderr
     state = json.loads((project / "runs/demo/state.json").read_text())
     assert state["stages"]["registry"]["status"] == "failed"
 
