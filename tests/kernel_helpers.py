@@ -120,6 +120,31 @@ check_every = 3
 """
 
 
+def add_settings(config: Path, snippet: str) -> None:
+    """Merge the TOML `snippet` into the config file `config`: each `[table]` the file already
+    declares gets the snippet's keys right under its header (TOML forbids declaring a table
+    twice, and the default config declares some); the other tables are appended."""
+    text = config.read_text()
+    groups: dict[str, list[str]] = {}
+    table = ""
+    for line in snippet.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            table = stripped
+            groups.setdefault(table, [])
+        elif stripped and not stripped.startswith("#"):
+            assert table, f"a key outside any table in the snippet: {line!r}"
+            groups[table].append(stripped)
+    lines = text.splitlines()
+    for table, keys in groups.items():
+        if table in (line.strip() for line in lines):
+            at = [line.strip() for line in lines].index(table) + 1
+            lines[at:at] = keys
+        else:
+            lines += ["", table, *keys]
+    config.write_text("\n".join(lines) + "\n")
+
+
 def require_plugins(*modules: str) -> dict[str, ModuleType]:
     """Import each of `modules` (default: every shipped capability plugin), skipping the test
     when one is not installed: only end-to-end tests of the shipped plugins call this, so the
@@ -150,8 +175,7 @@ def tiny_project(root: Path, teachers: Path) -> Path:
     `teachers`, as a user's folder (no demo marker), so runs use real stages but never train
     for long."""
     shutil.copytree(REPO / "configs", root / "configs")
-    with (root / "configs/nexus.toml").open("a") as config:
-        config.write(TINY_DISTILL)
+    add_settings(root / "configs/nexus.toml", TINY_DISTILL)
     csv_path = root / "configs/ModelName-Parameters-Category-BestFeature.csv"
     for row in csv.DictReader(csv_path.read_text().splitlines()):
         shutil.copytree(teachers / row["Model Name"], root / "models" / row["Model Name"])

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from kernel_helpers import REPO, file_hashes, nexus
+from kernel_helpers import REPO, add_settings, file_hashes, nexus
 
 _BLOCK = re.compile(r"```(?:python|toml)\n# file: (?P<path>\S+)\n(?P<body>.*?)```", re.DOTALL)
 EXAMPLES = {"acme-cap-chemistry": "acme_cap_chemistry", "acme-cap-sentences": "acme_cap_sentences",
@@ -180,7 +180,8 @@ def sentence_project(tmp_path: Path, example_site: Path) -> tuple[Path, Path]:
     config = project / "configs/nexus.toml"
     # Norms and embeddings stay fp32 in the bundle: a 32-wide student cannot shrink to 0.35 x.
     text = config.read_text().replace("[package]\n", "[package]\nmax_fp32_ratio = 0.7\n")
-    config.write_text(text + TINY.format(data=data))
+    config.write_text(text)
+    add_settings(config, TINY.format(data=data))
     return project, example_site
 
 

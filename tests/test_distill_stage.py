@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from kernel_helpers import nexus, run_and_kill_when
+from kernel_helpers import add_settings, nexus, run_and_kill_when
 from safetensors import safe_open
 
 pytestmark = pytest.mark.slow
@@ -21,8 +21,7 @@ def _sha(path: Path) -> str:
 
 
 def test_architecture_distillation_and_kill_resume(project: Path) -> None:
-    with (project / "configs/nexus.toml").open("a") as config:
-        config.write("\n[capabilities.voice]\nalpha_scale = 0.02\n")  # the plugin declares 0.01
+    add_settings(project / "configs/nexus.toml", "[capabilities.voice]\nalpha_scale = 0.02\n")  # the plugin declares 0.01
     reference = nexus("run", "--run-dir", "runs/reference", "--to", "distill", cwd=project)
     assert reference.returncode == 0, reference.stderr
     assert "4 distill       passed" in reference.stdout
@@ -66,7 +65,8 @@ def test_architecture_distillation_and_kill_resume(project: Path) -> None:
     # stage 4 uses what the lock records.
     lock = json.loads((run_dir / "configs/global_config.json").read_text())
     assert {name: (entry["alpha_scale"], entry["pool_scale"]) for name, entry in lock["scope"]["capabilities"].items()} \
-        == {"math": (1.0, 2.0), "reasoning": (1.0, 1.0), "vision": (1.0, 1.0), "voice": (0.02, 1.0)}
+        == {"knowledge": (1.0, 1.0), "math": (1.0, 2.0), "reasoning": (1.0, 1.0), "vision": (1.0, 1.0),
+            "voice": (0.02, 1.0)}
     pools = {name: safe_open(str(run_dir / f"checkpoints/{name}/pool.safetensors"), "pt").get_slice("coefficients")
              .get_shape()[0] for name in CAPABILITIES}
     assert pools == {"math": 96, "reasoning": 48, "vision": 48, "voice": 48}  # distill.pool_size 48

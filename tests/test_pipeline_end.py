@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from kernel_helpers import nexus
+from kernel_helpers import add_settings, nexus
 
 from nexus_kernel.student.bundle import verify_bundle
 
@@ -40,8 +40,7 @@ def _inputs(tmp_path: Path) -> dict[str, list[str]]:
 
 def test_validate_package_infer_and_clean_up(project: Path, tmp_path: Path) -> None:
     # The tiny teachers are the user's own folders: --yes deletes them only when asked to.
-    with (project / "configs/nexus.toml").open("a") as config:
-        config.write("\n[cleanup]\ndelete_user_teachers = true\n")
+    add_settings(project / "configs/nexus.toml", "[cleanup]\ndelete_user_teachers = true\n")
     result = nexus("run", "--run-dir", "runs/r", cwd=project)
     assert result.returncode == 0, result.stderr
     for line in ("5 validate      passed", "6 package       passed", "7 cleanup       passed", "capability  rank"):

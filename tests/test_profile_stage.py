@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from kernel_helpers import nexus
+from kernel_helpers import add_settings, nexus
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +24,8 @@ def _math_only(project: Path, samples: int) -> None:
     rows = csv_path.read_text().splitlines()
     csv_path.write_text("\n".join([rows[0], *(r for r in rows if r.startswith("nexus-demo-math"))]) + "\n")
     config = project / "configs/nexus.toml"
-    config.write_text(config.read_text().replace('enabled = []', 'enabled = ["math"]')
-                      + f"\n[profiling]\nsamples = {samples}\nbatch_size = 100\n")
+    config.write_text(config.read_text().replace('enabled = []', 'enabled = ["math"]'))
+    add_settings(config, f"[profiling]\nsamples = {samples}\nbatch_size = 100\n")
 
 
 def _profile_run(project: Path, run_dir: str) -> int:

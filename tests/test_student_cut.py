@@ -6,15 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from kernel_helpers import nexus, require_plugins
+from kernel_helpers import add_settings, nexus, require_plugins
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_student_cut_from_the_math_teacher_trains_adapters_only_and_packages(project: Path) -> None:
     require_plugins("nexus_cap_math")
-    with (project / "configs/nexus.toml").open("a") as config:
-        config.write('\n[student]\nbackbone = "teacher:math"\nkeep_layers = 1\n')
+    add_settings(project / "configs/nexus.toml", '[student]\nbackbone = "teacher:math"\nkeep_layers = 1\n')
     result = nexus("run", "--plugins", "math", "--to", "6", "--run-dir", "runs/cut", cwd=project)
     assert result.returncode == 0, result.stderr
     run_dir = project / "runs/cut"
@@ -45,8 +44,7 @@ def test_a_student_cut_from_the_math_teacher_trains_adapters_only_and_packages(p
 
 def test_a_cut_from_a_capability_without_a_teacher_is_a_clear_error(project: Path) -> None:
     require_plugins("nexus_cap_math")
-    with (project / "configs/nexus.toml").open("a") as config:
-        config.write('\n[student]\nbackbone = "teacher:vision"\n')
+    add_settings(project / "configs/nexus.toml", '[student]\nbackbone = "teacher:vision"\n')
     result = nexus("run", "--plugins", "math", "--to", "3", "--run-dir", "runs/nocut", cwd=project)
     assert result.returncode != 0
     assert "student.backbone = 'teacher:vision': no capability 'vision' was profiled (profiled: math)" in result.stderr
