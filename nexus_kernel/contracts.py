@@ -127,7 +127,8 @@ class ProbePlan:
     batch_size)` yields fresh batches for the streaming PCA; `candidate_layers` are module
     names (as in `teacher.named_modules()`) that may be ablated and profiled; `loss(model,
     batch)` is the teacher's loss on its own task; `mask_of(batch)` marks real tokens
-    (None: every position counts).
+    (None: every position counts); `samples_of(batch)` counts the samples a batch holds (None:
+    the rows of its first tensor; a multiple-choice batch has a row per option).
     """
 
     batches: Sequence[Any]
@@ -135,6 +136,7 @@ class ProbePlan:
     loss: Callable[[Any, Any], Any]
     stream: Callable[[int, int], Iterator[Any]]
     mask_of: Callable[[Any], Any] | None = None
+    samples_of: Callable[[Any], int] | None = None
 
 
 @dataclass(frozen=True)

@@ -97,3 +97,19 @@ def test_sequences_use_the_tokenizer_s_own_special_ids() -> None:
     moved.bos_token, moved.eos_token = None, None
     with pytest.raises(ValueError, match="an empty prompt, and the tokenizer has neither a BOS nor an EOS"):
         left_padded(moved, [""])
+
+
+def test_a_whole_text_completion_batch_labels_the_prompt_too() -> None:
+    from nexus_kernel.student.decoding import IGNORE_INDEX, SpecialIds, completion_batch
+
+    tokenizer = build_tokenizer(["apple", "pear"])
+    special = SpecialIds.of(tokenizer)
+    pairs = [("apple pear", " pear"), ("pear", " apple apple")]
+    input_ids, mask, answers = completion_batch(tokenizer, pairs)
+    _, _, whole = completion_batch(tokenizer, pairs, whole_text=True)
+    for row in range(len(pairs)):
+        real = input_ids[row][mask[row].bool()].tolist()
+        assert whole[row][mask[row].bool()].tolist() == [IGNORE_INDEX] * len(special.start()) + real[len(special.start()):]
+        prompt_length = 1 + len(tokenizer(pairs[row][0], add_special_tokens=False).input_ids)
+        assert answers[row][:prompt_length].tolist() == [IGNORE_INDEX] * prompt_length
+        assert answers[row][prompt_length:][mask[row][prompt_length:].bool()].tolist() == real[prompt_length:]

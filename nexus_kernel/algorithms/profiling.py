@@ -232,9 +232,10 @@ def repeated_blocks(model: nn.Module, prefix: str = "") -> list[str]:
 
 def plan_from_items(items: Callable[[], Iterable[Any]], make_batch: Callable[[list[Any]], Any],
                     loss: LossOf, candidate_layers: Sequence[str], n_probe: int,
-                    mask_of: MaskOf | None = None) -> Any:
+                    mask_of: MaskOf | None = None, samples_of: Callable[[Any], int] | None = None) -> Any:
     """A `ProbePlan` over a task's items: `items()` starts a fresh iteration, `make_batch`
-    turns a list of items into one model input; the probe batch is the first `n_probe` items."""
+    turns a list of items into one model input; the probe batch is the first `n_probe` items.
+    `samples_of` is the plan's (see `ProbePlan`)."""
     import itertools
 
     from nexus_kernel.contracts import ProbePlan
@@ -245,4 +246,4 @@ def plan_from_items(items: Callable[[], Iterable[Any]], make_batch: Callable[[li
             yield make_batch(chunk)
 
     return ProbePlan(batches=list(stream(n_probe, n_probe)), candidate_layers=list(candidate_layers),
-                     loss=loss, stream=stream, mask_of=mask_of)
+                     loss=loss, stream=stream, mask_of=mask_of, samples_of=samples_of)

@@ -242,6 +242,8 @@ def check_probe_plan(model: Any, plan: ProbePlan, n_probe: int, stream_samples: 
     )
 
     def samples(batch: Any) -> int:
+        if plan.samples_of is not None:
+            return int(plan.samples_of(batch))
         first = batch[0] if isinstance(batch, (tuple, list)) else batch
         return int(first.shape[0])
 

@@ -88,11 +88,12 @@ def encode(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
 
 
 def completion_batch(
-    tokenizer: PreTrainedTokenizerFast, pairs: Sequence[tuple[str, str]],
+    tokenizer: PreTrainedTokenizerFast, pairs: Sequence[tuple[str, str]], whole_text: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`(input_ids, attention_mask, labels)` for `<s> prompt completion </s>` (the tokenizer's
     own `SpecialIds`: `start()`, and its EOS when it has one), right-padded; labels are set on
-    the completion and `</s>` only, so the loss teaches answers, not questions.
+    the completion and `</s>` only, so the loss teaches answers, not questions; with
+    `whole_text` on the prompt's tokens too (all but the start tokens).
     """
     import torch
 
@@ -103,7 +104,8 @@ def completion_batch(
         prompt_ids = [*special.start(), *encode(tokenizer, prompt)]
         completion_ids = [*encode(tokenizer, completion), *([] if special.eos is None else [special.eos])]
         rows.append(prompt_ids + completion_ids)
-        labels.append([IGNORE_INDEX] * len(prompt_ids) + completion_ids)
+        start = len(special.start()) if whole_text else len(prompt_ids)
+        labels.append([IGNORE_INDEX] * start + prompt_ids[start:] + completion_ids)
     width = max(len(row) for row in rows)
     input_ids = torch.full((len(rows), width), special.pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -68,3 +68,29 @@ def test_text_model_of_wraps_a_student_capability_and_a_loaded_teacher(tmp_path:
     wrapped = text_model_of(StudentCapability(student, "words"))
     assert isinstance(wrapped, StudentTextModel)
     assert wrapped.student is student and wrapped.capability == "words"
+
+
+def test_the_choice_loss_is_the_cross_entropy_of_the_scorers_option_likelihoods(tmp_path: Path) -> None:
+    from nexus_modalities.text_teacher import choice_batch, choice_loss
+
+    teacher = _teacher(tmp_path)
+    questions = [("apple pear", [" apple", " pear", " pear apple", " 7"], 1),
+                 ("pear", [" 7", " apple apple", " pear", " x"], 3)]
+    likelihoods = torch.tensor(teacher.loglikelihoods(
+        [(prompt, option) for prompt, options, _ in questions for option in options])).view(2, 4)
+    expected = torch.nn.functional.cross_entropy(likelihoods, torch.tensor([1, 3]))
+    with torch.inference_mode():
+        loss = choice_loss(teacher.model, choice_batch(teacher.tokenizer, questions))
+    assert abs(float(loss) - float(expected)) < 1e-4, (float(loss), float(expected))
+    # The gold index matters: another answer key gives another loss.
+    with torch.inference_mode():
+        other = choice_loss(teacher.model, choice_batch(teacher.tokenizer, [(p, o, 0) for p, o, _ in questions]))
+    assert abs(float(other) - float(expected)) > 1e-3
+
+
+def test_a_choice_batch_needs_as_many_options_per_question(tmp_path: Path) -> None:
+    import pytest
+    from nexus_modalities.text_teacher import choice_batch
+
+    with pytest.raises(ValueError, match=r"same number of options, got \[2, 3\]"):
+        choice_batch(_teacher(tmp_path).tokenizer, [("pear", [" a", " b"], 0), ("pear", [" a", " b", " c"], 0)])

@@ -22,8 +22,15 @@ def prompt_of(question: Question) -> str:
 
 
 def pair_of(question: Question) -> tuple[str, str]:
-    """The prompt and the gold completion (what the probe plan profiles a teacher on)."""
+    """The prompt and the gold completion: a distillation item, whose completion the teacher's
+    choice replaces."""
     return prompt_of(question), cloze_continuations(question)[question.gold]
+
+
+def choice_of(question: Question) -> tuple[str, list[str], int]:
+    """The prompt, the four continuations the scorer compares, and the gold one's index (what
+    the probe plan profiles a teacher on)."""
+    return prompt_of(question), cloze_continuations(question), question.gold
 
 
 def evaluate(model: object, questions: Sequence[Question]) -> dict[str, Score]:

