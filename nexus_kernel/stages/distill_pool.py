@@ -94,6 +94,12 @@ def _floor(variances: torch.Tensor) -> float:
     return max(float(variances.max()) * _EIGEN_FLOOR, 1e-12)
 
 
+def token_scale(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """What per-token coefficients are divided by: the square roots of the profiled eigenvalues,
+    a flat direction floored at a millionth of the largest."""
+    return eigenvalues.clamp(min=_floor(eigenvalues)).sqrt()
+
+
 def whiten(coefficients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale each coefficient to unit variance over the pool; returns the whitened
     coefficients and the variances used. The profiled eigenvalues are per-token variances,
@@ -196,8 +202,8 @@ def _collect(plan: Any, teacher: Any, items: list[Any], key_layers: list[str],
                 if student_mask is None or [len(row) for row in rows] != student_mask.sum(dim=1).tolist():
                     collected.aligned.discard(k)
                 if k in collected.aligned:
-                    scale = eigenvalues.clamp(min=_floor(eigenvalues)).sqrt()
-                    collected.per_token[k] += [project(row, mean, components) / scale for row in rows]
+                    collected.per_token[k] += [project(row, mean, components) / token_scale(eigenvalues)
+                                               for row in rows]
             collected.pooled.append(torch.stack(pooled, dim=1))
             if plan.objective in SOFT_OBJECTIVES:
                 collected.distributions += plan.teacher_distributions(chunk, answers)
