@@ -16,7 +16,9 @@ the reasoning retentions uld / sequence.
     python benchmarks/cross_tokenizer.py [--steps 200] [--keep 28] [--pool 256] [--batch 16]
         [--eval 80] [--teacher DIR] [--smollm2 DIR] [--cache DIR] [--json f.json]
 
-MEASURED
+Earlier measurement, with a stand-in student (SmolLM2 with 6 evenly spaced blocks, reasoning
+alone, 50 adapter steps, 2 cores shared with other jobs): retention sequence 0.438 [0.325,
+0.550], uld 0.375 [0.263, 0.475] (n = 80, chance 0.400), both still at chance.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """A student backbone cut from a teacher: its decoder blocks that stage 2 found to matter.
 
-Depth pruning guided by the ablation ranking (as ShortGPT and Minitron do): stage 2 measured,
-per decoder block of the teacher, how much the teacher's loss rises when that block's output is
-mean-ablated; the student keeps the `keep` blocks with the largest rise, in their original
+Depth pruning guided by a removal ranking (as ShortGPT and Minitron do): stage 2 measured, per
+decoder block of the teacher, how much the plugin's probe loss rises when that block is skipped
+(its input passed on; `rank_layers_by_removal`); the student keeps the `keep` blocks with the
+largest rise, in their original
 order, with the teacher's embeddings, final norm and LM head, and its tokenizer. The copy is an
 ordinary transformers model of the teacher's class (`num_hidden_layers = keep`), so everything
 downstream (adapters, packaging, PEFT export) treats it like any causal-LM folder. It is
