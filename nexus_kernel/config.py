@@ -100,8 +100,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "backbone": Key("str", "config", "`config` builds a LLaMA-style backbone from the keys below; "
                         "`teacher:<capability>` cuts it from that capability's teacher (its key layers, see "
                         "keep_layers); otherwise a local Hugging Face causal-LM folder"),
-        "keep_layers": Key("int", 0, "backbone = teacher:<capability>: decoder blocks kept, those stage 2's "
-                           "ablation ranked highest, in their order (0: all)", minimum=0),
+        "keep_layers": Key("int", 0, "backbone = teacher:<capability>: decoder blocks kept, those whose "
+                           "removal cost the probe loss most in stage 2, in their order (0: all)", minimum=0),
         "hidden_size": Key("int", 128, "backbone hidden size (backbone = config)", minimum=8),
         "layers": Key("int", 4, "backbone decoder blocks (backbone = config)", minimum=1),
         "heads": Key("int", 4, "attention heads (backbone = config)", minimum=1),
