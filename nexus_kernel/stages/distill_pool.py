@@ -202,8 +202,8 @@ def _collect(plan: Any, teacher: Any, items: list[Any], key_layers: list[str],
                 if student_mask is None or [len(row) for row in rows] != student_mask.sum(dim=1).tolist():
                     collected.aligned.discard(k)
                 if k in collected.aligned:
-                    collected.per_token[k] += [project(row, mean, components) / token_scale(eigenvalues)
-                                               for row in rows]
+                    scale = token_scale(eigenvalues)
+                    collected.per_token[k] += [project(row, mean, components) / scale for row in rows]
             collected.pooled.append(torch.stack(pooled, dim=1))
             if plan.objective in SOFT_OBJECTIVES:
                 collected.distributions += plan.teacher_distributions(chunk, answers)

@@ -85,6 +85,19 @@ def causal_probe_plan(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast
                            decoder_blocks(model, teacher), n_probe, mask_of=lambda batch: batch[1])
 
 
+def _locked_items(source: str, split: str, synthetic: Callable[[], Iterable[Any]],
+                  read_folder: Callable[[Path, str], Iterable[Any]], convert: Callable[[Any], Any]
+                  ) -> Callable[[], Iterator[Any]]:
+    """A fresh stream, on each call, of `convert(item)` for the items of a locked `source`: the
+    `synthetic()` stream, or `split` of a real folder."""
+    from nexus_kernel.kit.datasets import items_of
+
+    def stream() -> Iterator[Any]:
+        return map(convert, items_of(source, split, lambda _: synthetic(), read_folder))
+
+    return stream
+
+
 def choice_batch(tokenizer: PreTrainedTokenizerFast, questions: list[tuple[str, list[str], int]]
                  ) -> tuple[torch.Tensor, ...]:
     """`(input_ids, mask, labels, gold)` for multiple-choice `(prompt, options, gold index)`
@@ -131,14 +144,10 @@ def text_choice_probe_plan(teacher: Any, n_probe: int, source: str, split: str,
     from transformers import AutoTokenizer
 
     from nexus_kernel.algorithms.profiling import plan_from_items
-    from nexus_kernel.kit.datasets import items_of
     from nexus_kernel.teachers.classes import decoder_blocks
 
     tokenizer = AutoTokenizer.from_pretrained(teacher.folder)
-
-    def questions() -> Iterator[tuple[str, list[str], int]]:
-        return map(to_choice, items_of(source, split, lambda _: synthetic(), read_folder))
-
+    questions = _locked_items(source, split, synthetic, read_folder, to_choice)
     return plan_from_items(questions, lambda chunk: choice_batch(tokenizer, chunk), choice_loss,
                            decoder_blocks(teacher.model, getattr(teacher, "name", "teacher")), n_probe,
                            mask_of=lambda batch: batch[1], samples_of=lambda batch: len(batch[3]))
@@ -151,10 +160,6 @@ def text_probe_plan(teacher: Any, n_probe: int, source: str, split: str,
     items come from a locked `source`: the `synthetic()` stream, or `split` of a real folder."""
     from transformers import AutoTokenizer
 
-    from nexus_kernel.kit.datasets import items_of
-
-    def pairs() -> Iterator[tuple[str, str]]:
-        return map(to_pair, items_of(source, split, lambda _: synthetic(), read_folder))
-
+    pairs = _locked_items(source, split, synthetic, read_folder, to_pair)
     return causal_probe_plan(teacher.model, AutoTokenizer.from_pretrained(teacher.folder), pairs, n_probe,
                              getattr(teacher, "name", "teacher"))
