@@ -66,7 +66,8 @@ def reasoning_teacher(cache: Path) -> Path:
         return folder
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache))
     result = teacher.build(partial, teacher.recipe, lambda steps: None)
-    print(f"built {teacher.name}: held-out {result.scores}", flush=True)
+    scores = ", ".join(f"{name} {score.value:.3f} (n={score.n})" for name, score in result.scores.items())
+    print(f"built {teacher.name}: held-out {scores}", flush=True)
     partial.rename(folder)
     return folder
 

@@ -93,6 +93,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "hardware.memory_budget_gb (bf16 where the CPU has native bf16, else fp32; then "
                             "int8, nf4); a named option is always honoured",
                             choices=("auto", "nf4", "int8", "dynamic-int8", "bf16", "fp32")),
+        "removal_rounds": Key("int", 4, "student cut from a teacher: its blocks leave one per round, each the "
+                              "cheapest to remove with the earlier ones gone (greedy); past these rounds the rest "
+                              "go by the last round's costs", minimum=1),
         "batch_size": Key("int", 0, "profiling batch size; 0 chooses it from the memory budget "
                           "by measuring one trial batch", minimum=0),
     },

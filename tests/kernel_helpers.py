@@ -123,7 +123,8 @@ check_every = 3
 def add_settings(config: Path, snippet: str) -> None:
     """Merge the TOML `snippet` into the config file `config`: each `[table]` the file already
     declares gets the snippet's keys right under its header (TOML forbids declaring a table
-    twice, and the default config declares some); the other tables are appended."""
+    twice, and the default config declares some), replacing a key it already sets there; the
+    other tables are appended."""
     text = config.read_text()
     groups: dict[str, list[str]] = {}
     table = ""
@@ -139,7 +140,10 @@ def add_settings(config: Path, snippet: str) -> None:
     for table, keys in groups.items():
         if table in (line.strip() for line in lines):
             at = [line.strip() for line in lines].index(table) + 1
-            lines[at:at] = keys
+            end = next((i for i in range(at, len(lines)) if lines[i].strip().startswith("[")), len(lines))
+            given = {key.split("=", 1)[0].strip() for key in keys}
+            lines[at:end] = [*keys, *(line for line in lines[at:end]
+                                      if line.split("=", 1)[0].strip() not in given or "=" not in line)]
         else:
             lines += ["", table, *keys]
     config.write_text("\n".join(lines) + "\n")

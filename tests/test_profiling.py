@@ -89,12 +89,52 @@ def test_removal_ranks_the_block_that_adds_most_where_mean_ablation_cannot_tell(
     names = [f"blocks.{i}" for i in range(4)]
     removal = rank_layers_by_removal(model, names, batches, loss_of)
     assert removal.ranking()[0] == f"blocks.{planted}"
-    increases = removal.increases()
+    increases = removal.first.increases()
     assert increases[f"blocks.{planted}"] > 10 * max(v for k, v in increases.items() if k != f"blocks.{planted}")
     # Mean-ablating a block that carries the residual stream wipes the input for every block alike.
     ablated = rank_layers_by_ablation(model, names, batches, loss_of).increases()
     assert min(ablated.values()) > 0.5 * max(ablated.values())
     assert float(loss_of(model, batches[0]).detach()) == pytest.approx(0.0, abs=1e-10)  # hooks removed
+
+
+class Adds(nn.Module):
+    """Adds a fixed vector: `x + delta`."""
+
+    def __init__(self, delta: list[float]) -> None:
+        super().__init__()
+        self.delta = torch.tensor(delta)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states + self.delta
+
+
+class FillsUp(nn.Module):
+    """Tops the first coordinate up to 2: a backup of `Adds([2, 0])`, idle while that one runs."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        top_up = torch.relu(2 - hidden_states[..., :1])
+        return hidden_states + torch.cat([top_up, torch.zeros_like(hidden_states[..., 1:])], dim=-1)
+
+
+def test_greedy_removal_keeps_one_of_two_redundant_blocks_that_single_removal_would_both_drop() -> None:
+    # Target (2, 1): block 0 writes the 2, block 1 writes it only when block 0 is gone, block 2
+    # writes the 1. Alone, blocks 0 and 1 cost nothing to remove; together they cost 4.
+    model = nn.Sequential(Adds([2.0, 0.0]), FillsUp(), Adds([0.0, 1.0]))
+    batches = [torch.zeros(3, 2)]
+
+    def loss_of(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        return ((model(batch) - torch.tensor([2.0, 1.0])) ** 2).sum(-1).mean()
+
+    single = rank_layers_by_removal(model, ["0", "1", "2"], batches, loss_of)
+    assert single.ranking()[0] == "2" and single.removed == ()
+    assert single.first.increases() == {"0": 0.0, "1": 0.0, "2": 1.0}
+    greedy = rank_layers_by_removal(model, ["0", "1", "2"], batches, loss_of, rounds=2)
+    assert greedy.removed == ("0", "2") and greedy.losses == (0.0, 1.0)
+    assert greedy.ranking() == ["1", "2", "0"]  # a 1-block cut keeps block 1: loss 1, where single's keeps 2: loss 4
+    assert greedy.first == single.first
+    assert float(loss_of(model, batches[0])) == 0.0  # every bypass removed
+    with pytest.raises(ValueError, match="rounds must be within 1..3"):
+        rank_layers_by_removal(model, ["0", "1", "2"], batches, loss_of, rounds=4)
 
 
 def test_a_block_whose_input_is_not_its_output_shape_cannot_be_removed() -> None:

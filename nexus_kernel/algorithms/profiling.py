@@ -156,27 +156,54 @@ def rank_layers_by_ablation(model: nn.Module, layers: Sequence[str], batches: Se
     return AblationResult(baseline, ablated)
 
 
+@dataclass(frozen=True)
+class RemovalResult:
+    """What removing blocks costs: `first` is the single-removal table (every layer skipped
+    alone); `removed` the blocks taken out one per round, each the cheapest to remove with the
+    earlier ones already gone, and `losses` the loss after each of those removals."""
+
+    first: AblationResult
+    removed: tuple[str, ...]
+    losses: tuple[float, ...]
+    last_round: dict[str, float]
+
+    def ranking(self) -> list[str]:
+        """Costliest to remove first: the blocks still in, by the last round's loss, then the
+        removed ones, last removed first; a cut keeping the first `keep` drops the removed."""
+        kept = sorted(self.last_round, key=lambda name: -_cost(self.last_round[name]))
+        return [*kept, *reversed(self.removed)]
+
+
+def _cost(loss: float) -> float:
+    """A loss to rank by: a diverged (non-finite) one costs the most."""
+    return loss if math.isfinite(loss) else math.inf
+
+
 def rank_layers_by_removal(model: nn.Module, layers: Sequence[str], batches: Sequence[Any],
-                           loss_of: LossOf, teacher: str = "teacher") -> AblationResult:
+                           loss_of: LossOf, teacher: str = "teacher", rounds: int = 1) -> RemovalResult:
     """Skip each of `layers` in turn (its output replaced by its input: the block removed from
     the residual stream) over `batches` and measure the mean loss: what depth pruning costs.
+    With `rounds > 1` the cheapest block is taken out and the rest measured again with it gone,
+    `rounds` times (greedy removal): two blocks each cheap alone can be costly together
+    (SmolLM2-135M, 64 probe questions: blocks 10 and 12 rank cheapest alone, but without 10
+    the cheapest is 19; the 28-block cut without 10 and 12 scores 0.761 held-out, without 10
+    and 19 0.866, the teacher 0.790).
 
     Mean-ablation (`rank_layers_by_ablation`) replaces a block's whole output, residual stream
     included, so in a deep pre-norm decoder every block looks fatal (measured on
     SmolLM2-135M: +4.3 to +9.2 nats for each of its 30 blocks); removal measures what the block
     itself adds. A layer whose input is not a tensor of its output's shape is an
     `UnhookableLayerError`."""
+    if not 1 <= rounds <= len(layers):
+        raise ValueError(f"rounds must be within 1..{len(layers)}, got {rounds}")
     modules = modules_named(model, layers, teacher)
 
     def mean_loss() -> float:
         with torch.inference_mode():
             return float(sum(float(loss_of(model, batch)) for batch in batches) / len(batches))
 
-    baseline = mean_loss()
-    removed = {}
-    for name, module in modules.items():
-        def bypass(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any,
-                   name: str = name) -> Any:
+    def bypass(name: str) -> Any:
+        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
             given = args[0] if args else kwargs.get("hidden_states")
             tensor = _first_tensor(output)
             if not isinstance(given, torch.Tensor) or tensor is None or given.shape != tensor.shape:
@@ -184,12 +211,36 @@ def rank_layers_by_removal(model: nn.Module, layers: Sequence[str], batches: Seq
                                            "tensor of its output's shape")
             return _replace_first(output, given)
 
-        handle = module.register_forward_hook(bypass, with_kwargs=True)
-        try:
-            removed[name] = mean_loss()
-        finally:
+        return modules[name].register_forward_hook(hook, with_kwargs=True)
+
+    baseline = mean_loss()
+    gone: list[Any] = []
+    removed: list[str] = []
+    losses: list[float] = []
+    first: dict[str, float] = {}
+    current: dict[str, float] = {}
+    try:
+        for round_index in range(rounds):
+            current = {}
+            for name in modules:
+                if name in removed:
+                    continue
+                handle = bypass(name)
+                try:
+                    current[name] = mean_loss()
+                finally:
+                    handle.remove()
+            if round_index == 0:
+                first = dict(current)
+            if rounds > 1:
+                cheapest = min(current, key=lambda name: _cost(current[name]))
+                removed.append(cheapest)
+                losses.append(current.pop(cheapest))
+                gone.append(bypass(cheapest))
+    finally:
+        for handle in gone:
             handle.remove()
-    return AblationResult(baseline, removed)
+    return RemovalResult(AblationResult(baseline, first), tuple(removed), tuple(losses), current)
 
 
 def profile_layers(model: nn.Module, layers: Sequence[str], batches: Iterable[Any],

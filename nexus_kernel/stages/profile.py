@@ -2,7 +2,7 @@
 by mean-ablation on the probe samples, stream the key layers' activations through streaming
 PCA, and audit the intrinsic dimension against the capability's max rank. For the teacher the
 student is cut from (`student.backbone = "teacher:<capability>"`), also rank its blocks by what
-removing each one costs (`removal` in `profile.json`: the cut keeps the costliest).
+removing each one costs, greedily (`removal` in `profile.json`: the cut keeps the costliest).
 
 Writes `niwt_stage2_output/<capability>/basis.safetensors` (per key layer: mean, components,
 eigenvalues) and `profile.json` (quantization used and why, ablation table, key layers, batch
@@ -22,6 +22,7 @@ import torch
 
 from nexus_kernel.algorithms.profiling import (
     AblationResult,
+    RemovalResult,
     profile_layers,
     rank_layers_by_ablation,
     rank_layers_by_removal,
@@ -133,6 +134,23 @@ def _table(result: AblationResult) -> dict[str, Any]:
             "ranking": result.ranking()}
 
 
+def _removal_table(result: RemovalResult) -> dict[str, Any]:
+    """The removal ranking as `profile.json` holds it: the single-removal table, then each
+    greedy round's block removed and the loss after it."""
+    return {**_table(result.first), "ranking": result.ranking(),
+            "greedy": [{"removed": layer, "loss": loss if math.isfinite(loss) else None}
+                       for layer, loss in zip(result.removed, result.losses, strict=True)]}
+
+
+def removal_rounds(context: RunContext, blocks: int) -> int:
+    """Greedy removal rounds for the teacher the student is cut from: one per block the cut
+    drops (`blocks - student.keep_layers`), at most `profiling.removal_rounds`; 1 (the
+    single-removal ranking) when it drops none."""
+    keep = context.config.section("student")["keep_layers"]
+    dropped = blocks - keep if 0 < keep < blocks else 0
+    return max(1, min(dropped, context.config.section("profiling")["removal_rounds"]))
+
+
 def cut_source(context: RunContext) -> str | None:
     """The capability whose teacher the student is cut from (`student.backbone = "teacher:<capability>"`):
     stage 2 also measures, for that teacher only, what removing each block costs."""
@@ -158,7 +176,8 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
                                            teacher=entry.name)
         key_layers = ablation.ranking()[: settings["key_layers"]]
         removal = (rank_layers_by_removal(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
-                                          teacher=entry.name) if cut_source(context) == name else None)
+                                          teacher=entry.name, rounds=removal_rounds(context, len(plan.candidate_layers)))
+                   if cut_source(context) == name else None)
         batching = choose_batch_size(teacher.model, plan, context.config.section("hardware")["memory_budget_gb"],
                                      settings["batch_size"])
         process = psutil.Process()
@@ -196,7 +215,7 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
         "capability": name, "teacher": entry.name, "load": model_quantization,
         "probe_samples": settings["probe_samples"], "samples": settings["samples"],
         "ablation": _table(ablation),
-        **({"removal": _table(removal)} if removal is not None else {}),
+        **({"removal": _removal_table(removal)} if removal is not None else {}),
         "key_layers": key_layers, "batching": batching, "variance_threshold": settings["variance_threshold"],
         "layers": layers, "rank_audit": audit, "seconds": round(time.perf_counter() - started, 2),
     }
@@ -241,4 +260,5 @@ def run_profile(context: RunContext) -> str:
 def profile_inputs(context: RunContext) -> dict[str, Any]:
     return {"profiling": context.config.section("profiling"),
             "memory_budget_gb": context.config.section("hardware")["memory_budget_gb"],
-            "cut_source": cut_source(context)}
+            "cut_source": cut_source(context),
+            "keep_layers": context.config.section("student")["keep_layers"] if cut_source(context) else None}

@@ -124,12 +124,25 @@ def choice_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torc
     import torch
 
     input_ids, mask, labels, gold = batch
-    logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-    targets = labels[:, 1:]
+    # Only the positions that predict an option token need the vocabulary-wide head: from the
+    # one before the earliest labelled token on (right padding), a fraction of each row.
+    first = max(int((labels != IGNORE_INDEX).int().argmax(dim=1).min()) - 1, 0)
+    kept = {"logits_to_keep": input_ids.shape[1] - first} if _keeps_logits(model) else {}
+    logits = model(input_ids=input_ids, attention_mask=mask, **kept).logits[:, -(input_ids.shape[1] - first):-1]
+    targets = labels[:, first + 1:]
     wanted = targets != IGNORE_INDEX
+    logits = logits.float()
     picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
     options = (picked * wanted).sum(dim=1).view(len(gold), -1)
     return torch.nn.functional.cross_entropy(options, gold)
+
+
+def _keeps_logits(model: torch.nn.Module) -> bool:
+    """Whether `model.forward` takes transformers' `logits_to_keep` (every causal-LM class the
+    kernel supports does; a model without it computes every position's logits)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def text_choice_probe_plan(teacher: Any, n_probe: int, source: str, split: str,
