@@ -286,3 +286,42 @@ def test_converged_capabilities_rest_with_hysteresis_but_a_step_always_trains_so
     assert resting_capabilities(objectives, running, rested={"reasoning"}) == {"reasoning"}  # stays resting
     running["reasoning"] = CONVERGED_LOSS["kl"] * WAKE_FACTOR * 1.01
     assert resting_capabilities(objectives, running, rested={"reasoning"}) == set()  # woken
+
+
+def test_a_cut_students_token_anchors_start_on_the_teachers_basis(tmp_path: Path) -> None:
+    """The started projection gives what the pool's per-token targets are, for a key layer of
+    the teacher the backbone was cut from; a sequence-mean anchor and another teacher's
+    capability are left as they were."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from nexus_kernel.run.layout import PROFILE_DIR
+    from nexus_kernel.stages.distill import start_anchors_on_the_basis
+    from nexus_kernel.stages.distill_pool import project, token_scale
+
+    torch.manual_seed(0)
+    width, rank = 6, 3
+    components = torch.linalg.qr(torch.randn(width, width))[0][:rank].contiguous()
+    tensors = {}
+    for layer in ("blocks.1", "blocks.4"):
+        tensors |= {f"{layer}.mean": torch.randn(width), f"{layer}.components": components.clone(),
+                    f"{layer}.eigenvalues": torch.tensor([4.0, 1.0, 0.25])}
+    (tmp_path / PROFILE_DIR / "cap").mkdir(parents=True)
+    save_file(tensors, str(tmp_path / PROFILE_DIR / "cap" / "basis.safetensors"))
+    anchors = {"0": nn.Linear(width, rank), "1": nn.Linear(width, rank)}
+    untouched = anchors["1"].weight.detach().clone()
+    student = SimpleNamespace(adapters={"cap": SimpleNamespace(anchors=anchors)})
+    task = SimpleNamespace(name="cap", pool=SimpleNamespace(tokens={0: []}))  # anchor 1 is a sequence mean
+    layer_map = [{"teacher": "blocks.1", "student": 0}, {"teacher": "blocks.4", "student": 1}]
+    architecture = {"backbone": {"cut": {"teacher": "t"}},
+                    "capabilities": {"cap": {"teacher": "t", "layer_map": layer_map, "rank": rank}}}
+
+    assert start_anchors_on_the_basis(tmp_path, student, task, architecture) == [0]  # type: ignore[arg-type]
+    rows = torch.randn(5, width)
+    expected = project(rows, tensors["blocks.1.mean"], components) / token_scale(tensors["blocks.1.eigenvalues"])
+    with torch.no_grad():
+        assert torch.allclose(anchors["0"](rows), expected, atol=1e-5)
+    assert torch.equal(anchors["1"].weight, untouched)
+    other = {**architecture, "backbone": {"cut": {"teacher": "another"}}}
+    assert start_anchors_on_the_basis(tmp_path, student, task, other) == []  # type: ignore[arg-type]
