@@ -175,9 +175,11 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
         ablation = rank_layers_by_ablation(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
                                            teacher=entry.name)
         key_layers = ablation.ranking()[: settings["key_layers"]]
-        removal = (rank_layers_by_removal(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
-                                          teacher=entry.name, rounds=removal_rounds(context, len(plan.candidate_layers)))
-                   if cut_source(context) == name else None)
+        removal = None
+        if cut_source(context) == name:
+            rounds = removal_rounds(context, len(plan.candidate_layers))
+            removal = rank_layers_by_removal(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
+                                             teacher=entry.name, rounds=rounds)
         batching = choose_batch_size(teacher.model, plan, context.config.section("hardware")["memory_budget_gb"],
                                      settings["batch_size"])
         process = psutil.Process()
