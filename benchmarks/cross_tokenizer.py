@@ -17,10 +17,11 @@ the reasoning retentions uld / sequence.
         [--eval 80] [--teacher DIR] [--smollm2 DIR] [--cache DIR] [--json f.json]
         [--losses sequence uld]
 
-Measured on 2 cores, `--steps 100 --eval 80`, student cut to 28 blocks: with `sequence`,
-knowledge 0.812 against the teacher's 0.825 (retention 0.985 [0.912, 1.065]) and reasoning 0.600
-against 1.000 (0.600 [0.487, 0.700], chance 0.400); stage 2 181 s, stage 4 962 s. The `uld` run
-did not finish inside that session's time limit, so the comparison is still to be made.
+Measured on 2 cores, `--steps 100 --eval 80`, student cut to 28 blocks by stage 2's greedy
+removal ranking (commit dbd19fd): with `sequence`, knowledge 0.812 against the teacher's 0.825
+(retention 0.985 [0.905, 1.079]) and reasoning 0.588 against 0.988 (0.595 [0.481, 0.696],
+chance 0.400); stage 4 1231 s. The `uld` side at the same settings (`--losses uld`) is
+not measured yet.
 
 Earlier measurement, with a stand-in student (SmolLM2 with 6 evenly spaced blocks, reasoning
 alone, 50 adapter steps, 2 cores shared with other jobs): retention sequence 0.438 [0.325,
