@@ -20,8 +20,9 @@ the reasoning retentions uld / sequence.
 Measured on 2 cores, `--steps 100 --eval 80`, student cut to 28 blocks by stage 2's greedy
 removal ranking (commit dbd19fd): with `sequence`, knowledge 0.812 against the teacher's 0.825
 (retention 0.985 [0.905, 1.079]) and reasoning 0.588 against 0.988 (0.595 [0.481, 0.696],
-chance 0.400); stage 4 1231 s. The `uld` side at the same settings (`--losses uld`) is
-not measured yet.
+chance 0.400); stage 4 1231 s. With `uld` (`--losses uld`, same settings): knowledge the same
+0.812, reasoning 0.475 (0.481 [0.375, 0.590]); stage 4 1298 s. Retention uld / sequence = 0.81,
+so sequence stays the default across tokenizers.
 
 Earlier measurement, with a stand-in student (SmolLM2 with 6 evenly spaced blocks, reasoning
 alone, 50 adapter steps, 2 cores shared with other jobs): retention sequence 0.438 [0.325,
