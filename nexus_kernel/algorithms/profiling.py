@@ -110,6 +110,11 @@ def layer_means(model: nn.Module, layers: Sequence[str], batches: Iterable[Any],
     return {name: (sums[name] / counts[name]).float() for name in layers}
 
 
+def _cost(loss: float) -> float:
+    """A loss to rank by: a diverged (non-finite) one costs the most."""
+    return loss if math.isfinite(loss) else math.inf
+
+
 @dataclass(frozen=True)
 class AblationResult:
     """The teacher's loss with nothing ablated, and with each layer mean-ablated in turn."""
@@ -119,8 +124,7 @@ class AblationResult:
 
     def increases(self) -> dict[str, float]:
         """Loss increase per layer; `inf` where ablating the layer made the loss diverge."""
-        return {name: loss - self.baseline if math.isfinite(loss) else math.inf
-                for name, loss in self.ablated.items()}
+        return {name: _cost(loss) - self.baseline for name, loss in self.ablated.items()}
 
     def ranking(self) -> list[str]:
         """Layers by loss increase, largest first (ties keep the candidate order)."""
@@ -172,11 +176,6 @@ class RemovalResult:
         removed ones, last removed first; a cut keeping the first `keep` drops the removed."""
         kept = sorted(self.last_round, key=lambda name: -_cost(self.last_round[name]))
         return [*kept, *reversed(self.removed)]
-
-
-def _cost(loss: float) -> float:
-    """A loss to rank by: a diverged (non-finite) one costs the most."""
-    return loss if math.isfinite(loss) else math.inf
 
 
 def rank_layers_by_removal(model: nn.Module, layers: Sequence[str], batches: Sequence[Any],

@@ -127,8 +127,9 @@ def choice_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torc
     # Only the positions that predict an option token need the vocabulary-wide head: from the
     # one before the earliest labelled token on (right padding), a fraction of each row.
     first = max(int((labels != IGNORE_INDEX).int().argmax(dim=1).min()) - 1, 0)
-    kept = {"logits_to_keep": input_ids.shape[1] - first} if _keeps_logits(model) else {}
-    logits = model(input_ids=input_ids, attention_mask=mask, **kept).logits[:, -(input_ids.shape[1] - first):-1]
+    width = input_ids.shape[1] - first
+    kept = {"logits_to_keep": width} if _keeps_logits(model) else {}
+    logits = model(input_ids=input_ids, attention_mask=mask, **kept).logits[:, -width:-1]
     targets = labels[:, first + 1:]
     wanted = targets != IGNORE_INDEX
     logits = logits.float()
