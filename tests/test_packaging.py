@@ -13,10 +13,12 @@ from kernel_helpers import require_plugins
 
 from nexus_kernel.algorithms.quantize import (
     KERNEL,
+    Int8Embedding,
     Int8Linear,
     NF4Linear,
     QuantizationError,
     kernel_quantize,
+    quantize_embeddings,
 )
 from nexus_kernel.contracts import AdapterSpec
 from nexus_kernel.kit.testing import plugin_set_of
@@ -29,6 +31,7 @@ from nexus_kernel.student.model import (
     linear_targets,
 )
 from nexus_kernel.student.packaging import (
+    EMBEDDINGS,
     drop_training_state,
     export_files,
     fp32_bytes,
@@ -100,6 +103,8 @@ def test_a_bundle_loads_back_to_the_same_quantized_student_at_a_third_of_fp32(
     fp32 = fp32_bytes(student)
     plugins = _plugins(quantizer=with_bnb)
     quantizers = _package(tmp_path / "bundle", student, plugins, scheme)
+    assert quantizers.pop(EMBEDDINGS) == KERNEL  # the token table, whoever did the linears
+    assert isinstance(student.backbone.get_input_embeddings(), Int8Embedding)
     if not with_bnb:
         assert set(quantizers.values()) == {KERNEL}
     elif scheme == "int8":
@@ -107,6 +112,7 @@ def test_a_bundle_loads_back_to_the_same_quantized_student_at_a_third_of_fp32(
     else:  # bitsandbytes' CPU NF4 kernel needs rows in blocks of 32: the lm_head (289 rows) is not
         assert quantizers["backbone"] == KERNEL and set(quantizers.values()) <= {"quant-bnb", KERNEL}
     loaded = load_bundle(tmp_path / "bundle", plugins)
+    assert isinstance(loaded.student.backbone.get_input_embeddings(), Int8Embedding)
     for name in RANKS:
         quantized = _logits(student, name)
         error = float((quantized - reference[name]).norm() / reference[name].norm())
@@ -157,3 +163,27 @@ def test_kernel_layers_store_codes_and_reconstruct_within_their_precision() -> N
     assert float((nf4.weight() - linear.weight).detach().norm() / linear.weight.detach().norm()) < 0.12
     with pytest.raises(QuantizationError, match="unknown quantization scheme 'fp8'"):
         kernel_quantize(linear, "fp8")
+
+
+def test_embedding_tables_become_int8_rows_and_a_bundle_without_their_entry_keeps_them_in_float() -> None:
+    torch.manual_seed(2)
+    table = torch.nn.Embedding(100, 24)
+    int8 = Int8Embedding.from_embedding(table)
+    ids = torch.tensor([[0, 7, 99], [7, 7, 3]])
+    step = table.weight.abs().amax(dim=1, keepdim=True) / 127
+    assert int8.qweight.dtype == torch.int8 and int8(ids).shape == (2, 3, 24)
+    assert bool(((int8(ids) - table(ids)).abs() <= step[ids] / 2 + 1e-7).all())
+
+    class Scaled(torch.nn.Embedding):  # a lookup with its own arithmetic (Gemma 3's scales by sqrt(d))
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return super().forward(ids) * 2
+
+    holder = torch.nn.ModuleDict({"plain": torch.nn.Embedding(10, 4), "scaled": Scaled(10, 4),
+                                  "capped": torch.nn.Embedding(10, 4, max_norm=1.0)})
+    assert quantize_embeddings(holder) == ["plain"]
+    assert [type(holder[key]) for key in ("plain", "scaled", "capped")] == [Int8Embedding, Scaled, torch.nn.Embedding]
+
+    old = default_student()  # a manifest written before embeddings were quantized has no entry for them
+    drop_training_state(old)
+    used = quantize_student(old, None, "int8", {"backbone": KERNEL} | {f"adapters.{name}": KERNEL for name in RANKS})
+    assert EMBEDDINGS not in used and type(old.backbone.get_input_embeddings()) is torch.nn.Embedding

@@ -6,8 +6,16 @@ be loaded back by the same quantizer, and a `firstresult` call does not say who 
 the implementations are walked one by one). The kernel's fallback is the last of them (the
 built-in `nexus_kernel.defaults.quantize`, `trylast`): when no plugin answers (bitsandbytes
 missing, or unsupported on the device) it replaces every `nn.Linear` with `Int8Linear`
-(per-row absmax) or `NF4Linear` (blocks of 64, the NF4 code book). Every quantized module's `state_dict()` holds tensors only and loads back into a
-module built and quantized the same way, which is how `load_bundle` restores a bundle.
+(per-row absmax) or `NF4Linear` (blocks of 64, the NF4 code book). Every quantized module's
+`state_dict()` holds tensors only and loads back into a module built and quantized the same way,
+which is how `load_bundle` restores a bundle.
+
+Token and position tables are not linears, so no quantizer above sees them: a pretrained
+student's 49,152 x 576 vocabulary is 113 MB of float32, more than its blocks' int8 weights.
+`quantize_embeddings` stores them as `Int8Embedding` (per-row absmax) under either scheme: a
+lookup reads single rows, so 4-bit rows would cost accuracy where 8-bit already makes the
+table a quarter of its float size (bitsandbytes' own `Embedding8bit` cannot save its state in
+0.50.2, so the kernel's layer serves every quantizer).
 """
 
 from __future__ import annotations
@@ -107,6 +115,45 @@ class NF4Linear(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(inputs, self.weight(), self.bias)
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 rows with one float scale per row; a lookup
+    dequantizes only the rows it reads."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("qweight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(num_embeddings))
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding) -> Int8Embedding:
+        layer = cls(embedding.num_embeddings, embedding.embedding_dim)
+        weight = embedding.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+        layer.qweight.copy_(torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        layer.scale.copy_(scale)
+        return layer.to(embedding.weight.device)
+
+    def weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale[:, None]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.qweight[ids].float() * self.scale[ids].unsqueeze(-1)
+
+
+def quantize_embeddings(module: nn.Module) -> list[str]:
+    """Replace every plain `nn.Embedding` inside `module` (in place) with `Int8Embedding`;
+    returns their names. Subclasses (which may scale or post-process a lookup, as Gemma 3's
+    does) and tables with `max_norm` keep their float weights."""
+    names = [name for name, child in module.named_modules()
+             if type(child) is nn.Embedding and child.max_norm is None and name]
+    for name in names:
+        parent_name, _, attribute = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attribute, Int8Embedding.from_embedding(getattr(parent, attribute)))
+    return names
 
 
 _KERNEL_LAYERS: dict[str, type[Int8Linear] | type[NF4Linear]] = {"int8": Int8Linear, "nf4": NF4Linear}

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nexus_kernel.algorithms.quantize import quantize_module
+from nexus_kernel.algorithms.quantize import KERNEL, quantize_embeddings, quantize_module
 from nexus_kernel.contracts import AdapterSpec
 from nexus_kernel.plugins import PluginSet
 from nexus_kernel.student.build import adapter_for
@@ -34,6 +34,9 @@ from nexus_kernel.student.model import (
 BACKBONE_DIR = "backbone"
 TOKENIZER_DIR = "tokenizer"
 WEIGHTS = {"backbone": "backbone.safetensors"}
+EMBEDDINGS = "backbone.embeddings"
+"""The `quantizers` entry for the backbone's embedding tables (int8 by the kernel, whoever
+quantized the linears); a bundle without it kept them in float."""
 
 
 def adapter_file(name: str) -> str:
@@ -74,12 +77,16 @@ def fp32_bytes(student: NexusStudent) -> int:
 
 def quantize_student(student: NexusStudent, plugins: PluginSet | None, scheme: str,
                      quantizers: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Quantize the backbone and every adapter in place; returns module to quantizer. With
+    """Quantize the backbone (its linears by the `scheme`'s quantizer, its embedding tables to
+    int8 by the kernel) and every adapter in place; returns module to quantizer. With
     `quantizers` (from a manifest) each module goes to the quantizer that made it."""
     used = {}
     training = student.training
     backbone, used["backbone"] = quantize_module(plugins, student.backbone, scheme,
                                                  (quantizers or {}).get("backbone"))
+    if quantizers is None or EMBEDDINGS in quantizers:
+        if quantize_embeddings(backbone):
+            used[EMBEDDINGS] = KERNEL
     student.backbone = backbone
     student.reattach_deltas()
     for name in list(student.adapters):
