@@ -35,10 +35,11 @@ def projector(spec: AdapterSpec) -> Any:
     return FrameProjector(FEATURES.n_mels, FRAMES_PER_TOKEN, FEATURES.frames, spec.hidden_size)
 
 
-def _teacher_features(teacher: Any) -> LogMel:
-    from nexus_cap_voice.teacher import FEATURES_KEY
+def speech_of(teacher: Any) -> Any:
+    """The `SpeechEncoder` of a loaded teacher (its folder's extractor read once)."""
+    from nexus_cap_voice.speech import SpeechEncoder
 
-    return LogMel.from_json(getattr(teacher.model.config, FEATURES_KEY))
+    return SpeechEncoder.of(teacher.model, teacher.folder)
 
 
 def embeddings(model: Any, waveforms: Sequence[np.ndarray]) -> np.ndarray:
@@ -48,9 +49,7 @@ def embeddings(model: Any, waveforms: Sequence[np.ndarray]) -> np.ndarray:
     from nexus_kernel.student.model import StudentCapability
 
     if not isinstance(model, StudentCapability):
-        from nexus_cap_voice.teacher import VoiceEncoder
-
-        return VoiceEncoder(model.model, _teacher_features(model)).embed(waveforms)
+        return speech_of(model).embed(waveforms)  # type: ignore[no-any-return]
     rows = []
     with torch.inference_mode():
         for start in range(0, len(waveforms), _BATCH):
@@ -65,24 +64,28 @@ def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> Dis
 
     from nexus_kernel.student.model import StudentBatch
 
-    features = _teacher_features(teacher) if teacher is not None else None
+    speech = speech_of(teacher) if teacher is not None else None
 
     def teacher_outputs(chunk: list[Utterance]) -> list[Any]:
-        return list(torch.from_numpy(embeddings(teacher, [u.samples for u in chunk])))
+        assert speech is not None, "the teacher is not loaded"
+        return list(torch.from_numpy(speech.embed([u.samples for u in chunk])))
 
     def teacher_batch(chunk: list[Utterance], _outputs: list[Any]) -> Any:
-        assert features is not None, "the teacher is not loaded"
-        return features([u.samples for u in chunk])
+        assert speech is not None, "the teacher is not loaded"
+        return speech.batch([u.samples for u in chunk])
 
     def teacher_forward(model: Any, batch: Any) -> Any:
-        return model.audio_spectrogram_transformer(batch)
+        assert speech is not None and model is speech.model, "the teacher is not loaded"
+        return speech.forward(batch)
 
     def student_batch(chunk: list[Utterance], outputs: list[Any]) -> StudentBatch:
         return StudentBatch(prefix=FEATURES([u.samples for u in chunk]), target=torch.stack(outputs).float())
 
     return DistillPlan(items=lambda: iter(_items(datasets, "train")), teacher_batch=teacher_batch,
                        teacher_forward=teacher_forward, teacher_outputs=teacher_outputs,
-                       student_batch=student_batch, objective="cosine")
+                       student_batch=student_batch, objective="cosine", mask_of=lambda batch: batch.mask(),
+                       reason=("cosine: the student's embedding head matches the teacher's utterance embedding"
+                               + (f" ({speech.describe()})" if speech is not None else "")))
 
 
 def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None,

@@ -1,11 +1,11 @@
-"""The demo voice teacher: a small Audio Spectrogram Transformer trained to tell ten spoken
-digits apart; its utterance embedding (the pooled output) is what the student must match."""
+"""The demo voice teacher (a small Audio Spectrogram Transformer trained to tell ten spoken
+digits apart; its utterance embedding, the pooled output, is what the student must match) and
+stage 2's probe for any speech teacher (`nexus_cap_voice.speech`)."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,42 +14,15 @@ import numpy as np
 from nexus_cap_voice import benchmark
 from nexus_cap_voice.data import LABELS, SyntheticRecipe, Utterance, load_folder
 from nexus_cap_voice.features import LogMel
+from nexus_cap_voice.speech import FEATURES_KEY, SpeechBatch, SpeechEncoder
 from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
 from nexus_kernel.kit.datasets import DatasetError
 from nexus_modalities.training import TrainingPlan
 
 NAME = "nexus-demo-voice"
-FEATURES_KEY = "nexus_log_mel"
 MODEL = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
          "intermediate_size": 192, "patch_size": 8, "frequency_stride": 8, "time_stride": 8}
 PLAN = TrainingPlan(steps=1500, learning_rate=2e-3, batch_size=32, first_round=600, round_steps=300)
-
-
-@dataclass
-class VoiceEncoder:
-    """An AST audio model (in eval mode) behind `embed(waveforms) -> (n, hidden) array`."""
-
-    model: Any
-    features: LogMel
-    batch_size: int = 64
-
-    @classmethod
-    def from_folder(cls, folder: str | Path) -> VoiceEncoder:
-        """Load a teacher folder; its log-mel settings travel in its config."""
-        from transformers import ASTForAudioClassification
-
-        model = ASTForAudioClassification.from_pretrained(folder).eval()
-        return cls(model, LogMel.from_json(getattr(model.config, FEATURES_KEY)))
-
-    def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
-        import torch
-
-        rows = []
-        with torch.inference_mode():
-            for start in range(0, len(waveforms), self.batch_size):
-                inputs = self.features(waveforms[start : start + self.batch_size])
-                rows.append(self.model.audio_spectrogram_transformer(inputs).pooler_output.numpy())
-        return np.concatenate(rows)
 
 
 def demo() -> DemoTeacher:
@@ -72,19 +45,50 @@ def _loss(model: Any, batch: Any) -> Any:
     return model(input_values=inputs, labels=labels).loss
 
 
-def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> ProbePlan:
-    """Probe and profile the teacher on training utterances (synthetic or a real folder)."""
-    from nexus_kernel.algorithms.profiling import plan_from_items, repeated_blocks
+def _training_items(datasets: Mapping[str, str]) -> Iterable[Utterance]:
     from nexus_kernel.kit.datasets import items_of
 
+    return items_of(datasets["train"], "train", lambda _: SyntheticRecipe().train(), load_folder)
+
+
+def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> ProbePlan:
+    """Probe and profile the teacher on training utterances (synthetic or a real folder). The
+    demo teacher's probe loss is its digit classification; any other speech teacher's is the
+    cosine distance of its utterance embedding to the unablated one (`embedding_probe_plan`)."""
+    from nexus_kernel.algorithms.profiling import plan_from_items, repeated_blocks
+
     config = teacher.model.config
+    if getattr(config, FEATURES_KEY, None) is None:
+        return embedding_probe_plan(SpeechEncoder.of(teacher.model, teacher.folder), n_probe, datasets)
     features = LogMel.from_json(getattr(config, FEATURES_KEY))
+    return plan_from_items(lambda: _training_items(datasets), lambda chunk: _batch(chunk, features, config.label2id),
+                           _loss, repeated_blocks(teacher.model), n_probe)
 
-    def items() -> Iterable[Utterance]:
-        return items_of(datasets["train"], "train", lambda _: SyntheticRecipe().train(), load_folder)
 
-    return plan_from_items(items, lambda chunk: _batch(chunk, features, config.label2id), _loss,
-                           repeated_blocks(teacher.model), n_probe)
+def embedding_probe_plan(speech: SpeechEncoder, n_probe: int, datasets: Mapping[str, str]) -> ProbePlan:
+    """A probe for a teacher without a task head: a probe batch is `(inputs, clean)`, `clean`
+    the unablated embeddings, and the loss is `1 - cosine` to them (a streamed batch carries
+    None there and its loss is only the forward pass the profiler hooks)."""
+    import torch
+
+    def loss(model: Any, batch: tuple[SpeechBatch, Any]) -> Any:
+        assert model is speech.model, "the probe runs on the teacher it was planned for"
+        inputs, clean = batch
+        embedding = speech.pooled(inputs)
+        if clean is None:
+            return embedding.sum() * 0
+        return (1 - torch.nn.functional.cosine_similarity(embedding, clean, dim=-1)).mean()
+
+    def stream(samples: int, batch_size: int) -> Iterator[tuple[SpeechBatch, Any]]:
+        source = itertools.islice(_training_items(datasets), samples)
+        while chunk := list(itertools.islice(source, batch_size)):
+            yield speech.batch([u.samples for u in chunk]), None
+
+    probe = speech.batch([u.samples for u in itertools.islice(_training_items(datasets), n_probe)])
+    with torch.inference_mode():
+        clean = speech.pooled(probe)
+    return ProbePlan(batches=[(probe, clean)], candidate_layers=speech.candidate_layers(), loss=loss, stream=stream,
+                     mask_of=lambda batch: batch[0].mask(), samples_of=lambda batch: batch[0].size)
 
 
 def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> DemoBuildResult:
@@ -108,7 +112,7 @@ def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], Non
         return _batch(list(itertools.islice(stream, plan.batch_size)), features, config.label2id)
 
     def scores(model: Any, utterances: Sequence[Utterance]) -> dict[str, Any]:
-        embeddings = VoiceEncoder(model, features).embed([u.samples for u in utterances])
+        embeddings = SpeechEncoder.of(model, None).embed([u.samples for u in utterances])
         return benchmark.score(embeddings, [u.label for u in utterances])
 
     validation = data.validation()

@@ -1,0 +1,122 @@
+"""Speech teachers of the common transformers classes: tiny random-init models with their
+feature extractors saved beside them, read the way stage 2 and stage 4 read a user's folder;
+and the real whisper-tiny.en on the real FSDD recordings where `../shared` has them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from nexus_cap_voice import benchmark
+from nexus_cap_voice.data import SAMPLE_RATE, load_folder
+from nexus_cap_voice.speech import SpeechEncoder, SpeechTeacherError
+from nexus_cap_voice.teacher import embedding_probe_plan
+from nexus_kernel.teachers.loading import load_teacher_folder
+
+SHARED = Path(__file__).resolve().parents[3].parent / "shared"
+
+
+def _tiny(kind: str) -> tuple[Any, Any]:
+    """A random-init model of `kind` small enough for a unit test, and its feature extractor."""
+    import transformers as t
+
+    small = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
+    waveform = {**small, "conv_dim": (16, 16), "conv_kernel": (10, 3), "conv_stride": (5, 2),
+                "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2, "vocab_size": 12}
+    if kind == "whisper":
+        config = t.WhisperConfig(d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+                                 decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=60,
+                                 max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                 decoder_start_token_id=1)
+        return t.WhisperForConditionalGeneration(config), t.WhisperFeatureExtractor()
+    if kind == "ast":
+        config = t.ASTConfig(**small, num_mel_bins=16, max_length=64, num_labels=3)
+        return t.ASTForAudioClassification(config), t.ASTFeatureExtractor(num_mel_bins=16, max_length=64)
+    extractor = t.Wav2Vec2FeatureExtractor(return_attention_mask=kind != "wav2vec2")
+    models = {"wav2vec2": (t.Wav2Vec2Config, t.Wav2Vec2ForCTC), "hubert": (t.HubertConfig, t.HubertModel),
+              "wavlm": (t.WavLMConfig, t.WavLMForCTC)}
+    config_class, model_class = models[kind]
+    return model_class(config_class(**waveform)), extractor
+
+
+def _saved(folder: Path, kind: str) -> Any:
+    torch.manual_seed(0)
+    model, extractor = _tiny(kind)
+    model.save_pretrained(folder)
+    extractor.save_pretrained(folder)
+    return load_teacher_folder(kind, folder, "fp32")
+
+
+def _waveforms(count: int, seconds: tuple[float, ...] = (0.4, 0.9, 0.6)) -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [rng.standard_normal(int(SAMPLE_RATE * seconds[i % len(seconds)])).astype(np.float32) * 0.1
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("kind", ["whisper", "wav2vec2", "hubert", "wavlm", "ast"])
+def test_each_speech_class_gives_utterance_embeddings_and_a_probe_that_feels_its_blocks(
+        tmp_path: Path, kind: str) -> None:
+    teacher = _saved(tmp_path / kind, kind)
+    speech = SpeechEncoder.of(teacher.model, teacher.folder)
+    waves = _waveforms(5)
+    embeddings = speech.embed(waves)
+    assert embeddings.shape == (5, 16) and np.isfinite(embeddings).all()
+    batch = speech.batch(waves[:3])
+    if kind == "ast":
+        assert batch.mask() is None
+    else:  # padded frames do not count: each utterance's embedding is its own, whatever its batch
+        assert batch.mask().sum(dim=1).tolist() == batch.frames.tolist() and len(set(batch.frames.tolist())) == 3
+        np.testing.assert_allclose(speech.embed(waves[1:2]), embeddings[1:2], atol=1e-4)
+    assert speech.describe()["sample_rate"] == 16000 and len(speech.candidate_layers()) == 2
+
+    plan = embedding_probe_plan(speech, 4, {"train": "synthetic:spoken-digits-v1"})
+    with torch.no_grad():
+        assert float(plan.loss(teacher.model, plan.batches[0])) == pytest.approx(0, abs=1e-5)
+    block = teacher.model.get_submodule(plan.candidate_layers[0])
+    handle = block.register_forward_hook(lambda _m, _i, output: (output[0] * 0, *output[1:])
+                                         if isinstance(output, tuple) else output * 0)
+    try:
+        assert float(plan.loss(teacher.model, plan.batches[0])) > 1e-3
+    finally:
+        handle.remove()
+    streamed = next(plan.stream(4, 2))
+    assert streamed[1] is None and plan.samples_of(streamed) == 2
+
+
+def test_whisper_reads_a_window_cut_to_the_utterance_and_restores_its_30_seconds(tmp_path: Path) -> None:
+    teacher = _saved(tmp_path / "whisper", "whisper")
+    trimmed = SpeechEncoder.of(teacher.model, teacher.folder)
+    full = SpeechEncoder.of(teacher.model, teacher.folder, window="full")
+    waves = _waveforms(2)
+    batch = trimmed.batch(waves)
+    assert batch.inputs["input_features"].shape[-1] == 2 * batch.length == 90  # 0.9 s at 100 frames a second
+    assert full.batch(waves).inputs["input_features"].shape[-1] == 3000
+    assert trimmed.embed(waves).shape == full.embed(waves).shape == (2, 16)
+    encoder = teacher.model.get_encoder()
+    assert encoder.embed_positions.num_embeddings == encoder.config.max_source_positions == 1500
+
+
+def test_a_model_that_is_not_a_speech_encoder_is_named_with_the_supported_ones(tmp_path: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    model = BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(SpeechTeacherError, match="BertModel \\(model_type 'bert'\\).*whisper, wav2vec2, hubert"):
+        SpeechEncoder.of(model, tmp_path)
+    teacher = _saved(tmp_path / "whisper", "whisper")
+    (teacher.folder / "preprocessor_config.json").unlink()
+    with pytest.raises(SpeechTeacherError, match="no readable feature extractor"):
+        SpeechEncoder.of(teacher.model, teacher.folder)
+
+
+@pytest.mark.skipif(not (SHARED / "models/whisper-tiny.en").is_dir() or not (SHARED / "data/fsdd").is_dir(),
+                    reason="../shared/models/whisper-tiny.en or ../shared/data/fsdd is absent (real weights and data)")
+def test_real_whisper_tiny_tells_the_fsdd_digits_apart_from_its_trimmed_window() -> None:
+    teacher = load_teacher_folder("whisper-tiny.en", SHARED / "models/whisper-tiny.en", "fp32")
+    speech = SpeechEncoder.of(teacher.model, teacher.folder)
+    test = load_folder(SHARED / "data/fsdd/recordings", "test")
+    score = benchmark.centroid_score(speech.embed([u.samples for u in test]), [u.label for u in test])
+    assert score.n == 150 and score.value >= 0.95  # measured 0.993; chance 0.1
