@@ -15,7 +15,11 @@ state, mean-pooled over the utterance's real frames (`describe()` records layer 
   classifier reads it. The demo teacher carries its own log-mel settings in its config
   (`FEATURES_KEY`) and has no extractor.
 
-Any other class is a `SpeechTeacherError` naming it and the supported ones.
+Any other class is a `SpeechTeacherError` naming it and the supported ones. Padded frames are
+left out of the mean, but only a model with an attention mask and a layer-normed convolutional
+front end (`feat_extract_norm="layer"`, the large Wav2Vec2/HuBERT/WavLM) ignores the padding
+altogether; Whisper and the group-normed base models read it, so an utterance's embedding moves
+a little with the batch's longest one (batches follow the data order, so a run repeats).
 """
 
 from __future__ import annotations
