@@ -84,9 +84,8 @@ def quantize_student(student: NexusStudent, plugins: PluginSet | None, scheme: s
     training = student.training
     backbone, used["backbone"] = quantize_module(plugins, student.backbone, scheme,
                                                  (quantizers or {}).get("backbone"))
-    if quantizers is None or EMBEDDINGS in quantizers:
-        if quantize_embeddings(backbone):
-            used[EMBEDDINGS] = KERNEL
+    if (quantizers is None or EMBEDDINGS in quantizers) and quantize_embeddings(backbone):
+        used[EMBEDDINGS] = KERNEL
     student.backbone = backbone
     student.reattach_deltas()
     for name in list(student.adapters):

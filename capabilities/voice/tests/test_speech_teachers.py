@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from nexus_cap_voice import benchmark
 from nexus_cap_voice.data import SAMPLE_RATE, load_folder
 from nexus_cap_voice.speech import SpeechEncoder, SpeechTeacherError
 from nexus_cap_voice.teacher import embedding_probe_plan
+
 from nexus_kernel.teachers.loading import load_teacher_folder
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
