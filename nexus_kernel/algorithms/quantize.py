@@ -20,6 +20,7 @@ table a quarter of its float size (bitsandbytes' own `Embedding8bit` cannot save
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import pluggy
@@ -51,6 +52,21 @@ class QuantizationError(NexusError):
     """An unknown scheme, or a quantizer that returned something unusable."""
 
 
+def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`weight` as int8 rows and one float scale per row (per-row absmax)."""
+    weight = weight.detach().float()
+    scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+    return torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def replace_modules(module: nn.Module, names: list[str], make: Callable[[nn.Module], nn.Module]) -> None:
+    """Replace each named submodule of `module` (in place) with `make(submodule)`."""
+    for name in names:
+        parent_name, _, attribute = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attribute, make(getattr(parent, attribute)))
+
+
 class Int8Linear(nn.Module):
     """A linear layer stored as int8 rows with one float scale per output row."""
 
@@ -64,9 +80,8 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        weight = linear.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
-        layer.qweight.copy_(torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        qweight, scale = int8_rows(linear.weight)
+        layer.qweight.copy_(qweight)
         layer.scale.copy_(scale)
         if linear.bias is not None:
             layer.bias.data.copy_(linear.bias.detach())  # type: ignore[union-attr]
@@ -130,14 +145,10 @@ class Int8Embedding(nn.Module):
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding) -> Int8Embedding:
         layer = cls(embedding.num_embeddings, embedding.embedding_dim)
-        weight = embedding.weight.detach().float()
-        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
-        layer.qweight.copy_(torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        qweight, scale = int8_rows(embedding.weight)
+        layer.qweight.copy_(qweight)
         layer.scale.copy_(scale)
         return layer.to(embedding.weight.device)
-
-    def weight(self) -> torch.Tensor:
-        return self.qweight.float() * self.scale[:, None]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.qweight[ids].float() * self.scale[ids].unsqueeze(-1)
@@ -149,10 +160,7 @@ def quantize_embeddings(module: nn.Module) -> list[str]:
     does) and tables with `max_norm` keep their float weights."""
     names = [name for name, child in module.named_modules()
              if type(child) is nn.Embedding and child.max_norm is None and name]
-    for name in names:
-        parent_name, _, attribute = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, attribute, Int8Embedding.from_embedding(getattr(parent, attribute)))
+    replace_modules(module, names, Int8Embedding.from_embedding)  # type: ignore[arg-type]
     return names
 
 
@@ -166,10 +174,8 @@ def kernel_quantize(module: nn.Module, scheme: str) -> nn.Module:
     layer_class = _KERNEL_LAYERS[scheme]
     if isinstance(module, nn.Linear):
         return layer_class.from_linear(module)
-    for name, child in [(n, c) for n, c in module.named_modules() if isinstance(c, nn.Linear)]:
-        parent_name, _, attribute = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, attribute, layer_class.from_linear(child))
+    replace_modules(module, [name for name, child in module.named_modules() if isinstance(child, nn.Linear)],
+                    layer_class.from_linear)  # type: ignore[arg-type]
     return module
 
 

@@ -162,7 +162,8 @@ class SpeechEncoder:
         inputs = {key: value.to(dtype) if value.is_floating_point() else value for key, value in batch.inputs.items()}
         if self.family != "whisper" or self.window == "full":
             return self.encoder(**inputs)
-        with _whisper_positions(self.encoder, inputs["input_features"].shape[-1] // 2):
+        assert batch.length is not None, "a Whisper batch knows its encoder length"
+        with _whisper_positions(self.encoder, batch.length):
             return self.encoder(**inputs)
 
     def pooled(self, batch: SpeechBatch) -> Any:

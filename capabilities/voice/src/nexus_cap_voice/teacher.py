@@ -9,14 +9,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nexus_modalities.training import TrainingPlan
-
 from nexus_cap_voice import benchmark
 from nexus_cap_voice.data import LABELS, SyntheticRecipe, Utterance, load_folder
 from nexus_cap_voice.features import LogMel
 from nexus_cap_voice.speech import FEATURES_KEY, SpeechBatch, SpeechEncoder
 from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
 from nexus_kernel.kit.datasets import DatasetError
+from nexus_modalities.training import TrainingPlan
 
 NAME = "nexus-demo-voice"
 MODEL = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -93,8 +92,9 @@ def embedding_probe_plan(speech: SpeechEncoder, n_probe: int, datasets: Mapping[
 def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> DemoBuildResult:
     """Train the teacher `recipe` describes until it clears its validation target, save it to
     `folder`, return its held-out scores and training record."""
-    from nexus_modalities.training import fit
     from transformers import ASTConfig, ASTForAudioClassification
+
+    from nexus_modalities.training import fit
 
     data = SyntheticRecipe(**recipe["data"])
     features = LogMel.from_json(recipe["features"])

@@ -63,11 +63,10 @@ def quantize_linears(module: nn.Module, scheme: str) -> nn.Module:
 
     if scheme not in SCHEMES:
         raise ValueError(f"unknown scheme {scheme!r}; quant-bnb supports {', '.join(SCHEMES)}")
-    targets = [(name, child) for name, child in module.named_modules() if isinstance(child, nn.Linear)]
-    for name, linear in targets:
-        parent_name, _, attribute = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, attribute, _quantized_linear(linear, scheme))
+    from nexus_kernel.algorithms.quantize import replace_modules
+
+    replace_modules(module, [name for name, child in module.named_modules() if isinstance(child, nn.Linear)],
+                    lambda linear: _quantized_linear(linear, scheme))  # type: ignore[arg-type]
     return module
 
 
