@@ -11,7 +11,7 @@ from nexus_kernel.contracts import AdapterSpec, ProbePlan, Score
 from nexus_kernel.hookspecs import hookimpl
 from nexus_kernel.kit.plugin_kit import CapabilityPlugin
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def load_bundle(path: object, plugins: object = None) -> object:

@@ -82,6 +82,22 @@ def load_teacher(entry: TeacherEntry, quantization: str, device: str) -> Any | N
 
 
 @hookspec(firstresult=True)
+def teacher_capability(capability: Capability, folder: str) -> Capability | None:
+    """`capability` as it is distilled from the teacher in `folder` (its `config.json` may be
+    read; no weights are loaded, and the folder may not exist yet for a demo teacher still to
+    be built). None keeps the declared capability. A plugin whose teachers come in kinds with
+    different outputs (an image encoder gives an embedding, an image-to-text model text)
+    answers with a variant of its declaration (`dataclasses.replace`) that differs only in
+    `output`, `benchmarks` and `description`; anything else changed is a `PluginError`. A
+    teacher class the plugin cannot serve raises a `NexusError` naming the class and the
+    supported ones. Stage 1 records the variant's benchmarks with the teacher, and stages 2 to
+    6 use the variant.
+
+    .. versionadded:: 0.3
+    """
+
+
+@hookspec(firstresult=True)
 def profile_capability(
     capability: Capability, teacher: Any, n_probe: int, datasets: Mapping[str, str],
 ) -> ProbePlan | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib.metadata as metadata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
@@ -137,6 +137,23 @@ class PluginSet:
             return caller(**kwargs)
         except pluggy.HookCallError as exc:
             raise PluginError(f"hook {hook_name!r} for capability {capability_name!r}: {exc}") from None
+
+    def teacher_capability(self, capability_name: str, folder: str) -> Capability:
+        """The capability as distilled from the teacher in `folder` (`teacher_capability`
+        hook): the owner's variant, or the declared capability when it gives none. A variant
+        that changes more than `output`, `benchmarks` and `description` is a `PluginError`."""
+        declared, record = self.capabilities()[capability_name]
+        variant = self.call_for(capability_name, "teacher_capability", capability=declared, folder=str(folder))
+        if variant is None:
+            return declared
+        if not isinstance(variant, Capability):
+            raise PluginError(f"teacher_capability of {record.distribution} returned {type(variant).__name__}, "
+                              "not a Capability")
+        if replace(variant, output=declared.output, benchmarks=declared.benchmarks,
+                   description=declared.description) != declared:
+            raise PluginError(f"teacher_capability of {record.distribution} for {folder} changed more of "
+                              f"capability {capability_name!r} than its output, benchmarks and description")
+        return variant
 
     def _owner_caller(self, owner: str, hook_name: str) -> pluggy.HookCaller:
         """pluggy's caller for `hook_name` restricted to `owner` and the built-ins (cached)."""

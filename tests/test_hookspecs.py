@@ -13,14 +13,15 @@ from nexus_kernel.kit.testing import plugin_module, plugin_set_of
 from nexus_kernel.plugins import new_manager
 
 REPO = Path(__file__).resolve().parents[1]
-CAPABILITY_HOOKS = ["resolve_datasets", "demo_teacher", "profile_capability", "build_adapter",
+CAPABILITY_HOOKS = ["resolve_datasets", "demo_teacher", "teacher_capability", "profile_capability", "build_adapter",
                     "distill_capability", "anchor_loss", "reference_outputs", "retention_metric",
                     "package_assets", "answer"]
 
 
 def test_the_hooks_are_the_designed_ones() -> None:
     assert hookspecs.hook_names() == [
-        "register_capabilities", "resolve_datasets", "demo_teacher", "load_teacher", "profile_capability",
+        "register_capabilities", "resolve_datasets", "demo_teacher", "load_teacher", "teacher_capability",
+        "profile_capability",
         "build_adapter", "distill_capability", "anchor_loss", "retention_metric", "reference_outputs",
         "quantize", "package_assets", "answer"]
     assert set(new_manager().hook.__dict__) >= set(hookspecs.hook_names())

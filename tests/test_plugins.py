@@ -254,7 +254,7 @@ def test_nexus_plugins_json_lists_the_shipped_capabilities_with_versions(tmp_pat
     hooks = {plugin["name"]: plugin["hooks"] for plugin in listed["plugins"]}
     assert all(hooks[name] == ["answer", "build_adapter", "demo_teacher", "distill_capability", "package_assets",
                                "profile_capability", "reference_outputs", "register_capabilities",
-                               "resolve_datasets", "retention_metric"]
+                               "resolve_datasets", "retention_metric", "teacher_capability"]
                for name in capabilities)
     assert hooks["quant-bnb"] == ["quantize"]
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from nexus_kernel.errors import StageError
 from nexus_kernel.run.layout import CHECKPOINT_DIR, capability_benchmarks, reference_file
+from nexus_kernel.teachers.binding import bound_capability
 
 THRESHOLD = 0.97
 _NEAR_CHANCE = 0.1
@@ -60,13 +61,13 @@ def score_capabilities(plugins: Any, names: Iterable[str], model_of: Callable[[s
     """Each capability's held-out `test` scores (with per-item results) from its owner's
     `retention_metric`, for the model `model_of(name)` gives, with the teacher's reference
     outputs stage 4 recorded in `run_dir`."""
-    owned = plugins.capabilities()
     scores = {}
     for name in sorted(names):
-        found = plugins.call_for(name, "retention_metric", capability=owned[name][0], model=model_of(name),
+        capability = bound_capability(plugins, run_dir, name)
+        found = plugins.call_for(name, "retention_metric", capability=capability, model=model_of(name),
                                  split="test", datasets=datasets[name], limit=limit,
                                  reference=read_reference(run_dir, name))
-        scores[name] = checked_scores(name, owned[name][0].benchmarks, found)
+        scores[name] = checked_scores(name, capability.benchmarks, found)
     return scores
 
 

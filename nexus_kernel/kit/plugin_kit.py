@@ -12,7 +12,7 @@ entry point (group `nexus`) names that object:
 
 The arguments are keywords, and the hooks are the object's methods, bound by name by pluggy,
 so nothing can be bound to the wrong hook. `teacher` names a module that provides
-`TeacherModule`, `student` one that provides `StudentModule` (and optionally the parts of
+`TeacherModule` (and optionally `OptionalTeacherParts`), `student` one that provides `StudentModule` (and optionally the parts of
 `OptionalStudentParts`); both are imported only when a hook needs them, so importing the
 plugin stays light, and each is checked against its protocol on first import: a missing
 function or a parameter of the wrong name is a `PluginError` naming the module and the rule.
@@ -51,6 +51,14 @@ class TeacherModule(Protocol):
         """Stage 2's plan for a loaded teacher (`LoadedTeacher`: `.model`, `.folder`, `.name`):
         `n_probe` probe samples in batches, a sample stream, candidate layers and a loss; see
         `nexus_kernel.algorithms.profiling.plan_from_items`."""
+
+
+class OptionalTeacherParts(Protocol):
+    """What a teacher module may also provide; checked when present."""
+
+    def capability_for(self, capability: Capability, folder: str) -> Capability | None:
+        """The capability as distilled from the teacher in `folder` (the `teacher_capability`
+        hook): None for the declared one, or a variant with another `output` and `benchmarks`."""
 
 
 class StudentModule(Protocol):
@@ -120,7 +128,7 @@ def check_module(module: ModuleType, role: str, capability: str) -> None:
     """Raise `PluginError` listing how `module` breaks the protocol of its `role` (`teacher`
     or `student`)."""
     if role == "teacher":
-        problems = module_problems(module, TeacherModule)
+        problems = module_problems(module, TeacherModule) + module_problems(module, OptionalTeacherParts, False)
     else:
         problems = module_problems(module, StudentModule) + module_problems(module, OptionalStudentParts, False)
     if problems:
@@ -185,6 +193,11 @@ class CapabilityPlugin:
     @hookimpl
     def demo_teacher(self, capability: Capability, settings: Mapping[str, Any]) -> DemoTeacher | None:
         return self.teacher_module().demo()  # type: ignore[no-any-return]
+
+    @hookimpl
+    def teacher_capability(self, capability: Capability, folder: str) -> Capability | None:
+        choose = getattr(self.teacher_module(), "capability_for", None)
+        return choose(capability, folder) if choose is not None else None
 
     @hookimpl
     def profile_capability(self, capability: Capability, teacher: Any, n_probe: int,

@@ -41,6 +41,7 @@ from nexus_kernel.student.model import (
     default_targets,
     linear_targets,
 )
+from nexus_kernel.teachers.binding import bound_capability
 
 log = get_logger("architecture")
 
@@ -168,7 +169,8 @@ def run_architecture(context: RunContext) -> str:
     for name in sorted(summary):
         if name not in owned:
             raise StageError(f"{name} was profiled but no loaded plugin provides it; rerun from stage 0")
-        capability, record = owned[name]
+        record = owned[name][1]
+        capability = bound_capability(context.plugins, context.run_dir, name)
         profile = json.loads((context.run_dir / PROFILE_DIR / name / "profile.json").read_text())
         audit = profile["rank_audit"]
         rank = capability.choose_rank(audit["intrinsic_dim"], audit["max_rank"])

@@ -60,6 +60,7 @@ from nexus_kernel.student.model import (
     StudentCapability,
 )
 from nexus_kernel.student.weights import load_weights, save_weights
+from nexus_kernel.teachers.binding import bound_capability
 
 _CHECK_ITEMS = 128
 
@@ -365,7 +366,7 @@ def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Map
     names = sorted(architecture["capabilities"])
     plans = {}
     for name in names:
-        capability, _ = context.plugins.capabilities()[name]
+        capability = bound_capability(context.plugins, context.run_dir, name)
         plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=None,
                                         student=student, datasets=datasets[name])
         if plan is None:
@@ -379,7 +380,7 @@ def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Map
                                      {**settings, "pool_size": locked[name].pool_size(settings["pool_size"]),
                                       "text_loss": locked[name].text_loss},
                                      context.run_dir / CHECKPOINT_DIR / name, session)
-    return {name: CapabilityTask(name, context.plugins.capabilities()[name][0], plans[name], pools[name],
+    return {name: CapabilityTask(name, bound_capability(context.plugins, context.run_dir, name), plans[name], pools[name],
                                  seed + index, locked[name].alpha_scale)
             for index, name in enumerate(names)}
 

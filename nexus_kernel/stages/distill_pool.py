@@ -41,6 +41,7 @@ from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.student.model import NexusStudent, masked_mean
 from nexus_kernel.teachers.access import TeacherSession
+from nexus_kernel.teachers.binding import bound_capability
 
 OBJECTIVES = ("kl", "uld", "sequence", "cosine")
 SOFT_OBJECTIVES = ("kl", "uld")
@@ -310,7 +311,7 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
     from nexus_kernel.teachers.access import run_device
     from nexus_kernel.teachers.registry import TeacherEntry
 
-    capability, _ = context.plugins.capabilities()[name]
+    capability = bound_capability(context.plugins, context.run_dir, name)
     entry_data = architecture["capabilities"][name]
     datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"][name]
     key_layers = [pair["teacher"] for pair in entry_data["layer_map"]]

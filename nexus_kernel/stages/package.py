@@ -53,6 +53,7 @@ from nexus_kernel.student.packaging import (
     quantize_student,
     student_section,
 )
+from nexus_kernel.teachers.binding import bound_capability
 
 TIERS = ((0.99, "gold"), (THRESHOLD, "silver"))
 
@@ -79,11 +80,10 @@ def _score(bundle: Bundle, datasets: dict[str, Any], limit: int, run_dir: Path) 
 
 
 def _assets(context: RunContext, student: Any, datasets: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
-    owned = context.plugins.capabilities()
     assets = {}
     with torch.inference_mode():
         for name in sorted(student.adapters):
-            found = context.plugins.call_for(name, "package_assets", capability=owned[name][0],
+            found = context.plugins.call_for(name, "package_assets", capability=bound_capability(context.plugins, context.run_dir, name),
                                              model=StudentCapability(student, name), datasets=datasets[name])
             if found:
                 assets[name] = {key: value.detach().float().contiguous() for key, value in found.items()}

@@ -34,6 +34,7 @@ from nexus_kernel.run.logs import get_logger
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.run.settings import CapabilitySettings, locked_settings
 from nexus_kernel.teachers.access import TeacherSession, by_teacher, run_device
+from nexus_kernel.teachers.binding import bound_capability
 from nexus_kernel.teachers.loading import AUTO, QUANTIZATION_ORDER, LoadedTeacher, choose_precision
 from nexus_kernel.teachers.registry import TeacherEntry
 
@@ -166,7 +167,7 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
     from safetensors.torch import save
 
     settings = context.config.section("profiling")
-    capability, _ = context.plugins.capabilities()[name]
+    capability = bound_capability(context.plugins, context.run_dir, name)
     max_rank = locked.max_rank
     out = context.run_dir / PROFILE_DIR / name
     started = time.perf_counter()

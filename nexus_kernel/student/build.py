@@ -117,12 +117,13 @@ def build_backbone(settings: dict[str, Any], config_dir: Path, run_dir: Path, wo
 
 
 def embedding_width(teacher: str, folder: Path) -> int:
-    """The width of an embedding teacher's output: its config's `hidden_size`."""
+    """The width of an embedding teacher's output: its config's `hidden_size` (`d_model`), or
+    for a two-tower model without one (CLIP, SigLIP) its image tower's `vision_config.hidden_size`."""
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise StageError(f"teacher {teacher!r}: cannot read {folder / 'config.json'} ({exc})") from None
-    width = config.get("hidden_size") or config.get("d_model")
+    width = config.get("hidden_size") or config.get("d_model") or (config.get("vision_config") or {}).get("hidden_size")
     if not isinstance(width, int):
         raise StageError(f"teacher {teacher!r}: {folder / 'config.json'} has no integer hidden_size")
     return width

@@ -294,14 +294,15 @@ def ensure_teachers(
     stale (every one with `force`); a user's teacher folder is left as it is. Returns the
     registry (its entries, and the rows left out for unselected plugins) and what was done for
     each demo teacher."""
+    from nexus_kernel.teachers.binding import bind_teacher_capabilities
     from nexus_kernel.teachers.registry import read_registry
 
     registry = config.section("registry")
     owned = {name: (capability, record.distribution)
              for name, (capability, record) in plugins.capabilities().items()}
-    entries = read_registry(Path(registry["csv"]), owned, Path(registry["models_dir"]),
-                            selection_active=selection_active,
-                            unselected=plugins.unselected_capabilities)
+    entries = bind_teacher_capabilities(
+        read_registry(Path(registry["csv"]), owned, Path(registry["models_dir"]), selection_active=selection_active,
+                      unselected=plugins.unselected_capabilities), plugins)
     settings = {name: config.capability_settings(name) for name in owned}
     reports = build_teachers(plan_builds(entries, plugins, settings), jobs=jobs, force=force,
                              show_progress=show_progress)
