@@ -112,7 +112,9 @@ def test_answer_names_a_bad_audio_path_before_touching_the_model(tmp_path: Path)
 
     cut = tmp_path / "cut.wav"
     cut.write_bytes(data.wav_bytes(np.zeros(1000, np.float32))[:60])
-    centroids = {f"{student.CENTROID_PREFIX}one": torch.ones(4)}
+    from nexus_modalities.embedding_capability import CENTROID_PREFIX
+
+    centroids = {f"{CENTROID_PREFIX}one": torch.ones(4)}
     with pytest.raises(DatasetError, match=r"cut.wav: truncated WAV: the header promises 2000 bytes"):
         student.answer(None, [str(cut)], centroids)
     with pytest.raises(DatasetError, match=r": is a directory, not an audio file$"):

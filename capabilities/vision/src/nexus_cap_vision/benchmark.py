@@ -9,6 +9,10 @@ from nexus_cap_vision.data import VisualQuestion
 from nexus_kernel import Score
 
 NAME = "vision QA"
+CENTROID = "vision centroid accuracy"
+"""An image encoder's headline: leave-one-out nearest-centroid accuracy of its embeddings."""
+COSINE = "vision cosine"
+"""An image encoder's second figure: the student's cosine similarity to the teacher's embedding."""
 PROMPT = "Q: {question}\nA:"
 MAX_ANSWER_TOKENS = 8
 

@@ -1,13 +1,19 @@
-"""Visual question answering data: a folder of images plus a JSONL file per split whose rows
-are `{"image": "<path relative to the folder>", "question": ..., "answer": ...}`.
+"""Vision data in two layouts, read with Pillow (any format it knows):
+
+- visual questions (image-to-text teachers): a folder of images plus a JSONL file per split
+  whose rows are `{"image": "<path relative to the folder>", "question": ..., "answer": ...}`;
+- labelled images (image-encoder teachers): the image-folder layout `<split>/<label>/<image>`
+  (`load_image_folder`), e.g. what `python -m nexus_cap_vision.digits` writes.
 
 The synthetic scenes are drawn with numpy (shapes, colours, counts and positions on a 2x2
-grid); real folders are read with Pillow, so any format it knows works.
+grid): questions about them (`SyntheticRecipe`), or single shapes labelled by colour and kind
+(`LabelledRecipe`).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 from collections.abc import Iterator, Sequence
@@ -31,14 +37,23 @@ class VisualQuestion:
     answer: str
 
 
-def read_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
-    """An image file as `size` x `size` RGB uint8 (resized bilinearly when needed)."""
+@dataclass(frozen=True)
+class LabelledImage:
+    """One RGB uint8 image (H x W x 3, its own size) and its class label."""
+
+    image: np.ndarray
+    label: str
+
+
+def read_image(path: Path, size: int | None = IMAGE_SIZE) -> np.ndarray:
+    """An image file as `size` x `size` RGB uint8 (resized bilinearly when needed; None keeps
+    its own size)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             rgb = image.convert("RGB")
-            if rgb.size != (size, size):
+            if size is not None and rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8).copy()
     except FileNotFoundError:
@@ -62,6 +77,48 @@ def read_jsonl(path: Path, size: int = IMAGE_SIZE) -> list[VisualQuestion]:
 def load_split(folder: Path, split: str, size: int = IMAGE_SIZE) -> list[VisualQuestion]:
     """Every question of `split` in a folder holding `<split>*.jsonl` files and their images."""
     return [q for path in files_for_split(folder, split, ".jsonl") for q in read_jsonl(path, size)]
+
+
+def resized(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """An RGB uint8 image as `size` x `size` (bilinear; unchanged when it already is)."""
+    from PIL import Image
+
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def load_image_folder(folder: Path, split: str) -> list[LabelledImage]:
+    """Every image of `<folder>/<split>/<label>/`, at its own size, labelled by its sub-folder.
+    The order takes one image of each label in turn (files by name within a label), so any
+    prefix, such as the first `eval_samples`, holds every label. A missing split, a split with
+    fewer than two labels, or an unreadable image is a `DatasetError` naming the path."""
+    root = folder / split
+    if not root.is_dir():
+        raise DatasetError(f"{folder}: no {split!r} folder; labelled images are read from "
+                           f"{split}/<label>/<image> (e.g. {split}/7/0001.png)")
+    labels = {child.name: sorted(path for path in child.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+              for child in sorted(root.iterdir()) if child.is_dir()}
+    labels = {label: files for label, files in labels.items() if files}
+    if len(labels) < 2:
+        raise DatasetError(f"{root}: found images under {len(labels)} label folders; centroid accuracy needs "
+                           f"at least two ({split}/<label>/<image>, suffixes {', '.join(IMAGE_SUFFIXES)})")
+    rounds = itertools.zip_longest(*labels.values())
+    ordered = [(path.parent.name, path) for row in rounds for path in row if path is not None]
+    return [LabelledImage(read_image(path, None), label) for label, path in ordered]
+
+
+def write_image_folder(folder: Path, split: str, images: Sequence[LabelledImage]) -> None:
+    """Write `images` as `<folder>/<split>/<label>/<index>.png` (each file atomically)."""
+    from PIL import Image
+
+    for index, item in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(item.image).save(buffer, format="PNG")
+        atomic_write_bytes(folder / split / item.label / f"{index:05d}.png", buffer.getvalue())
 
 
 def write_split(folder: Path, split: str, questions: Sequence[VisualQuestion]) -> None:
@@ -157,3 +214,25 @@ class SyntheticRecipe:
         rng = random.Random(f"{self.seed}:train")
         while True:
             yield self.question(rng)
+
+
+@dataclass(frozen=True)
+class LabelledRecipe:
+    """Single shapes labelled `"<colour> <shape>"` (twelve classes), for an image-encoder
+    teacher with no `data_dir`: the same painter as the questions, streams of their own."""
+
+    seed: int = 1234
+    test_size: int = 240
+
+    def item(self, rng: random.Random) -> LabelledImage:
+        thing = Thing(rng.choice(SHAPES), rng.choice(sorted(COLOURS)), rng.choice(sorted(PLACES)))
+        return LabelledImage(draw([thing], rng), f"{thing.colour} {thing.shape}")
+
+    def test(self) -> list[LabelledImage]:
+        rng = random.Random(f"{self.seed}:labelled-test")
+        return [self.item(rng) for _ in range(self.test_size)]
+
+    def train(self) -> Iterator[LabelledImage]:
+        rng = random.Random(f"{self.seed}:labelled-train")
+        while True:
+            yield self.item(rng)

@@ -1,5 +1,6 @@
-"""The demo vision teacher: a small ViT encoder with a GPT-2 decoder that cross-attends to the
-image patches (a transformers `VisionEncoderDecoderModel`), trained on synthetic scenes."""
+"""The demo vision teacher (a small ViT encoder with a GPT-2 decoder that cross-attends to the
+image patches, a transformers `VisionEncoderDecoderModel`, trained on synthetic scenes), the
+capability each teacher is distilled as (`capability_for`), and stage 2's probe for either kind."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ from nexus_cap_vision import benchmark
 from nexus_cap_vision.data import (
     IMAGE_SIZE,
     TEMPLATE_WORDS,
+    LabelledImage,
+    LabelledRecipe,
     SyntheticRecipe,
     VisualQuestion,
+    load_image_folder,
     load_split,
 )
+from nexus_kernel import Capability
 from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
 from nexus_modalities.training import TrainingPlan
 
@@ -105,13 +110,47 @@ def _loss(model: Any, batch: Any) -> Any:
                                              ignore_index=IGNORE_INDEX)
 
 
+def capability_for(capability: Capability, folder: str) -> Capability | None:
+    """The embedding variant (`nexus_cap_vision.EMBEDDING`) for an image encoder's folder, None
+    (VQA) for an image-to-text one or a demo teacher not built yet; any other class is a
+    `VisionTeacherError` naming it and the supported ones."""
+    from nexus_cap_vision import EMBEDDING
+    from nexus_cap_vision.images import folder_kind
+
+    return EMBEDDING if folder_kind(folder) == "encoder" else None
+
+
+def labelled_items(datasets: Mapping[str, str], split: str) -> Iterable[LabelledImage]:
+    """An image encoder's items of `split`: the synthetic labelled shapes, or the data folder's
+    `<split>/<label>/<image>` files."""
+    from nexus_kernel.kit.datasets import split_items
+
+    return split_items(datasets, split, LabelledRecipe(), load_image_folder)
+
+
+def is_image_encoder(model: Any) -> bool:
+    """Whether a loaded teacher module is an image encoder (else image-to-text)."""
+    from nexus_cap_vision.images import ENCODER_FAMILIES
+
+    return getattr(model.config, "model_type", None) in ENCODER_FAMILIES
+
+
 def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> ProbePlan:
-    """Probe and profile the teacher on training questions (synthetic or a real folder). The
-    candidates are the image encoder's blocks and the text decoder's blocks."""
+    """Probe and profile the teacher on training items (synthetic or a real folder). An image
+    encoder's probe is the cosine of its image embedding to the unablated one over its blocks
+    (`nexus_modalities.embedding_capability`); an image-to-text teacher's is the loss of its
+    answers, over the image encoder's blocks and the text decoder's blocks."""
     from transformers import AutoTokenizer
 
     from nexus_kernel.algorithms.profiling import plan_from_items, repeated_blocks
     from nexus_kernel.kit.datasets import items_of
+
+    if is_image_encoder(teacher.model):
+        from nexus_cap_vision.images import ImageEncoder
+        from nexus_modalities.embedding_capability import embedding_probe_plan
+
+        return embedding_probe_plan(ImageEncoder.of(teacher.model, teacher.folder),
+                                    lambda: labelled_items(datasets, "train"), lambda item: item.image, n_probe)
 
     tokenizer = AutoTokenizer.from_pretrained(teacher.folder)
     layers = [*repeated_blocks(teacher.model.encoder, "encoder"),

@@ -93,32 +93,21 @@ def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None
     """Nearest-centroid accuracy of the model's embeddings on `split` (reference-free, so
     teacher and student are scored alike) and, given the teacher's embeddings of the same
     utterances (`reference`, see `reference` below), the mean cosine similarity to them."""
-    from nexus_kernel.errors import NexusError
+    from nexus_modalities.embedding_capability import scores
 
     utterances = list(_items(datasets, split))[:limit]
-    found = embeddings(model, [u.samples for u in utterances])
-    scores = {benchmark.CENTROID: benchmark.centroid_score(found, [u.label for u in utterances])}
-    if reference is not None:
-        teacher = reference[REFERENCE_KEY].numpy()
-        if teacher.shape != found.shape:
-            raise NexusError(f"voice: the teacher's reference embeddings {teacher.shape} do not match the "
-                             f"{found.shape} scored now (rerun stage 4 with the same eval_samples)")
-        scores[benchmark.COSINE] = benchmark.cosine_score(found, teacher)
-    return scores
-
-
-REFERENCE_KEY = "embeddings"
+    return scores(embeddings(model, [u.samples for u in utterances]), [u.label for u in utterances], reference,
+                  benchmark.CENTROID, benchmark.COSINE, "voice")
 
 
 def reference(teacher: Any, split: str, datasets: Mapping[str, str], limit: int | None = None) -> dict[str, Any]:
     """The teacher's utterance embeddings of the items `score` reads, for its cosine figure."""
-    import torch
+    from nexus_modalities.embedding_capability import reference_of
 
     utterances = list(_items(datasets, split))[:limit]
-    return {REFERENCE_KEY: torch.from_numpy(embeddings(teacher, [u.samples for u in utterances])).float()}
+    return reference_of(embeddings(teacher, [u.samples for u in utterances]))
 
 
-CENTROID_PREFIX = "centroid."
 _CENTROID_ITEMS = 500
 
 
@@ -127,14 +116,10 @@ def assets(model: Any, datasets: Mapping[str, str]) -> dict[str, Any]:
     training utterances of that word (what `answer` compares a new utterance with)."""
     import itertools
 
-    import torch
+    from nexus_modalities.embedding_capability import centroid_assets
 
     utterances = list(itertools.islice(_items(datasets, "train"), _CENTROID_ITEMS))
-    unit = benchmark.unit_rows(embeddings(model, [u.samples for u in utterances]).astype(np.float64))
-    labels = [u.label for u in utterances]
-    return {f"{CENTROID_PREFIX}{label}": torch.from_numpy(benchmark.unit_rows(
-                unit[[i for i, own in enumerate(labels) if own == label]].mean(axis=0, keepdims=True))[0]).float()
-            for label in sorted(set(labels))}
+    return centroid_assets(embeddings(model, [u.samples for u in utterances]), [u.label for u in utterances])
 
 
 def answer(model: Any, inputs: list[str], assets: Mapping[str, Any]) -> str:
@@ -144,14 +129,8 @@ def answer(model: Any, inputs: list[str], assets: Mapping[str, Any]) -> str:
 
     from nexus_cap_voice.data import read_audio
     from nexus_kernel.errors import NexusError
+    from nexus_modalities.embedding_capability import nearest_centroid
 
     if len(inputs) != 1:
         raise NexusError("voice: give one audio file path, e.g. nexus infer BUNDLE --capability voice seven.wav")
-    centroids = {key[len(CENTROID_PREFIX):]: value.numpy() for key, value in assets.items()
-                 if key.startswith(CENTROID_PREFIX)}
-    if not centroids:
-        raise NexusError("voice: the bundle holds no word centroids (package_assets did not run)")
-    found = benchmark.unit_rows(embeddings(model, [read_audio(Path(inputs[0]))]).astype(np.float64))[0]
-    similarity = {label: float(found @ centroid) for label, centroid in centroids.items()}
-    best = max(similarity, key=similarity.__getitem__)
-    return f"{best} (cosine {similarity[best]:.3f})"
+    return nearest_centroid(embeddings(model, [read_audio(Path(inputs[0]))])[0], assets, "voice")

@@ -5,14 +5,14 @@ stage 2's probe for any speech teacher (`nexus_cap_voice.speech`)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from nexus_cap_voice import benchmark
 from nexus_cap_voice.data import LABELS, SyntheticRecipe, Utterance, load_folder
 from nexus_cap_voice.features import LogMel
-from nexus_cap_voice.speech import FEATURES_KEY, SpeechBatch, SpeechEncoder
+from nexus_cap_voice.speech import FEATURES_KEY, SpeechEncoder
 from nexus_kernel.contracts import DemoBuildResult, DemoTeacher, ProbePlan
 from nexus_kernel.kit.datasets import DatasetError
 from nexus_modalities.training import TrainingPlan
@@ -64,29 +64,11 @@ def probe_plan(teacher: Any, n_probe: int, datasets: Mapping[str, str]) -> Probe
 
 
 def embedding_probe_plan(speech: SpeechEncoder, n_probe: int, datasets: Mapping[str, str]) -> ProbePlan:
-    """A probe for a teacher without a task head: a probe batch is `(inputs, clean)`, `clean`
-    the unablated embeddings, and the loss is `1 - cosine` to them (a streamed batch carries
-    None there and its loss is only the forward pass the profiler hooks)."""
-    import torch
+    """The shared probe for a teacher without a task head (cosine to its unablated utterance
+    embeddings, `nexus_modalities.embedding_capability`) on training utterances."""
+    from nexus_modalities.embedding_capability import embedding_probe_plan as probe
 
-    def loss(model: Any, batch: tuple[SpeechBatch, Any]) -> Any:
-        assert model is speech.model, "the probe runs on the teacher it was planned for"
-        inputs, clean = batch
-        embedding = speech.pooled(inputs)
-        if clean is None:
-            return embedding.sum() * 0
-        return (1 - torch.nn.functional.cosine_similarity(embedding, clean, dim=-1)).mean()
-
-    def stream(samples: int, batch_size: int) -> Iterator[tuple[SpeechBatch, Any]]:
-        source = itertools.islice(_training_items(datasets), samples)
-        while chunk := list(itertools.islice(source, batch_size)):
-            yield speech.batch([u.samples for u in chunk]), None
-
-    probe = speech.batch([u.samples for u in itertools.islice(_training_items(datasets), n_probe)])
-    with torch.inference_mode():
-        clean = speech.pooled(probe)
-    return ProbePlan(batches=[(probe, clean)], candidate_layers=speech.candidate_layers(), loss=loss, stream=stream,
-                     mask_of=lambda batch: batch[0].mask(), samples_of=lambda batch: batch[0].size)
+    return probe(speech, lambda: _training_items(datasets), lambda utterance: utterance.samples, n_probe)
 
 
 def build(folder: Path, recipe: Mapping[str, Any], progress: Callable[[int], None]) -> DemoBuildResult:

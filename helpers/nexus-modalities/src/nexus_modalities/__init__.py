@@ -11,6 +11,8 @@
 - `image_patches`: `PatchProjector`, images into the student's hidden size.
 - `audio_frames`: `FrameProjector`, audio features into the student's hidden size.
 - `embedding_scores`: nearest-centroid accuracy and cosine to the teacher, for embedding outputs.
+- `embedding_capability`: what embedding capabilities share: the cosine probe for a teacher
+  without a task head, scores with the teacher's reference, packaged centroids, the nearest one.
 
 The dependency points one way: plugins import this package, this package imports the kernel,
 the kernel never imports it. Importing the package, `training`, `text_*` or `multiple_choice` never
