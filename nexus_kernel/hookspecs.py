@@ -88,10 +88,10 @@ def teacher_capability(capability: Capability, folder: str) -> Capability | None
     be built). None keeps the declared capability. A plugin whose teachers come in kinds with
     different outputs (an image encoder gives an embedding, an image-to-text model text)
     answers with a variant of its declaration (`dataclasses.replace`) that differs only in
-    `output`, `benchmarks` and `description`; anything else changed is a `PluginError`. A
-    teacher class the plugin cannot serve raises a `NexusError` naming the class and the
-    supported ones. Stage 1 records the variant's benchmarks with the teacher, and stages 2 to
-    6 use the variant.
+    `output` and `benchmarks`; anything else changed is a `PluginError`. A teacher class the
+    plugin cannot serve raises a `NexusError` naming the class and the supported ones. Stage 1
+    asks once per teacher and records the variant's output and benchmarks with it; stages 2 to
+    6 use the variant rebuilt from that record (no teacher file is read after stage 1).
 
     .. versionadded:: 0.3
     """

@@ -141,7 +141,7 @@ class PluginSet:
     def teacher_capability(self, capability_name: str, folder: str) -> Capability:
         """The capability as distilled from the teacher in `folder` (`teacher_capability`
         hook): the owner's variant, or the declared capability when it gives none. A variant
-        that changes more than `output`, `benchmarks` and `description` is a `PluginError`."""
+        that changes more than `output` and `benchmarks` is a `PluginError`."""
         declared, record = self.capabilities()[capability_name]
         variant = self.call_for(capability_name, "teacher_capability", capability=declared, folder=str(folder))
         if variant is None:
@@ -149,10 +149,9 @@ class PluginSet:
         if not isinstance(variant, Capability):
             raise PluginError(f"teacher_capability of {record.distribution} returned {type(variant).__name__}, "
                               "not a Capability")
-        if replace(variant, output=declared.output, benchmarks=declared.benchmarks,
-                   description=declared.description) != declared:
+        if replace(variant, output=declared.output, benchmarks=declared.benchmarks) != declared:
             raise PluginError(f"teacher_capability of {record.distribution} for {folder} changed more of "
-                              f"capability {capability_name!r} than its output, benchmarks and description")
+                              f"capability {capability_name!r} than its output and benchmarks")
         return variant
 
     def _owner_caller(self, owner: str, hook_name: str) -> pluggy.HookCaller:

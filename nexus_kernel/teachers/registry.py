@@ -82,6 +82,9 @@ class TeacherEntry:
     benchmarks: tuple[str, ...]
     path: str
     row: int
+    output: str = ""
+    """What the student gives for this teacher (`Capability.output` of the capability as
+    distilled from it, see `nexus_kernel.teachers.binding`); "" before stage 1 binds it."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -327,6 +330,7 @@ def read_registry(
                 capability=capability.name,
                 plugin=plugin,
                 benchmarks=capability.benchmarks,
+                output=capability.output,
                 path=str(folder),
                 row=row,
             )

@@ -20,11 +20,11 @@ CAPABILITY = Capability(
     modality="image",
     categories=("Vision",),
     benchmarks=("vision QA",),
-    description="question answering about images, scored by accuracy",
+    description="question answering about images (VQA accuracy), or image embeddings of an image encoder "
+                "(centroid accuracy, cosine)",
 )
 
-EMBEDDING = replace(CAPABILITY, output="embedding", benchmarks=("vision centroid accuracy", "vision cosine"),
-                    description="image embeddings of an image-encoder teacher, scored by centroid accuracy")
+EMBEDDING = replace(CAPABILITY, output="embedding", benchmarks=("vision centroid accuracy", "vision cosine"))
 """The capability as distilled from an image encoder (`teacher.capability_for`)."""
 
 plugin = CapabilityPlugin(CAPABILITY, teacher="nexus_cap_vision.teacher", student="nexus_cap_vision.student",
