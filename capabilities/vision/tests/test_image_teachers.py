@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from encoder_zoo import IMAGE_KINDS, save_encoder
 from nexus_cap_vision import CAPABILITY, EMBEDDING, benchmark
 from nexus_cap_vision.data import LabelledImage, LabelledRecipe, load_image_folder, write_image_folder
 from nexus_cap_vision.images import ENCODER_FAMILIES, ImageEncoder, VisionTeacherError, folder_kind
@@ -21,38 +22,11 @@ from nexus_kernel.kit.datasets import DatasetError
 from nexus_kernel.teachers.loading import load_teacher_folder
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
-KINDS = ["vit", "dinov2", "clip_vision_model", "siglip_vision_model", "clip"]
 SYNTHETIC = {"train": "synthetic:shapes-qa-v1", "test": "synthetic:shapes-qa-v1"}
 
 
-def _tiny(kind: str) -> tuple[Any, Any]:
-    """A random-init model of `kind` small enough for a unit test, and its image processor."""
-    import transformers as t
-
-    small = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32,
-             "image_size": 28, "patch_size": 7}
-    if kind == "vit":
-        return t.ViTModel(t.ViTConfig(**small)), t.ViTImageProcessor(size={"height": 28, "width": 28})
-    if kind == "dinov2":
-        processor = t.BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28})
-        return t.Dinov2Model(t.Dinov2Config(**small)), processor
-    if kind == "clip_vision_model":
-        return (t.CLIPVisionModel(t.CLIPVisionConfig(**small)),
-                t.CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}))
-    if kind == "siglip_vision_model":
-        return t.SiglipVisionModel(t.SiglipVisionConfig(**small)), t.SiglipImageProcessor(size={"height": 28, "width": 28})
-    text = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
-            "vocab_size": 50}
-    config = t.CLIPConfig(text_config=text, vision_config=small, projection_dim=8)
-    return t.CLIPModel(config), t.CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
-
-
 def _saved(folder: Path, kind: str) -> Any:
-    torch.manual_seed(0)
-    model, processor = _tiny(kind)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return load_teacher_folder(kind, folder, "fp32")
+    return load_teacher_folder(kind, save_encoder(folder, kind), "fp32")
 
 
 def _images(count: int) -> list[np.ndarray]:
@@ -61,7 +35,7 @@ def _images(count: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, (sizes[i % 3], sizes[i % 3], 3), dtype=np.uint8) for i in range(count)]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", IMAGE_KINDS)
 def test_each_image_encoder_gives_embeddings_and_a_probe_that_feels_its_blocks(tmp_path: Path, kind: str) -> None:
     teacher = _saved(tmp_path / kind, kind)
     assert capability_for(CAPABILITY, str(teacher.folder)) == EMBEDDING

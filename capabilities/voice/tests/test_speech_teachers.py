@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from encoder_zoo import SPEECH_KINDS, save_encoder
 from nexus_cap_voice import benchmark
 from nexus_cap_voice.data import SAMPLE_RATE, load_folder
 from nexus_cap_voice.speech import SpeechEncoder, SpeechTeacherError
@@ -20,36 +21,8 @@ from nexus_kernel.teachers.loading import load_teacher_folder
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 
 
-def _tiny(kind: str) -> tuple[Any, Any]:
-    """A random-init model of `kind` small enough for a unit test, and its feature extractor."""
-    import transformers as t
-
-    small = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32}
-    waveform = {**small, "conv_dim": (16, 16), "conv_kernel": (10, 3), "conv_stride": (5, 2),
-                "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2, "vocab_size": 12}
-    if kind == "whisper":
-        config = t.WhisperConfig(d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
-                                 decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=60,
-                                 max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                                 decoder_start_token_id=1)
-        return t.WhisperForConditionalGeneration(config), t.WhisperFeatureExtractor()
-    if kind == "ast":
-        config = t.ASTConfig(**small, num_mel_bins=16, max_length=64, num_labels=3)
-        return t.ASTForAudioClassification(config), t.ASTFeatureExtractor(num_mel_bins=16, max_length=64)
-    extractor = t.Wav2Vec2FeatureExtractor(return_attention_mask=kind != "wav2vec2")
-    models = {"wav2vec2": (t.Wav2Vec2Config, t.Wav2Vec2ForCTC), "hubert": (t.HubertConfig, t.HubertModel),
-              "wavlm": (t.WavLMConfig, t.WavLMForCTC)}
-    config_class, model_class = models[kind]
-    norm = "layer" if kind == "wavlm" else "group"  # both kinds of convolutional front end
-    return model_class(config_class(**waveform, feat_extract_norm=norm)), extractor
-
-
 def _saved(folder: Path, kind: str) -> Any:
-    torch.manual_seed(0)
-    model, extractor = _tiny(kind)
-    model.save_pretrained(folder)
-    extractor.save_pretrained(folder)
-    return load_teacher_folder(kind, folder, "fp32")
+    return load_teacher_folder(kind, save_encoder(folder, kind), "fp32")
 
 
 def _waveforms(count: int, seconds: tuple[float, ...] = (0.4, 0.9, 0.6)) -> list[np.ndarray]:
@@ -58,7 +31,7 @@ def _waveforms(count: int, seconds: tuple[float, ...] = (0.4, 0.9, 0.6)) -> list
             for i in range(count)]
 
 
-@pytest.mark.parametrize("kind", ["whisper", "wav2vec2", "hubert", "wavlm", "ast"])
+@pytest.mark.parametrize("kind", SPEECH_KINDS)
 def test_each_speech_class_gives_utterance_embeddings_and_a_probe_that_feels_its_blocks(
         tmp_path: Path, kind: str) -> None:
     teacher = _saved(tmp_path / kind, kind)

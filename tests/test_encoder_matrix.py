@@ -1,0 +1,145 @@
+"""The encoder matrix: a tiny random-init teacher of each speech and image-encoder class
+(`encoder_zoo`), saved with its own extractor or processor, through stages 0-6 as a user's
+voice or vision teacher.
+
+Each class is a teacher folder named in a one-row CSV. Its data are noise recordings or noise
+images with labels drawn at random, so the teacher's nearest-centroid accuracy sits at or below
+chance and retention must say "not measurable" (never a pass); what the runs check is that every
+class is read, profiled on its own blocks, answers the pool with embeddings of its width, and
+is packaged. Per-class stage seconds are printed (`-s`) and written to `encoder-matrix.json` in
+the module's temporary folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from encoder_zoo import IMAGE_KINDS, SPEECH_KINDS, WIDTH, save_encoder
+from kernel_helpers import nexus, require_plugins
+
+STAGES = ("doctor", "lock", "registry", "profile", "architecture", "distill", "validate", "package")
+PLUGIN = {**dict.fromkeys(SPEECH_KINDS, "voice"), **dict.fromkeys(IMAGE_KINDS, "vision")}
+TINY_RUN = """
+[plugins]
+enabled = ["{plugin}"]
+
+[registry]
+csv = "{kind}.csv"
+models_dir = "../models"
+
+[capabilities.{plugin}]
+data_dir = "../data/{plugin}"
+
+[profiling]
+probe_samples = 4
+samples = 32
+key_layers = 2
+batch_size = 8
+
+[student]
+hidden_size = 32
+layers = 2
+heads = 2
+intermediate_size = 64
+max_positions = 256
+
+[distill]
+adapter_steps = 2
+joint_steps = 0
+pool_size = 16
+batch_size = 8
+eval_samples = 30
+checkpoint_every = 2
+check_every = 2
+
+[package]
+bundle_dir = "../bundles/{kind}"
+max_fp32_ratio = 0.9  # int8 saves less on a 32-wide student than on a real one
+"""
+
+
+def _noise_data(root: Path) -> None:
+    """`data/voice`: 60 noise recordings named `{label}_{speaker}_{take}.wav` (takes 0-4 test,
+    5-9 train); `data/vision`: 60 noise images in `<split>/<label>/`; labels drawn at random."""
+    from nexus_cap_vision.data import LabelledImage, write_image_folder
+    from nexus_cap_voice.data import SAMPLE_RATE, wav_bytes
+
+    rng, labels = np.random.default_rng(11), random.Random(11)
+    (root / "data/voice").mkdir(parents=True)
+    for speaker in ("ann", "bob", "cal"):
+        for take in range(10):
+            for index in range(2):
+                seconds = 0.3 + 0.1 * ((take + index) % 4)
+                samples = (rng.standard_normal(int(SAMPLE_RATE * seconds)) * 0.1).astype(np.float32)
+                name = f"{labels.choice('01')}_{speaker}{index}_{take}.wav"
+                (root / "data/voice" / name).write_bytes(wav_bytes(samples))
+    for split, count in (("train", 36), ("test", 30)):
+        write_image_folder(root / "data/vision", split, [
+            LabelledImage(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8), labels.choice("ab"))
+            for _ in range(count)])
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every class's tiny teacher, the noise data, and a config and one-row CSV per class."""
+    require_plugins("nexus_cap_voice", "nexus_cap_vision")
+    root = tmp_path_factory.mktemp("encoders")
+    _noise_data(root)
+    (root / "configs").mkdir()
+    for kind, plugin in PLUGIN.items():
+        save_encoder(root / "models" / kind, kind)
+        with (root / "configs" / f"{kind}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["Model Name", "Parameters", "Category", "Best Feature"])
+            writer.writerow([kind, "60K", plugin.title(), f"a random-init {kind}"])
+        (root / "configs" / f"{kind}.toml").write_text(TINY_RUN.format(plugin=plugin, kind=kind))
+    return root
+
+
+_TIMES: dict[str, dict[str, float]] = {}
+
+
+def _record_times(project: Path, kind: str, state: dict[str, Any]) -> None:
+    _TIMES[kind] = {stage: state["stages"][stage].get("seconds", 0.0) for stage in STAGES}
+    (project / "encoder-matrix.json").write_text(json.dumps(_TIMES, indent=2))
+    header = "class".ljust(20) + "".join(stage[:8].rjust(9) for stage in STAGES) + "    total"
+    rows = [name.ljust(20) + "".join(f"{times[s]:9.2f}" for s in STAGES) + f"{sum(times.values()):9.2f}"
+            for name, times in _TIMES.items()]
+    print("\n" + "\n".join([header, *rows]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [*SPEECH_KINDS, *IMAGE_KINDS])
+def test_each_encoder_class_runs_stages_0_to_6(project: Path, kind: str) -> None:
+    plugin = PLUGIN[kind]
+    result = nexus("run", "--config", f"configs/{kind}.toml", "--run-dir", f"runs/{kind}", "--to", "package",
+                   cwd=project)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_dir = project / "runs" / kind
+    state = json.loads((run_dir / "state.json").read_text())
+    assert all(state["stages"][stage]["status"] == "passed" for stage in STAGES), state
+    _record_times(project, kind, state)
+
+    registry = json.loads((run_dir / "configs/teacher_registry.json").read_text())["teachers"]
+    assert [(entry["output"], entry["benchmarks"][0]) for entry in registry] == [
+        ("embedding", f"{plugin} centroid accuracy")]
+    profile = json.loads((run_dir / f"niwt_stage2_output/{plugin}/profile.json").read_text())
+    assert len(profile["ablation"]["ranking"]) == 2 and set(profile["key_layers"]) <= set(profile["ablation"]["ranking"])
+    assert all(layer["vectors"] > 0 for layer in profile["layers"].values())
+    architecture = json.loads((run_dir / "architecture.json").read_text())["capabilities"][plugin]
+    assert (architecture["adapter"]["output"], architecture["adapter"]["output_dim"]) == ("embedding", WIDTH)
+    assert architecture["shapes"]["embedding"] == [2, WIDTH]
+    pool = json.loads((run_dir / f"checkpoints/{plugin}/pool.json").read_text())
+    assert pool["teacher"] == kind and pool["objective"] == "cosine"
+
+    verify = json.loads((run_dir / "verify_report.json").read_text())["capabilities"][plugin]
+    assert verify["teacher"]["value"] <= verify["teacher"]["chance"]  # random labels: at chance at best
+    assert verify["retention"]["status"] == "not measurable" and verify["retention"]["ratio"] is None
+    manifest = json.loads((project / "bundles" / kind / "manifest.json").read_text())
+    assert [t["name"] for t in manifest["provenance"]["teachers"]] == [kind]
