@@ -143,3 +143,16 @@ def test_each_encoder_class_runs_stages_0_to_6(project: Path, kind: str) -> None
     assert verify["retention"]["status"] == "not measurable" and verify["retention"]["ratio"] is None
     manifest = json.loads((project / "bundles" / kind / "manifest.json").read_text())
     assert [t["name"] for t in manifest["provenance"]["teachers"]] == [kind]
+
+
+def test_a_class_the_vision_plugin_cannot_serve_stops_stage_1_naming_it(project: Path) -> None:
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+              ).save_pretrained(project / "models" / "bert")
+    (project / "configs" / "bert.csv").write_text("Model Name,Parameters,Category,Best Feature\nbert,60K,Vision,text\n")
+    (project / "configs" / "bert.toml").write_text(TINY_RUN.format(plugin="vision", kind="bert"))
+    result = nexus("run", "--config", "configs/bert.toml", "--run-dir", "runs/bert", "--to", "registry", cwd=project)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert ("vision: teacher class BertModel (model_type 'bert') in " in result.stderr
+            and "supported model types: image encoders vit, dinov2, clip" in result.stderr)

@@ -290,3 +290,41 @@ def test_help_and_plugins_do_not_import_torch(tmp_path: Path, args: list[str]) -
                             text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "TORCH-ABSENT"
+
+
+def test_a_teacher_capability_variant_may_change_only_output_and_benchmarks(tmp_path: Path) -> None:
+    """The `teacher_capability` hook: None keeps the declaration; a variant is used as given
+    when it changes only `output` and `benchmarks`; anything else is a PluginError naming the
+    distribution; stage 1's record rebuilds the variant without asking the plugin again."""
+    from dataclasses import replace
+
+    from nexus_kernel.run.layout import REGISTRY_FILE
+    from nexus_kernel.teachers.binding import bound_capability
+
+    declared = Capability("sight", "image", ("Vision",), ("sight QA",))
+    embedding = replace(declared, output="embedding", benchmarks=("sight centroid",))
+    answers = {"qa": None, "encoder": embedding, "renamed": replace(embedding, modality="video"),
+               "wrong": "embedding"}
+
+    def register_capabilities() -> list[Capability]:
+        return [declared]
+
+    def teacher_capability(capability: Capability, folder: str) -> object:
+        return answers[Path(folder).name]
+
+    plugin_set = plugin_set_of(("sight", plugin_module(register_capabilities=hookimpl(register_capabilities),
+                                                       teacher_capability=hookimpl(teacher_capability))))
+    assert plugin_set.teacher_capability("sight", str(tmp_path / "qa")) == declared
+    assert plugin_set.teacher_capability("sight", str(tmp_path / "encoder")) == embedding
+    with pytest.raises(PluginError, match=r"teacher_capability of test-sight for .*renamed changed more of "
+                                          r"capability 'sight' than its output and benchmarks"):
+        plugin_set.teacher_capability("sight", str(tmp_path / "renamed"))
+    with pytest.raises(PluginError, match="teacher_capability of test-sight returned str, not a Capability"):
+        plugin_set.teacher_capability("sight", str(tmp_path / "wrong"))
+
+    assert bound_capability(plugin_set, tmp_path, "sight") == declared  # no registry yet
+    (tmp_path / REGISTRY_FILE).parent.mkdir(parents=True)
+    (tmp_path / REGISTRY_FILE).write_text(json.dumps({"teachers": [
+        {"capability": "sight", "path": str(tmp_path / "gone"), "output": "embedding",
+         "benchmarks": ["sight centroid"]}]}))
+    assert bound_capability(plugin_set, tmp_path, "sight") == embedding  # the folder is never read
