@@ -73,3 +73,26 @@ def save_encoder(folder: Path, kind: str, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def check_embedding_probe(model: Any, plan: Any, n_probe: int) -> None:
+    """What stage 2 needs of an embedding teacher's cosine probe: the kernel's conformance
+    checks (`check_probe_plan`) pass, the unablated loss is 0 (the probe's own embeddings) and
+    zeroing the first block moves the embedding."""
+    import pytest
+    import torch
+
+    from nexus_kernel.kit.testing import check_probe_plan
+
+    check_probe_plan(model, plan, n_probe, stream_samples=4)
+    with torch.no_grad():
+        assert float(plan.loss(model, plan.batches[0])) == pytest.approx(0, abs=1e-5)
+        block = model.get_submodule(plan.candidate_layers[0])
+        handle = block.register_forward_hook(lambda _m, _i, output: (output[0] * 0, *output[1:])
+                                             if isinstance(output, tuple) else output * 0)
+        try:
+            assert float(plan.loss(model, plan.batches[0])) > 1e-3
+        finally:
+            handle.remove()
+    streamed = next(plan.stream(4, 2))
+    assert streamed[1] is None and plan.samples_of(streamed) == 2

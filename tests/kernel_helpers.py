@@ -191,3 +191,33 @@ def file_hashes(folder: Path, pattern: str = "*") -> dict[str, str]:
     relative POSIX path."""
     return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
             for path in sorted(folder.rglob(pattern)) if path.is_file()}
+
+
+MATRIX_STAGES = ("doctor", "lock", "registry", "profile", "architecture", "distill", "validate", "package")
+"""The stages a class-matrix run goes through (`--to package`)."""
+TINY_PROFILE_AND_STUDENT = """
+[profiling]
+probe_samples = 4
+samples = 32
+key_layers = 2
+batch_size = 8
+
+[student]
+hidden_size = 32
+layers = 2
+heads = 2
+intermediate_size = 64
+max_positions = 256
+"""
+"""The profiling and student tables of the class matrices' tiny runs."""
+
+
+def record_stage_times(table: Path, times: dict[str, dict[str, float]], name: str, state: dict) -> None:
+    """Add run `name`'s per-stage seconds (from its `state.json`) to `times`, write them all to
+    `table` (JSON) and print them as a table (seen with `pytest -s`)."""
+    times[name] = {stage: state["stages"][stage].get("seconds", 0.0) for stage in MATRIX_STAGES}
+    table.write_text(json.dumps(times, indent=2))
+    header = "class".ljust(20) + "".join(stage[:8].rjust(9) for stage in MATRIX_STAGES) + "    total"
+    rows = [row.ljust(20) + "".join(f"{seconds[s]:9.2f}" for s in MATRIX_STAGES) + f"{sum(seconds.values()):9.2f}"
+            for row, seconds in times.items()]
+    print("\n" + "\n".join([header, *rows]))

@@ -18,19 +18,17 @@ import itertools
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from causal_zoo import SPECS, ZooSpec, build_zoo_teacher
-from kernel_helpers import REPO, nexus, require_plugins
+from kernel_helpers import MATRIX_STAGES, REPO, TINY_PROFILE_AND_STUDENT, nexus, record_stage_times, require_plugins
 
 from nexus_kernel.errors import NexusError
 from nexus_kernel.teachers.classes import SUPPORTED_CAUSAL_LMS, UnsupportedTeacherError, decoder_blocks
 from nexus_kernel.teachers.loading import load_teacher_folder
 
 IDS = [spec.architecture for spec in SPECS]
-STAGES = ("doctor", "lock", "registry", "profile", "architecture", "distill", "validate", "package")
 TINY_RUN = """
 [plugins]
 enabled = ["math"]
@@ -38,20 +36,7 @@ enabled = ["math"]
 [registry]
 csv = "{csv}"
 models_dir = "../models"
-
-[profiling]
-probe_samples = 4
-samples = 32
-key_layers = 2
-batch_size = 8
-
-[student]
-hidden_size = 32
-layers = 2
-heads = 2
-intermediate_size = 64
-max_positions = 256
-
+""" + TINY_PROFILE_AND_STUDENT + """
 [distill]
 adapter_steps = 2
 joint_steps = 0
@@ -241,15 +226,6 @@ def project(zoo: Path) -> Path:
 _TIMES: dict[str, dict[str, float]] = {}
 
 
-def _record_times(project: Path, architecture: str, state: dict[str, Any]) -> None:
-    _TIMES[architecture] = {stage: state["stages"][stage].get("seconds", 0.0) for stage in STAGES}
-    (project / "architecture-matrix.json").write_text(json.dumps(_TIMES, indent=2))
-    header = "class".ljust(20) + "".join(stage[:8].rjust(9) for stage in STAGES) + "    total"
-    rows = [name.ljust(20) + "".join(f"{times[s]:9.2f}" for s in STAGES) + f"{sum(times.values()):9.2f}"
-            for name, times in _TIMES.items()]
-    print("\n" + "\n".join([header, *rows]))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("architecture", IDS)
 def test_each_class_runs_stages_0_to_6(project: Path, architecture: str) -> None:
@@ -260,8 +236,8 @@ def test_each_class_runs_stages_0_to_6(project: Path, architecture: str) -> None
     assert "Loading weights" not in result.stderr and "Loading weights" not in result.stdout
     run_dir = project / "runs" / architecture
     state = json.loads((run_dir / "state.json").read_text())
-    assert all(state["stages"][stage]["status"] == "passed" for stage in STAGES), state
-    _record_times(project, architecture, state)
+    assert all(state["stages"][stage]["status"] == "passed" for stage in MATRIX_STAGES), state
+    record_stage_times(project / "architecture-matrix.json", _TIMES, architecture, state)
 
     profile = json.loads((run_dir / "niwt_stage2_output/math/profile.json").read_text())
     blocks = [f"{spec.blocks}.{i}" for i in range(3)]

@@ -16,14 +16,12 @@ import csv
 import json
 import random
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from encoder_zoo import IMAGE_KINDS, SPEECH_KINDS, WIDTH, save_encoder
-from kernel_helpers import nexus, require_plugins
+from kernel_helpers import MATRIX_STAGES, TINY_PROFILE_AND_STUDENT, nexus, record_stage_times, require_plugins
 
-STAGES = ("doctor", "lock", "registry", "profile", "architecture", "distill", "validate", "package")
 PLUGIN = {**dict.fromkeys(SPEECH_KINDS, "voice"), **dict.fromkeys(IMAGE_KINDS, "vision")}
 TINY_RUN = """
 [plugins]
@@ -35,20 +33,7 @@ models_dir = "../models"
 
 [capabilities.{plugin}]
 data_dir = "../data/{plugin}"
-
-[profiling]
-probe_samples = 4
-samples = 32
-key_layers = 2
-batch_size = 8
-
-[student]
-hidden_size = 32
-layers = 2
-heads = 2
-intermediate_size = 64
-max_positions = 256
-
+""" + TINY_PROFILE_AND_STUDENT + """
 [distill]
 adapter_steps = 2
 joint_steps = 0
@@ -105,15 +90,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 _TIMES: dict[str, dict[str, float]] = {}
 
 
-def _record_times(project: Path, kind: str, state: dict[str, Any]) -> None:
-    _TIMES[kind] = {stage: state["stages"][stage].get("seconds", 0.0) for stage in STAGES}
-    (project / "encoder-matrix.json").write_text(json.dumps(_TIMES, indent=2))
-    header = "class".ljust(20) + "".join(stage[:8].rjust(9) for stage in STAGES) + "    total"
-    rows = [name.ljust(20) + "".join(f"{times[s]:9.2f}" for s in STAGES) + f"{sum(times.values()):9.2f}"
-            for name, times in _TIMES.items()]
-    print("\n" + "\n".join([header, *rows]))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", [*SPEECH_KINDS, *IMAGE_KINDS])
 def test_each_encoder_class_runs_stages_0_to_6(project: Path, kind: str) -> None:
@@ -123,8 +99,8 @@ def test_each_encoder_class_runs_stages_0_to_6(project: Path, kind: str) -> None
     assert result.returncode == 0, result.stderr[-4000:]
     run_dir = project / "runs" / kind
     state = json.loads((run_dir / "state.json").read_text())
-    assert all(state["stages"][stage]["status"] == "passed" for stage in STAGES), state
-    _record_times(project, kind, state)
+    assert all(state["stages"][stage]["status"] == "passed" for stage in MATRIX_STAGES), state
+    record_stage_times(project / "encoder-matrix.json", _TIMES, kind, state)
 
     registry = json.loads((run_dir / "configs/teacher_registry.json").read_text())["teachers"]
     assert [(entry["output"], entry["benchmarks"][0]) for entry in registry] == [

@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from encoder_zoo import IMAGE_KINDS, save_encoder
+from encoder_zoo import IMAGE_KINDS, check_embedding_probe, save_encoder
 from nexus_cap_vision import CAPABILITY, EMBEDDING, benchmark
 from nexus_cap_vision.data import LabelledImage, LabelledRecipe, load_image_folder, write_image_folder
 from nexus_cap_vision.images import ENCODER_FAMILIES, ImageEncoder, VisionTeacherError, folder_kind
@@ -47,17 +46,8 @@ def test_each_image_encoder_gives_embeddings_and_a_probe_that_feels_its_blocks(t
     assert len(encoder.candidate_layers()) == 2 and encoder.describe()["class"] == type(teacher.model).__name__
 
     plan = probe_plan(teacher, 4, SYNTHETIC)
-    with torch.no_grad():
-        assert float(plan.loss(teacher.model, plan.batches[0])) == pytest.approx(0, abs=1e-5)
-    block = teacher.model.get_submodule(plan.candidate_layers[0])
-    handle = block.register_forward_hook(lambda _m, _i, output: (output[0] * 0, *output[1:])
-                                         if isinstance(output, tuple) else output * 0)
-    try:
-        assert float(plan.loss(teacher.model, plan.batches[0])) > 1e-3
-    finally:
-        handle.remove()
-    streamed = next(plan.stream(4, 2))
-    assert streamed[1] is None and plan.samples_of(streamed) == 2 and plan.mask_of(streamed) is None
+    check_embedding_probe(teacher.model, plan, 4)
+    assert plan.mask_of(next(plan.stream(2, 2))) is None
 
 
 def test_the_encoder_families_are_the_documented_ones() -> None:

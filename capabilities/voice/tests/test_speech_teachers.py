@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from encoder_zoo import SPEECH_KINDS, save_encoder
+from encoder_zoo import SPEECH_KINDS, check_embedding_probe, save_encoder
 from nexus_cap_voice import benchmark
 from nexus_cap_voice.data import SAMPLE_RATE, load_folder
 from nexus_cap_voice.speech import SpeechEncoder, SpeechTeacherError
@@ -49,17 +48,7 @@ def test_each_speech_class_gives_utterance_embeddings_and_a_probe_that_feels_its
     assert speech.describe()["sample_rate"] == 16000 and len(speech.candidate_layers()) == 2
 
     plan = embedding_probe_plan(speech, 4, {"train": "synthetic:spoken-digits-v1"})
-    with torch.no_grad():
-        assert float(plan.loss(teacher.model, plan.batches[0])) == pytest.approx(0, abs=1e-5)
-    block = teacher.model.get_submodule(plan.candidate_layers[0])
-    handle = block.register_forward_hook(lambda _m, _i, output: (output[0] * 0, *output[1:])
-                                         if isinstance(output, tuple) else output * 0)
-    try:
-        assert float(plan.loss(teacher.model, plan.batches[0])) > 1e-3
-    finally:
-        handle.remove()
-    streamed = next(plan.stream(4, 2))
-    assert streamed[1] is None and plan.samples_of(streamed) == 2
+    check_embedding_probe(teacher.model, plan, 4)
 
 
 def test_whisper_reads_a_window_cut_to_the_utterance_and_restores_its_30_seconds(tmp_path: Path) -> None:

@@ -140,13 +140,10 @@ class ImageEncoder:
         return (pooled if pooled is not None else outputs.last_hidden_state.mean(dim=1)).float()
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        import torch
+        """`(n, hidden)` float32 embeddings of RGB uint8 images, with no autograd."""
+        from nexus_modalities.embedding_capability import embed_all
 
-        rows = []
-        with torch.inference_mode():
-            for start in range(0, len(images), self.batch_size):
-                rows.append(self.pooled(self.batch(images[start : start + self.batch_size])).numpy())
-        return np.concatenate(rows) if rows else np.zeros((0, self.width), np.float32)
+        return embed_all(self, images, self.batch_size, self.width)
 
 
 def _processor(folder: Path, class_name: str) -> Any:

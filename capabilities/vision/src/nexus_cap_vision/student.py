@@ -117,35 +117,14 @@ def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> Dis
 
 
 def _embedding_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> DistillPlan:
-    """Train on training images against the image encoder's embeddings; the anchors read the
-    teacher's blocks on the same image."""
-    import torch
-
+    """Train on training images against the image encoder's embeddings
+    (`nexus_modalities.embedding_capability.embedding_distill_plan`)."""
     from nexus_cap_vision.images import ImageEncoder
-    from nexus_kernel.student.model import StudentBatch
+    from nexus_modalities.embedding_capability import embedding_distill_plan
 
-    encoder = ImageEncoder.of(teacher.model, teacher.folder) if teacher is not None else None
-
-    def teacher_outputs(chunk: list[Any]) -> list[Any]:
-        assert encoder is not None, "the teacher is not loaded"
-        return list(torch.from_numpy(encoder.embed([item.image for item in chunk])))
-
-    def teacher_batch(chunk: list[Any], _outputs: list[Any]) -> Any:
-        assert encoder is not None, "the teacher is not loaded"
-        return encoder.batch([item.image for item in chunk])
-
-    def teacher_forward(model: Any, batch: Any) -> Any:
-        assert encoder is not None and model is encoder.model, "the teacher is not loaded"
-        return encoder.forward(batch)
-
-    def student_batch(chunk: list[Any], outputs: list[Any]) -> StudentBatch:
-        return StudentBatch(prefix=student_pixels([item.image for item in chunk]), target=torch.stack(outputs).float())
-
-    return DistillPlan(items=lambda: iter(labelled_items(datasets, "train")), teacher_batch=teacher_batch,
-                       teacher_forward=teacher_forward, teacher_outputs=teacher_outputs,
-                       student_batch=student_batch, objective="cosine", mask_of=lambda batch: None,
-                       reason=("cosine: the student's embedding head matches the teacher's image embedding"
-                               + (f" ({encoder.describe()})" if encoder is not None else "")))
+    return embedding_distill_plan(ImageEncoder.of(teacher.model, teacher.folder) if teacher is not None else None,
+                                  lambda: iter(labelled_items(datasets, "train")), lambda item: item.image,
+                                  student_pixels, "image embedding")
 
 
 def _answer_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> DistillPlan:

@@ -179,13 +179,10 @@ class SpeechEncoder:
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
     def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
-        import torch
+        """`(n, hidden)` float32 utterance embeddings of waveforms at `data.SAMPLE_RATE`, with no autograd."""
+        from nexus_modalities.embedding_capability import embed_all
 
-        rows = []
-        with torch.inference_mode():
-            for start in range(0, len(waveforms), self.batch_size):
-                rows.append(self.pooled(self.batch(waveforms[start : start + self.batch_size])).numpy())
-        return np.concatenate(rows) if rows else np.zeros((0, int(self.model.config.hidden_size)), np.float32)
+        return embed_all(self, waveforms, self.batch_size, int(self.model.config.hidden_size))
 
 
 def _encoder_name(model: Any, family: str) -> str:

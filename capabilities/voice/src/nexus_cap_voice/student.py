@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from nexus_cap_voice import benchmark
-from nexus_cap_voice.data import SyntheticRecipe, Utterance, load_folder
+from nexus_cap_voice.data import SyntheticRecipe, load_folder
 from nexus_cap_voice.features import LogMel
 from nexus_kernel import Score
 from nexus_kernel.contracts import AdapterSpec, DistillPlan
@@ -59,33 +59,12 @@ def embeddings(model: Any, waveforms: Sequence[np.ndarray]) -> np.ndarray:
 
 def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> DistillPlan:
     """Train on training utterances (synthetic or a real folder) against the teacher's
-    embeddings; the anchors read the teacher's encoder blocks on the same audio."""
-    import torch
+    utterance embeddings (`nexus_modalities.embedding_capability.embedding_distill_plan`)."""
+    from nexus_modalities.embedding_capability import embedding_distill_plan
 
-    from nexus_kernel.student.model import StudentBatch
-
-    speech = speech_of(teacher) if teacher is not None else None
-
-    def teacher_outputs(chunk: list[Utterance]) -> list[Any]:
-        assert speech is not None, "the teacher is not loaded"
-        return list(torch.from_numpy(speech.embed([u.samples for u in chunk])))
-
-    def teacher_batch(chunk: list[Utterance], _outputs: list[Any]) -> Any:
-        assert speech is not None, "the teacher is not loaded"
-        return speech.batch([u.samples for u in chunk])
-
-    def teacher_forward(model: Any, batch: Any) -> Any:
-        assert speech is not None and model is speech.model, "the teacher is not loaded"
-        return speech.forward(batch)
-
-    def student_batch(chunk: list[Utterance], outputs: list[Any]) -> StudentBatch:
-        return StudentBatch(prefix=FEATURES([u.samples for u in chunk]), target=torch.stack(outputs).float())
-
-    return DistillPlan(items=lambda: iter(_items(datasets, "train")), teacher_batch=teacher_batch,
-                       teacher_forward=teacher_forward, teacher_outputs=teacher_outputs,
-                       student_batch=student_batch, objective="cosine", mask_of=lambda batch: batch.mask(),
-                       reason=("cosine: the student's embedding head matches the teacher's utterance embedding"
-                               + (f" ({speech.describe()})" if speech is not None else "")))
+    return embedding_distill_plan(speech_of(teacher) if teacher is not None else None,
+                                  lambda: iter(_items(datasets, "train")), lambda utterance: utterance.samples,
+                                  FEATURES, "utterance embedding")
 
 
 def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None,

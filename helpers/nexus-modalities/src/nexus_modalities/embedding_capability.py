@@ -1,11 +1,12 @@
 """The parts every embedding capability shares (voice, vision's image encoders): stage 2's probe
-for a teacher without a task head, the scores with the teacher's reference embeddings, the
-packaged class centroids and the nearest-centroid answer.
+for a teacher without a task head, stage 4's cosine plan, the scores with the teacher's
+reference embeddings, the packaged class centroids and the nearest-centroid answer.
 
-An `encoder` here is a teacher behind three methods: `batch(raw_items) -> batch` (the model
-inputs; a batch has `.size` and `.mask()`, the real positions at the encoder's output or None),
-`pooled(batch) -> (n, hidden)` float tensor (differentiable through the model) and
-`candidate_layers() -> list[str]`; `.model` is the teacher module itself.
+An `encoder` here is a teacher behind `batch(raw_items) -> batch` (the model inputs; a batch has
+`.size` and `.mask()`, the real positions at the encoder's output or None), `forward(batch)`
+(the encoder's outputs, through the blocks the anchors hook), `pooled(batch) -> (n, hidden)`
+float tensor (differentiable through the model), `embed(raw_items) -> (n, hidden)` array,
+`candidate_layers() -> list[str]` and `describe() -> dict`; `.model` is the teacher module.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from nexus_kernel import Score
-from nexus_kernel.contracts import ProbePlan
+from nexus_kernel.contracts import DistillPlan, ProbePlan
 from nexus_kernel.errors import NexusError
 from nexus_modalities import embedding_scores
 
@@ -53,6 +54,53 @@ def embedding_probe_plan(encoder: Any, items: Callable[[], Iterable[Any]], raw: 
         clean = encoder.pooled(probe)
     return ProbePlan(batches=[(probe, clean)], candidate_layers=encoder.candidate_layers(), loss=loss, stream=stream,
                      mask_of=lambda batch: batch[0].mask(), samples_of=lambda batch: batch[0].size)
+
+
+def embed_all(encoder: Any, raw_items: Sequence[Any], batch_size: int, width: int) -> np.ndarray:
+    """`(n, width)` float32 embeddings of `raw_items` by `encoder`, `batch_size` at a time, with
+    no autograd."""
+    import torch
+
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(raw_items), batch_size):
+            rows.append(encoder.pooled(encoder.batch(raw_items[start : start + batch_size])).numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, width), np.float32)
+
+
+def embedding_distill_plan(encoder: Any | None, items: Callable[[], Iterator[Any]], raw: Callable[[Any], Any],
+                           student_prefix: Callable[[list[Any]], Any], what: str) -> DistillPlan:
+    """Stage 4's cosine plan: the teacher (`encoder`, None when stage 4 asks only for the items)
+    embeds each training item; the student reads `student_prefix(raw items)` through its
+    projector and its embedding head learns the teacher's embedding; the anchors read the
+    teacher's blocks on the same inputs (`encoder.batch`, `encoder.forward`). `what` names the
+    embedding in the report's reason, e.g. "utterance embedding"."""
+    import torch
+
+    from nexus_kernel.student.model import StudentBatch
+
+    def loaded() -> Any:
+        assert encoder is not None, "the teacher is not loaded"
+        return encoder
+
+    def teacher_outputs(chunk: list[Any]) -> list[Any]:
+        return list(torch.from_numpy(loaded().embed([raw(item) for item in chunk])))
+
+    def teacher_batch(chunk: list[Any], _outputs: list[Any]) -> Any:
+        return loaded().batch([raw(item) for item in chunk])
+
+    def teacher_forward(model: Any, batch: Any) -> Any:
+        assert model is loaded().model, "the teacher is not the one planned for"
+        return loaded().forward(batch)
+
+    def student_batch(chunk: list[Any], outputs: list[Any]) -> StudentBatch:
+        return StudentBatch(prefix=student_prefix([raw(item) for item in chunk]), target=torch.stack(outputs).float())
+
+    described = f" ({encoder.describe()})" if encoder is not None else ""
+    return DistillPlan(items=items, teacher_batch=teacher_batch, teacher_forward=teacher_forward,
+                       teacher_outputs=teacher_outputs, student_batch=student_batch, objective="cosine",
+                       mask_of=lambda batch: batch.mask(),
+                       reason=f"cosine: the student's embedding head matches the teacher's {what}{described}")
 
 
 def scores(found: np.ndarray, labels: Sequence[str], reference: Mapping[str, Any] | None, centroid: str,
