@@ -105,6 +105,11 @@ class DistillPlan:
 
     `for_objective(objective)`, optional: the same plan for another objective (what a
     `[capabilities.<name>] text_loss` override asks for), or None when it cannot give it.
+
+    `augment(items, generator)`, optional: the training items of one step as the student reads
+    them, e.g. a recording shifted and scaled, drawn with the `torch.Generator` given (seeded by
+    the capability and the step, so a resumed run draws the same); the teacher's outputs and
+    anchor targets stay those of the items as they are. Only training steps are augmented.
     """
 
     items: Callable[[], Iterator[Any]]
@@ -117,6 +122,7 @@ class DistillPlan:
     teacher_distributions: Callable[[list[Any], list[Any]], list[tuple[Any, Any] | None]] | None = None
     reason: str = ""
     for_objective: Callable[[str], DistillPlan | None] | None = None
+    augment: Callable[[list[Any], Any], list[Any]] | None = None
 
 
 @dataclass(frozen=True)

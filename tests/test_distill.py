@@ -325,3 +325,34 @@ def test_a_cut_students_token_anchors_start_on_the_teachers_basis(tmp_path: Path
     assert torch.equal(anchors["1"].weight, untouched)
     other = {**architecture, "backbone": {"cut": {"teacher": "another"}}}
     assert start_anchors_on_the_basis(tmp_path, student, task, other) == []  # type: ignore[arg-type]
+
+
+def test_a_plans_augment_draws_per_step_and_leaves_targets_and_other_batches_alone() -> None:
+    """`DistillPlan.augment` sees a training step's items and a generator seeded by the step:
+    the same step draws the same, another step draws anew, the teacher's targets are the pool's,
+    and `collate` without a generator (the reconstruction check) reads the items as they are."""
+    from nexus_kernel.contracts import DistillPlan
+    from nexus_kernel.stages.distill import CapabilityTask
+    from nexus_kernel.stages.distill_pool import Pool
+
+    seen: list[list[float]] = []
+
+    def augment(items: list[float], generator: torch.Generator) -> list[float]:
+        noise = torch.rand(len(items), generator=generator).tolist()
+        seen.append(noise)
+        return [item + shift for item, shift in zip(items, noise, strict=True)]
+
+    def student_batch(items: list[float], outputs: list[torch.Tensor]) -> StudentBatch:
+        return StudentBatch(prefix=torch.tensor(items)[:, None], target=torch.stack(outputs))
+
+    plan = DistillPlan(items=lambda: iter([]), teacher_batch=lambda *_: None, teacher_forward=lambda *_: None,
+                       teacher_outputs=lambda _: [], student_batch=student_batch, objective="cosine", augment=augment)
+    items = [float(i) for i in range(8)]
+    pool = Pool(items, [torch.full((2,), float(i)) for i in range(8)], torch.zeros(8, 1, 2), torch.ones(1, 2), {},
+                "cosine")
+    task = CapabilityTask("audio", None, plan, pool, 3, 1.0)
+    first, again, later = task.batch(5, 4), task.batch(5, 4), task.batch(6, 4)
+    assert torch.equal(first.prefix, again.prefix) and seen[0] == seen[1] != seen[2]
+    assert not torch.equal(first.prefix.round(), first.prefix)  # the items were shifted
+    assert torch.equal(first.target[:, 0], first.prefix[:, 0].floor())  # targets: the pool's, unshifted
+    assert torch.equal(task.collate([0, 1]).prefix[:, 0], torch.tensor([0.0, 1.0])) and len(seen) == 3

@@ -83,17 +83,23 @@ class CapabilityTask:
     """The capability's locked `alpha_scale` (no default here: the lock's is the only one)."""
 
     def batch(self, step: int, size: int) -> StudentBatch:
-        """The batch of `step`: a seeded permutation of the pool per epoch, so the batch
-        depends on the step number alone (what makes resuming exact)."""
+        """The batch of `step`: a seeded permutation of the pool per epoch, and the plan's
+        `augment` drawn from a generator seeded by the step, so the batch depends on the step
+        number alone (what makes resuming exact)."""
         per_epoch = max(1, len(self.pool.items) // size)
         epoch, offset = divmod(step, per_epoch)
         generator = torch.Generator().manual_seed(self.order_seed * 100_003 + epoch)
         order = torch.randperm(len(self.pool.items), generator=generator)[offset * size : (offset + 1) * size].tolist()
-        return self.collate(order)
+        augmenting = torch.Generator().manual_seed(self.order_seed * 1_000_003 + step + 1)
+        return self.collate(order, augmenting if self.plan.augment is not None else None)
 
-    def collate(self, order: list[int]) -> StudentBatch:
-        """The student batch of pool items `order`, with their anchor targets."""
-        batch = self.plan.student_batch([self.pool.items[i] for i in order], [self.pool.outputs[i] for i in order])
+    def collate(self, order: list[int], augmenting: torch.Generator | None = None) -> StudentBatch:
+        """The student batch of pool items `order` (augmented by the plan with `augmenting`
+        when given), with their anchor targets."""
+        items = [self.pool.items[i] for i in order]
+        if augmenting is not None:
+            items = self.plan.augment(items, augmenting)
+        batch = self.plan.student_batch(items, [self.pool.outputs[i] for i in order])
         batch.anchor = {k: self.pool.coefficients[order, k] for k in range(self.pool.coefficients.shape[1])}
         if self.pool.soft is not None and self.pool.objective == "uld":
             self._uld_targets(batch, order)

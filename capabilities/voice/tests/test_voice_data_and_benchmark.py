@@ -168,3 +168,22 @@ def test_real_spoken_digits_all_300_files_load() -> None:
     assert {u.speaker for u in utterances} == {"george", "jackson", "lucas"}
     assert all(len(u.samples) > 0 and np.abs(u.samples).max() <= 1.0 for u in utterances)
     assert len(load_folder(folder, "test")) == 150 == len(load_folder(folder, "train"))
+
+
+def test_training_augmentation_shifts_scales_and_stretches_within_its_bounds() -> None:
+    import torch
+    from nexus_cap_voice import student
+    from nexus_cap_voice.data import SAMPLE_RATE
+
+    utterances = SyntheticRecipe(test_speakers=2, takes=1).test()[:6]
+    heard = student.augment(utterances, torch.Generator().manual_seed(1))
+    again = student.augment(utterances, torch.Generator().manual_seed(1))
+    assert all(np.array_equal(a.samples, b.samples) for a, b in zip(heard, again, strict=True))
+    for before, after in zip(utterances, heard, strict=True):
+        assert (after.label, after.speaker, after.take) == (before.label, before.speaker, before.take)
+        stretch = len(before.samples) * student.MAX_SPEED_CHANGE + 2
+        lead = SAMPLE_RATE * student.MAX_LEAD_SECONDS
+        assert len(before.samples) - stretch <= len(after.samples) <= len(before.samples) + stretch + lead
+        peak = np.abs(after.samples).max() / np.abs(before.samples).max()
+        assert 10 ** (-student.MAX_GAIN_DB / 20) - 0.1 <= peak <= 10 ** (student.MAX_GAIN_DB / 20) + 0.1
+    assert not all(np.array_equal(a.samples, b.samples) for a, b in zip(heard, utterances, strict=True))

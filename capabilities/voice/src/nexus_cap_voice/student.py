@@ -62,9 +62,39 @@ def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> Dis
     utterance embeddings (`nexus_modalities.embedding_capability.embedding_distill_plan`)."""
     from nexus_modalities.embedding_capability import embedding_distill_plan
 
-    return embedding_distill_plan(speech_of(teacher) if teacher is not None else None,
+    from dataclasses import replace
+
+    plan = embedding_distill_plan(speech_of(teacher) if teacher is not None else None,
                                   lambda: iter(_items(datasets, "train")), lambda utterance: utterance.samples,
                                   FEATURES, "utterance embedding")
+    return replace(plan, augment=augment)
+
+
+MAX_GAIN_DB = 6.0
+MAX_LEAD_SECONDS = 0.1
+MAX_SPEED_CHANGE = 0.05
+
+
+def augment(utterances: list[Any], generator: Any) -> list[Any]:
+    """Each training utterance as the student hears it in one step (the teacher's embedding
+    stays that of the recording): its level scaled by up to +-6 dB, up to 0.1 s of silence
+    before it and its speed changed by up to 5 % (resampled), drawn with `generator`. Why: on
+    the 150 FSDD training recordings the student without it matched whisper-tiny.en's
+    embeddings to cosine 0.998 on them and 0.927 on the held-out ones."""
+    from dataclasses import replace
+
+    import torch
+
+    from nexus_cap_voice.data import SAMPLE_RATE, resample
+
+    draws = torch.rand(len(utterances), 3, generator=generator, dtype=torch.float64).numpy() * 2 - 1
+    heard = []
+    for utterance, (gain, lead, speed) in zip(utterances, draws, strict=True):
+        samples = resample(utterance.samples, SAMPLE_RATE, round(SAMPLE_RATE * (1 + MAX_SPEED_CHANGE * speed)))
+        silence = np.zeros(round(SAMPLE_RATE * MAX_LEAD_SECONDS * (lead + 1) / 2), np.float32)
+        level = np.float32(10 ** (MAX_GAIN_DB * gain / 20))
+        heard.append(replace(utterance, samples=np.concatenate([silence, samples * level])))
+    return heard
 
 
 def score(model: Any, split: str, datasets: Mapping[str, str], limit: int | None = None,
