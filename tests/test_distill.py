@@ -351,7 +351,7 @@ def test_a_plans_augment_draws_per_step_and_leaves_targets_and_other_batches_alo
     pool = Pool(items, [torch.full((2,), float(i)) for i in range(8)], torch.zeros(8, 1, 2), torch.ones(1, 2), {},
                 "cosine")
     task = CapabilityTask("audio", None, plan, pool, 3, 1.0)
-    first, again, later = task.batch(5, 4), task.batch(5, 4), task.batch(6, 4)
+    first, again, _ = task.batch(5, 4), task.batch(5, 4), task.batch(6, 4)
     assert torch.equal(first.prefix, again.prefix) and seen[0] == seen[1] != seen[2]
     assert not torch.equal(first.prefix.round(), first.prefix)  # the items were shifted
     assert torch.equal(first.target[:, 0], first.prefix[:, 0].floor())  # targets: the pool's, unshifted
