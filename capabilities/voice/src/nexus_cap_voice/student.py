@@ -1,7 +1,8 @@
 """How the voice teacher is distilled and how either model is scored.
 
 Cosine distillation: the student hears the same utterance (as its own log-mel frames, four
-frames per token) and its embedding head learns the teacher's utterance embedding.
+frames per token; in training a little louder or softer, later and faster or slower, `augment`)
+and its embedding head learns the teacher's utterance embedding.
 """
 
 from __future__ import annotations
