@@ -12,10 +12,11 @@ entry point (group `nexus`) names that object:
 
 The arguments are keywords, and the hooks are the object's methods, bound by name by pluggy,
 so nothing can be bound to the wrong hook. `teacher` names a module that provides
-`TeacherModule` (and optionally `OptionalTeacherParts`), `student` one that provides `StudentModule` (and optionally the parts of
-`OptionalStudentParts`); both are imported only when a hook needs them, so importing the
-plugin stays light, and each is checked against its protocol on first import: a missing
-function or a parameter of the wrong name is a `PluginError` naming the module and the rule.
+`TeacherModule` (and optionally `OptionalTeacherParts`), `student` one that provides
+`StudentModule` (and optionally the parts of `OptionalStudentParts`); both are imported only
+when a hook needs them, so importing the plugin stays light, and each is checked against its
+protocol on first import: a missing function or a parameter of the wrong name is a
+`PluginError` naming the module and the rule.
 A subclass may override any hook method (for example `anchor_loss`); an override is marked
 as a hook implementation automatically.
 """
