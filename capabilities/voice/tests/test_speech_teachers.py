@@ -46,6 +46,7 @@ def test_each_speech_class_gives_utterance_embeddings_and_a_probe_that_feels_its
     if "attention_mask" in batch.inputs and kind == "wavlm":  # masked, layer-normed convolutions: batch-free
         np.testing.assert_allclose(speech.embed(waves[:1]), embeddings[:1], atol=1e-4)
     assert speech.describe()["sample_rate"] == 16000 and len(speech.candidate_layers()) == 2
+    assert all(".layers." in name or ".layer." in name for name in speech.candidate_layers())  # not conv layers
 
     plan = embedding_probe_plan(speech, 4, {"train": "synthetic:spoken-digits-v1"})
     check_embedding_probe(teacher.model, plan, 4)

@@ -112,9 +112,13 @@ class SpeechEncoder:
         return SAMPLE_RATE if self.extractor is None else int(self.extractor.sampling_rate)
 
     def candidate_layers(self) -> list[str]:
-        """The encoder's blocks, as module names of the whole model (stage 2's candidates)."""
+        """The encoder's transformer blocks, as module names of the whole model (stage 2's
+        candidates). A waveform model's are read from its `encoder`, never its convolutional
+        feature extractor's list of layers (seven in Wav2Vec2-base, more than a small encoder has)."""
         from nexus_kernel.algorithms.profiling import repeated_blocks
 
+        if self.family in WAVEFORM_FAMILIES:
+            return repeated_blocks(self.encoder.encoder, ".".join(filter(None, (self.encoder_name, "encoder"))))
         return repeated_blocks(self.encoder, self.encoder_name)
 
     def describe(self) -> dict[str, Any]:
