@@ -109,7 +109,9 @@ class DistillPlan:
     `augment(items, generator)`, optional: the training items of one step as the student reads
     them, e.g. a recording shifted and scaled, drawn with the `torch.Generator` given (seeded by
     the capability and the step, so a resumed run draws the same); the teacher's outputs and
-    anchor targets stay those of the items as they are. Only training steps are augmented.
+    anchor targets stay those of the items as they are, so it returns one item per item and leaves
+    any text the student reads unchanged (per-token anchors count its tokens). Only training
+    steps are augmented.
     """
 
     items: Callable[[], Iterator[Any]]

@@ -91,7 +91,8 @@ def teacher_capability(capability: Capability, folder: str) -> Capability | None
     `output` and `benchmarks`; anything else changed is a `PluginError`. A teacher class the
     plugin cannot serve raises a `NexusError` naming the class and the supported ones. Stage 1
     asks once per teacher and records the variant's output and benchmarks with it; stages 2 to
-    6 use the variant rebuilt from that record (no teacher file is read after stage 1).
+    6 use the variant rebuilt from that record (no teacher file is read after stage 1), and
+    `build_adapter` and `answer` get the capability with the adapter's output.
 
     .. versionadded:: 0.3
     """

@@ -149,7 +149,8 @@ class PluginSet:
         if not isinstance(variant, Capability):
             raise PluginError(f"teacher_capability of {record.distribution} returned {type(variant).__name__}, "
                               "not a Capability")
-        if replace(variant, output=declared.output, benchmarks=declared.benchmarks) != declared:
+        if (replace(variant, output=declared.output, benchmarks=declared.benchmarks) != declared
+                or variant.rank_policy is not declared.rank_policy):
             raise PluginError(f"teacher_capability of {record.distribution} for {folder} changed more of "
                               f"capability {capability_name!r} than its output and benchmarks")
         return variant

@@ -304,7 +304,7 @@ def test_a_teacher_capability_variant_may_change_only_output_and_benchmarks(tmp_
     declared = Capability("sight", "image", ("Vision",), ("sight QA",))
     embedding = replace(declared, output="embedding", benchmarks=("sight centroid",))
     answers = {"qa": None, "encoder": embedding, "renamed": replace(embedding, modality="video"),
-               "wrong": "embedding"}
+               "ranked": replace(embedding, rank_policy=lambda dim, ceiling: 1), "wrong": "embedding"}
 
     def register_capabilities() -> list[Capability]:
         return [declared]
@@ -319,6 +319,8 @@ def test_a_teacher_capability_variant_may_change_only_output_and_benchmarks(tmp_
     with pytest.raises(PluginError, match=r"teacher_capability of test-sight for .*renamed changed more of "
                                           r"capability 'sight' than its output and benchmarks"):
         plugin_set.teacher_capability("sight", str(tmp_path / "renamed"))
+    with pytest.raises(PluginError, match="changed more of capability 'sight'"):
+        plugin_set.teacher_capability("sight", str(tmp_path / "ranked"))
     with pytest.raises(PluginError, match="teacher_capability of test-sight returned str, not a Capability"):
         plugin_set.teacher_capability("sight", str(tmp_path / "wrong"))
 

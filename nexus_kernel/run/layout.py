@@ -85,6 +85,10 @@ def teacher_folders(run_dir: Path) -> dict[str, Path]:
 
 
 def capability_benchmarks(run_dir: Path) -> dict[str, tuple[str, ...]]:
-    """Each bound capability's declared benchmarks (`REGISTRY_FILE`), the headline first."""
+    """Each bound capability's benchmarks as stage 1 recorded them with its (first) teacher
+    (`REGISTRY_FILE`), the headline first."""
     registry = json.loads((run_dir / REGISTRY_FILE).read_text())
-    return {entry["capability"]: tuple(entry["benchmarks"]) for entry in registry["teachers"]}
+    benchmarks: dict[str, tuple[str, ...]] = {}
+    for entry in registry["teachers"]:
+        benchmarks.setdefault(entry["capability"], tuple(entry["benchmarks"]))
+    return benchmarks

@@ -99,6 +99,8 @@ class CapabilityTask:
         items = [self.pool.items[i] for i in order]
         if augmenting is not None:
             items = self.plan.augment(items, augmenting)
+            if len(items) != len(order):
+                raise StageError(f"{self.name}: the plan's augment returned {len(items)} items for {len(order)}")
         batch = self.plan.student_batch(items, [self.pool.outputs[i] for i in order])
         batch.anchor = {k: self.pool.coefficients[order, k] for k in range(self.pool.coefficients.shape[1])}
         if self.pool.soft is not None and self.pool.objective == "uld":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,7 +135,8 @@ def adapter_for(plugins: PluginSet, name: str, spec: AdapterSpec) -> CapabilityA
     projector); checked to be a `CapabilityAdapter` built for exactly `spec`. A capability
     whose spec names an input projector (any modality but text) needs an adapter with one:
     the kernel has no projector of its own to fall back on."""
-    capability, record = plugins.capabilities()[name]
+    declared, record = plugins.capabilities()[name]
+    capability = replace(declared, output=spec.output)  # the variant's output, as stage 3 chose it
     adapter = plugins.call_for(name, "build_adapter", capability=capability, spec=spec)
     if adapter is None:
         raise StageError(f"capability {name!r} ({capability.modality} modality): its plugin "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +207,8 @@ class Bundle:
         """The owner plugin's answer to one query (`nexus infer`)."""
         self._check(capability)
         owned = self.plugins.capabilities()
-        reply = self.plugins.call_for(capability, "answer", capability=owned[capability][0],
+        output = self.student.adapters[capability].spec.output  # the variant's, as the run bound it
+        reply = self.plugins.call_for(capability, "answer", capability=replace(owned[capability][0], output=output),
                                       model=self.model(capability), inputs=list(inputs),
                                       assets=self.assets.get(capability, {}))
         if reply is None:

@@ -67,6 +67,18 @@ def test_a_model_that_is_not_an_image_model_is_named_with_the_supported_ones(tmp
                        r"vit, dinov2, clip.*vision-encoder-decoder"):
         capability_for(CAPABILITY, str(folder))
     assert folder_kind(tmp_path / "not-built-yet") is None  # a demo teacher before stage 1 builds it
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "config.json").write_text("[1, 2]")
+    with pytest.raises(VisionTeacherError, match=r"config.json holds list, not a config object"):
+        capability_for(CAPABILITY, str(tmp_path / "list"))
+    captioner = tmp_path / "captioner"
+    captioner.mkdir()
+    (captioner / "config.json").write_text(json.dumps({
+        "model_type": "vision-encoder-decoder", "architectures": ["VisionEncoderDecoderModel"],
+        "encoder": {"model_type": "vit", "num_channels": 3, "image_size": 224}}))
+    with pytest.raises(VisionTeacherError, match=r"encoder reading \(channels, size\) \(3, 224\); the VQA path "
+                                                 r"reads only the demo's \(5, 32\) pixels"):
+        capability_for(CAPABILITY, str(captioner))
     teacher = _saved(tmp_path / "vit", "vit")
     (teacher.folder / "preprocessor_config.json").unlink()
     with pytest.raises(VisionTeacherError, match="no readable image processor"):

@@ -1,4 +1,4 @@
-"""Vision data in two layouts, read with Pillow (any format it knows):
+"""Vision data in two layouts, read with Pillow:
 
 - visual questions (image-to-text teachers): a folder of images plus a JSONL file per split
   whose rows are `{"image": "<path relative to the folder>", "question": ..., "answer": ...}`;
@@ -92,7 +92,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def load_image_folder(folder: Path, split: str) -> list[LabelledImage]:
-    """Every image of `<folder>/<split>/<label>/`, at its own size, labelled by its sub-folder.
+    """Every image of `<folder>/<split>/<label>/` (files with `IMAGE_SUFFIXES`; hidden files and
+    folders are left out), at its own size, labelled by its sub-folder.
     The order takes one image of each label in turn (files by name within a label), so any
     prefix, such as the first `eval_samples`, holds every label. A missing split, a split with
     fewer than two labels, or an unreadable image is a `DatasetError` naming the path."""
@@ -100,8 +101,9 @@ def load_image_folder(folder: Path, split: str) -> list[LabelledImage]:
     if not root.is_dir():
         raise DatasetError(f"{folder}: no {split!r} folder; labelled images are read from "
                            f"{split}/<label>/<image> (e.g. {split}/7/0001.png)")
-    labels = {child.name: sorted(path for path in child.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
-              for child in sorted(root.iterdir()) if child.is_dir()}
+    labels = {child.name: sorted(path for path in child.iterdir()
+                                 if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."))
+              for child in sorted(root.iterdir()) if child.is_dir() and not child.name.startswith(".")}
     labels = {label: files for label, files in labels.items() if files}
     if len(labels) < 2:
         raise DatasetError(f"{root}: found images under {len(labels)} label folders; centroid accuracy needs "

@@ -45,22 +45,35 @@ def unsupported(class_name: str, model_type: str, folder: str | Path) -> VisionT
         f"scored by centroid accuracy), image-to-text {', '.join(IMAGE_TO_TEXT)} (VQA accuracy)")
 
 
-def folder_kind(folder: str | Path) -> str | None:
+def folder_kind(folder: str | Path, demo_input: tuple[int, int] | None = None) -> str | None:
     """`"encoder"`, `"image-to-text"`, or None when `folder` has no `config.json` yet (a demo
-    teacher still to be built); any other model type is a `VisionTeacherError`."""
+    teacher still to be built); any other model type is a `VisionTeacherError`, and so is an
+    image-to-text model whose encoder does not read `demo_input` (channels, size): that path
+    feeds the demo's own pixels, not an image processor's."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         return None
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise VisionTeacherError(f"vision: {path} is not valid JSON ({exc})") from None
+    except (OSError, ValueError) as exc:
+        raise VisionTeacherError(f"vision: cannot read {path} as JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise VisionTeacherError(f"vision: {path} holds {type(config).__name__}, not a config object")
     model_type = str(config.get("model_type", ""))
     if model_type in ENCODER_FAMILIES:
         return "encoder"
+    named = config.get("architectures")
+    class_name = ", ".join(named) if isinstance(named, list) else str(named or "(none named)")
     if model_type in IMAGE_TO_TEXT:
+        encoder = config.get("encoder") or {}
+        found = (encoder.get("num_channels"), encoder.get("image_size"))
+        if demo_input is not None and found != demo_input:
+            raise VisionTeacherError(
+                f"vision: teacher {class_name} in {folder} is image-to-text with an encoder reading (channels, size) "
+                f"{found}; the VQA path reads only the demo's {demo_input} pixels (RGB and coordinate planes), not "
+                f"an image processor's; image encoders are read with theirs: {', '.join(ENCODER_FAMILIES)}")
         return "image-to-text"
-    raise unsupported(", ".join(config.get("architectures") or []) or "(none named)", model_type, folder)
+    raise unsupported(class_name, model_type, folder)
 
 
 @dataclass

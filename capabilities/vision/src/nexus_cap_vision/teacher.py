@@ -117,7 +117,7 @@ def capability_for(capability: Capability, folder: str) -> Capability | None:
     from nexus_cap_vision import EMBEDDING
     from nexus_cap_vision.images import folder_kind
 
-    return EMBEDDING if folder_kind(folder) == "encoder" else None
+    return EMBEDDING if folder_kind(folder, (CHANNELS, IMAGE_SIZE)) == "encoder" else None
 
 
 def labelled_items(datasets: Mapping[str, str], split: str) -> Iterable[LabelledImage]:
