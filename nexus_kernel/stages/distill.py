@@ -90,8 +90,9 @@ class CapabilityTask:
         epoch, offset = divmod(step, per_epoch)
         generator = torch.Generator().manual_seed(self.order_seed * 100_003 + epoch)
         order = torch.randperm(len(self.pool.items), generator=generator)[offset * size : (offset + 1) * size].tolist()
-        augmenting = torch.Generator().manual_seed(self.order_seed * 1_000_003 + step + 1)
-        return self.collate(order, augmenting if self.plan.augment is not None else None)
+        if self.plan.augment is None:
+            return self.collate(order)
+        return self.collate(order, torch.Generator().manual_seed(self.order_seed * 1_000_003 + step + 1))
 
     def collate(self, order: list[int], augmenting: torch.Generator | None = None) -> StudentBatch:
         """The student batch of pool items `order` (augmented by the plan with `augmenting`
@@ -372,10 +373,10 @@ def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Map
     registry = {e["name"]: e for e in json.loads((context.run_dir / REGISTRY_FILE).read_text())["teachers"]}
     locked = locked_settings(context.run_dir)
     names = sorted(architecture["capabilities"])
+    capabilities = {name: bound_capability(context.plugins, context.run_dir, name) for name in names}
     plans = {}
     for name in names:
-        capability = bound_capability(context.plugins, context.run_dir, name)
-        plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=None,
+        plan = context.plugins.call_for(name, "distill_capability", capability=capabilities[name], teacher=None,
                                         student=student, datasets=datasets[name])
         if plan is None:
             raise StageError(f"{name}: its plugin gives no distillation plan (distill_capability returned None)")
@@ -388,7 +389,7 @@ def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Map
                                      {**settings, "pool_size": locked[name].pool_size(settings["pool_size"]),
                                       "text_loss": locked[name].text_loss},
                                      context.run_dir / CHECKPOINT_DIR / name, session)
-    return {name: CapabilityTask(name, bound_capability(context.plugins, context.run_dir, name), plans[name], pools[name],
+    return {name: CapabilityTask(name, capabilities[name], plans[name], pools[name],
                                  seed + index, locked[name].alpha_scale)
             for index, name in enumerate(names)}
 

@@ -52,14 +52,12 @@ def read_image(path: Path, size: int | None = IMAGE_SIZE) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            rgb = image.convert("RGB")
-            if size is not None and rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8).copy()
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise DatasetError(f"{path}: not a readable image ({exc})") from None
+    return rgb if size is None else resized(rgb, size)
 
 
 def read_jsonl(path: Path, size: int = IMAGE_SIZE) -> list[VisualQuestion]:

@@ -93,18 +93,13 @@ def _is_embedding(model: Any) -> bool:
 
 def image_embeddings(model: Any, images: Sequence[np.ndarray]) -> np.ndarray:
     """Image embeddings `(n, dim)` of a loaded image-encoder teacher or a `StudentCapability`."""
-    import torch
-
     from nexus_cap_vision.images import ImageEncoder
     from nexus_kernel.student.model import StudentCapability
+    from nexus_modalities.embedding_capability import student_embeddings
 
     if not isinstance(model, StudentCapability):
         return ImageEncoder.of(model.model, model.folder).embed(images)
-    rows = []
-    with torch.inference_mode():
-        for start in range(0, len(images), _BATCH):
-            rows.append(model.student.embed(model.capability, student_pixels(images[start : start + _BATCH])).numpy())
-    return np.concatenate(rows)
+    return student_embeddings(model, images, student_pixels, _BATCH)
 
 
 def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> DistillPlan:

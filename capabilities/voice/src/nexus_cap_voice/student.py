@@ -45,17 +45,12 @@ def speech_of(teacher: Any) -> Any:
 
 def embeddings(model: Any, waveforms: Sequence[np.ndarray]) -> np.ndarray:
     """Utterance embeddings `(n, dim)` of a loaded teacher or a `StudentCapability`."""
-    import torch
-
     from nexus_kernel.student.model import StudentCapability
+    from nexus_modalities.embedding_capability import student_embeddings
 
     if not isinstance(model, StudentCapability):
         return speech_of(model).embed(waveforms)  # type: ignore[no-any-return]
-    rows = []
-    with torch.inference_mode():
-        for start in range(0, len(waveforms), _BATCH):
-            rows.append(model.student.embed(model.capability, FEATURES(waveforms[start : start + _BATCH])).numpy())
-    return np.concatenate(rows)
+    return student_embeddings(model, waveforms, FEATURES, _BATCH)
 
 
 def distill_plan(teacher: Any, student: Any, datasets: Mapping[str, str]) -> DistillPlan:

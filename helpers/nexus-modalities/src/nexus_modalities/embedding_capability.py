@@ -68,6 +68,20 @@ def embed_all(encoder: Any, raw_items: Sequence[Any], batch_size: int, width: in
     return np.concatenate(rows) if rows else np.zeros((0, width), np.float32)
 
 
+def student_embeddings(model: Any, raw_items: Sequence[Any], student_prefix: Callable[[Any], Any],
+                       batch_size: int) -> np.ndarray:
+    """`(n, dim)` embeddings of a `StudentCapability` (`model.student`, `model.capability`) for
+    `raw_items`, read through `student_prefix` (what its projector takes) `batch_size` at a time."""
+    import torch
+
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(raw_items), batch_size):
+            prefix = student_prefix(raw_items[start : start + batch_size])
+            rows.append(model.student.embed(model.capability, prefix).numpy())
+    return np.concatenate(rows)
+
+
 def embedding_distill_plan(encoder: Any | None, items: Callable[[], Iterator[Any]], raw: Callable[[Any], Any],
                            student_prefix: Callable[[list[Any]], Any], what: str) -> DistillPlan:
     """Stage 4's cosine plan: the teacher (`encoder`, None when stage 4 asks only for the items)
