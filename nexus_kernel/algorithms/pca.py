@@ -10,7 +10,14 @@ single-process merge; `update` uses the equivalent pairwise form in place, which
 Per batch, the data are centred around the batch mean (computed with float64 accumulation) and
 the Gram matrix is taken in float32 for float16/bfloat16/float32 input (float64 for float64
 input), in symmetric blocks, so a large common offset loses no precision and the GEMM runs at
-the machine's float32 rate.
+the machine's float32 rate. The batch's moments are computed where the batch is (a CUDA
+teacher's activations stay on the GPU: float32 or TF32 GEMM there, float64 moments), and only
+the `dim`-vector and the `dim x dim` moment come to the CPU state.
+
+Under torchrun, `fold_in_rank_order` gathers each rank's batch moments of one round and folds
+them in rank order with `add`, the very update a single process applies batch after batch:
+with round-robin batches the state is bit for bit the single-process one (same threads per
+process), at the cost of moving `world size` moments of `dim x dim` float64 per round.
 """
 
 from __future__ import annotations
@@ -80,7 +87,7 @@ def _as_tensor(batch: Any, dim: int) -> torch.Tensor:
         raise ValueError(
             f"batch holds NaN or Inf (first at row {row}, column {column}); state unchanged"
         )
-    return tensor.cpu()
+    return tensor
 
 
 def _symmetric_gram(centred: torch.Tensor) -> torch.Tensor:
@@ -90,7 +97,7 @@ def _symmetric_gram(centred: torch.Tensor) -> torch.Tensor:
     if blocks == 1:
         return centred.T @ centred
     edges = [round(i * dim / blocks) for i in range(blocks + 1)]
-    gram = torch.empty(dim, dim, dtype=centred.dtype)
+    gram = torch.empty(dim, dim, dtype=centred.dtype, device=centred.device)
     for i in range(blocks):
         rows = slice(edges[i], edges[i + 1])
         for j in range(i, blocks):
@@ -105,8 +112,9 @@ def _symmetric_gram(centred: torch.Tensor) -> torch.Tensor:
 def _batch_moments(
     batch: torch.Tensor, compute: torch.dtype | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and centred second moment of one batch, both float64. The Gram matrix is taken in
-    `compute` (default: float64 for float64 input, float32 otherwise)."""
+    """Mean and centred second moment of one batch, both float64 and on the CPU, computed on
+    the batch's device. The Gram matrix is taken in `compute` (default: float64 for float64
+    input, float32 otherwise)."""
     if compute is None:
         compute = torch.float64 if batch.dtype == torch.float64 else torch.float32
     values = batch.to(compute)
@@ -115,7 +123,17 @@ def _batch_moments(
     # The shift was rounded to `compute`; correct for the small residual mean exactly.
     residual = centred.mean(0, dtype=torch.float64)
     m2 = _symmetric_gram(centred).to(torch.float64).addr_(residual, residual, alpha=-len(batch))
-    return shift.to(torch.float64) + residual, m2
+    return (shift.to(torch.float64) + residual).cpu(), m2.cpu()
+
+
+def batch_moments(batch: Any, dim: int, compute: torch.dtype | None = None) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """`(count, mean, m2)` of one batch `[n, dim]`, checked as `StreamingPCA.update` checks it;
+    what `StreamingPCA.add` folds in."""
+    tensor = _as_tensor(batch, dim)
+    if not len(tensor):
+        return 0, torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64)
+    mean, m2 = _batch_moments(tensor, compute)
+    return len(tensor), mean, m2
 
 
 class StreamingPCA:
@@ -152,15 +170,17 @@ class StreamingPCA:
     def update(self, batch: Any) -> StreamingPCA:
         """Add a batch `[n, dim]` (torch tensor or numpy array, any float dtype). A batch with
         NaN or Inf raises `ValueError` and leaves the state unchanged. Returns self."""
-        tensor = _as_tensor(batch, self.dim)
-        if not len(tensor):
+        return self.add(*batch_moments(batch, self.dim, self.compute_dtype))
+
+    def add(self, count: int, mean: torch.Tensor, m2: torch.Tensor) -> StreamingPCA:
+        """Fold in one batch's `batch_moments` (what `update` does after computing them).
+        Returns self."""
+        if count == 0:
             return self
-        mean, m2 = _batch_moments(tensor, self.compute_dtype)
         if self.count == 0:
-            self.count, self.mean, self.m2 = len(tensor), mean, m2
+            self.count, self.mean, self.m2 = count, mean, m2
             return self
         # Chan's pairwise update, in place: the hot path, a few passes over the d x d state.
-        count = len(tensor)
         total = self.count + count
         delta = mean - self.mean
         self.m2.add_(m2).addr_(delta, delta, alpha=self.count * count / total)
@@ -251,3 +271,32 @@ def all_reduce(pca: StreamingPCA, group: dist.ProcessGroup | None = None) -> Str
     dist.all_reduce(m2, group=group)
     pca.count, pca.mean, pca.m2 = total, joint_mean, m2
     return pca
+
+
+def fold_in_rank_order(pca: StreamingPCA | None, part: tuple[int, torch.Tensor, torch.Tensor] | None,
+                       group: dist.ProcessGroup | None = None) -> StreamingPCA | None:
+    """One round of a round-robin stream over the ranks of `group`: each rank gives the
+    `batch_moments` of its batch of the round (`part`; None when it had none) and every rank
+    folds all of them into its `pca` in rank order, which is batch order. A rank whose `pca`
+    is None (it has seen no batch yet) gets a new state of the width the others report.
+    Returns the state (None only while no rank has seen a batch)."""
+    import torch.distributed as dist
+
+    size = dist.get_world_size(group)
+    count, mean, m2 = part if part is not None else (0, None, None)
+    width = pca.dim if pca is not None else (int(mean.numel()) if mean is not None else 0)
+    meta = [torch.zeros(2, dtype=torch.int64) for _ in range(size)]
+    dist.all_gather(meta, torch.tensor([count, width], dtype=torch.int64), group=group)
+    dim = max(int(entry[1]) for entry in meta)
+    if dim == 0:
+        return pca
+    if mean is None or m2 is None:
+        mean, m2 = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64)
+    means = [torch.empty(dim, dtype=torch.float64) for _ in range(size)]
+    moments = [torch.empty(dim, dim, dtype=torch.float64) for _ in range(size)]
+    dist.all_gather(means, mean.contiguous(), group=group)
+    dist.all_gather(moments, m2.contiguous(), group=group)
+    state = pca if pca is not None else StreamingPCA(dim)
+    for entry, rank_mean, rank_m2 in zip(meta, means, moments, strict=True):
+        state.add(int(entry[0]), rank_mean, rank_m2)
+    return state

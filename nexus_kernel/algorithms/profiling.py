@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from nexus_kernel.algorithms.pca import StreamingPCA
+from nexus_kernel.algorithms.pca import StreamingPCA, batch_moments, fold_in_rank_order
 from nexus_kernel.errors import NexusError, StageError
+from nexus_kernel.run.distributed import World
 
 LossOf = Callable[[nn.Module, Any], torch.Tensor]
 """`(teacher, batch) -> scalar loss` of the teacher on its own task."""
@@ -244,27 +245,51 @@ def rank_layers_by_removal(model: nn.Module, layers: Sequence[str], batches: Seq
 
 def profile_layers(model: nn.Module, layers: Sequence[str], batches: Iterable[Any],
                    forward: LossOf, mask_of: MaskOf | None = None, teacher: str = "teacher",
-                   on_batch: Callable[[], None] | None = None) -> dict[str, StreamingPCA]:
+                   on_batch: Callable[[], None] | None = None, world: World | None = None
+                   ) -> dict[str, StreamingPCA]:
     """Stream every batch's outputs of `layers` into one `StreamingPCA` per layer. The hook
-    folds the activations into the state and keeps no reference to them."""
+    folds the activations into the state and keeps no reference to them.
+
+    With a `world` of several ranks, every rank reads the same `batches` but runs the teacher
+    only on its round-robin share; after each round of `world.size` batches the ranks gather
+    that round's batch moments and fold them in batch order (`fold_in_rank_order`), so every
+    rank ends with the single-process state, bit for bit."""
+    here = world or World()
     modules = modules_named(model, layers, teacher)
     states: dict[str, StreamingPCA] = {}
+    pending: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
     current_mask: list[torch.Tensor | None] = [None]
 
     def absorb(name: str, output: Any) -> None:
         tensor = _first_tensor(output)
         if tensor is None:
             raise UnhookableLayerError(f"{teacher}: layer {name!r} returns {type(output).__name__}, not a tensor")
+        rows = _rows(tensor.detach(), current_mask[0])
+        if here.active:
+            pending[name] = batch_moments(rows, tensor.shape[-1])
+            return
         if name not in states:
             states[name] = StreamingPCA(tensor.shape[-1])
-        states[name].update(_rows(tensor.detach(), current_mask[0]))
+        states[name].update(rows)
 
+    def fold_round() -> None:
+        for name in layers:
+            state = fold_in_rank_order(states.get(name), pending.pop(name, None))
+            if state is not None:
+                states[name] = state
+
+    index = -1
     with torch.inference_mode(), _hooks(modules, absorb):
-        for batch in batches:
-            current_mask[0] = mask_of(batch) if mask_of is not None else None
-            forward(model, batch)
-            if on_batch is not None:
-                on_batch()
+        for index, batch in enumerate(batches):
+            if here.owns(index):
+                current_mask[0] = mask_of(batch) if mask_of is not None else None
+                forward(model, batch)
+                if on_batch is not None:
+                    on_batch()
+            if here.active and index % here.size == here.size - 1:
+                fold_round()
+        if here.active and index % here.size != here.size - 1:
+            fold_round()  # the last round, which some ranks sit out
     return states
 
 

@@ -8,6 +8,11 @@ checkpoint, skips the offending batch, multiplies the anchor weight `alpha` by
 `alpha_escalation` and the learning rate by `lr_backoff`. Every event is one line of
 `training.jsonl`. Batches depend only on the step number, so an interrupted run resumed from
 its last checkpoint ends with the same weights as one that never stopped (CPU, same seed).
+
+Under torchrun every rank runs the loop in step: the loss each rank returns is its share (the
+mean over ranks is the step's loss), so spikes and rollbacks are judged on that mean and every
+rank decides alike; rank 0 alone writes checkpoints and the journal, and the others wait at a
+barrier after each checkpoint, then read the same files on resume and rollback.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch
 from torch import nn
 
 from nexus_kernel.errors import StageError
+from nexus_kernel.run.distributed import all_sum, barrier, world
 from nexus_kernel.run.fsio import atomic_write_json, sha256_json
 
 CHECKPOINT_PREFIX = "step-"
@@ -83,8 +89,10 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, kind: str, **fields: Any) -> None:
-        """Append one event; a non-finite number (a NaN loss) is written as its string, so
-        every line stays strict JSON."""
+        """Append one event (rank 0 only); a non-finite number (a NaN loss) is written as its
+        string, so every line stays strict JSON."""
+        if not world().main:
+            return
         entry = {key: str(value) if isinstance(value, float) and not math.isfinite(value) else value
                  for key, value in {"phase": self.phase, "kind": kind, **fields}.items()}
         with self.path.open("a", encoding="utf-8") as handle:
@@ -173,12 +181,19 @@ class RecoveringTrainer:
 
     def save_checkpoint(self) -> Path:
         """Write the current state as `step-NNNNNN/` (temp folder, then rename) and point
-        `latest.json` at it; older checkpoints beyond the last two are removed."""
+        `latest.json` at it; older checkpoints beyond the last two are removed. Under torchrun
+        rank 0 writes and every rank waits until it has."""
+        name = f"{CHECKPOINT_PREFIX}{self.state.step:06d}"
+        final = self.folder / name
+        if world().main:
+            self._write_checkpoint(name, final)
+        barrier()
+        return final
+
+    def _write_checkpoint(self, name: str, final: Path) -> None:
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"{CHECKPOINT_PREFIX}{self.state.step:06d}"
-        final = self.folder / name
         partial = self.folder / f".{name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
@@ -196,7 +211,6 @@ class RecoveringTrainer:
         atomic_write_json(self.folder / LATEST, {"checkpoint": name, "step": self.state.step})
         for old in self._checkpoints()[:-2]:
             shutil.rmtree(old)
-        return final
 
     def _load(self, folder: Path) -> None:
         from safetensors.torch import load_file
@@ -266,6 +280,7 @@ class RecoveringTrainer:
 
     def run(self) -> LoopState:
         """Train to `steps` (resuming when a checkpoint of this fingerprint exists)."""
+        barrier()  # every rank reads the checkpoints as they are before rank 0 writes one
         if not self.resume():
             self.journal.write("start", steps=self.steps, fingerprint=self.fingerprint)
             self.save_checkpoint()
@@ -281,7 +296,7 @@ class RecoveringTrainer:
                 continue
             started = time.perf_counter()
             loss, parts = self.step_loss(step, self.state.alpha, self.state.extra)
-            value = float(loss.detach())
+            value = float(all_sum(loss.detach().double().clone())) / world().size
             composition = ",".join(sorted(parts))
             if self._is_spike(value, composition):
                 self._rollback("nan" if not math.isfinite(value) else "spike", step, value)

@@ -4,6 +4,11 @@ A stage is skipped when it passed before, its input hash is unchanged and its ou
 still on disk with the hashes it recorded. Its input hash covers its own external inputs
 (`Stage.fingerprint`) and the recorded outputs of every earlier stage, so a change upstream
 reruns everything downstream. Once one stage runs, every later selected stage runs too.
+
+Under torchrun, rank 0 (the leader) runs this logic alone and tells the other ranks (`follow`)
+each stage it runs: a `Stage.shared` stage (profiling, distillation) runs on every rank at once,
+any other on the leader alone while the others wait; then the leader sends how it ended. A
+leader that fails outside a shared stage tells the others, so every rank exits with its code.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,7 @@ from typing import Any
 from nexus_kernel.config import Config
 from nexus_kernel.errors import NexusError, StageError
 from nexus_kernel.plugins import PluginSet
+from nexus_kernel.run import distributed
 from nexus_kernel.run.fsio import atomic_write_json, sha256_file, sha256_json
 from nexus_kernel.run.layout import STATE_FILE
 from nexus_kernel.run.logs import get_logger
@@ -53,6 +60,9 @@ class Stage:
     still_valid: Callable[[RunContext], str | None] = lambda context: None
     """Why the stage's results outside the run directory (e.g. the bundle) are no longer
     there as written, or None when they are."""
+    shared: bool = False
+    """Under torchrun, whether every rank runs `action` (it shards its work and only rank 0
+    writes), not the leader alone."""
 
     @property
     def label(self) -> str:
@@ -125,12 +135,62 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     return stale
 
 
-class StageRunner:
-    """Runs a list of stages over one run directory."""
+class FollowerStopped(NexusError):
+    """A rank other than 0 stops because the leader failed (with the leader's exit code)."""
 
-    def __init__(self, stages: list[Stage], context: RunContext) -> None:
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def follow(stages: list[Stage], context: RunContext) -> None:
+    """A rank other than 0 under torchrun: run each shared stage the leader announces, wait
+    while it runs the others alone, and stop as it does (`FollowerStopped` when it failed)."""
+    by_name = {stage.name: stage for stage in stages}
+    rank = distributed.world().rank
+    while True:
+        message = distributed.broadcast(None)
+        if message[0] == "done":
+            return
+        if message[0] == "failed":
+            raise FollowerStopped(f"rank {rank}: stopped, rank 0 failed: {message[1]}", message[2])
+        stage = by_name[message[1]]
+        if stage.shared:
+            log.info("stage start", stage=stage.label, rank=rank)
+            stage.action(context)
+
+
+class Leader:
+    """Rank 0's side of `follow`: `sharing` is true while a shared stage runs."""
+
+    def __init__(self) -> None:
+        self.sharing = False
+
+    @contextmanager
+    def leading(self) -> Iterator[Leader]:
+        """Around everything rank 0 does for the run: afterwards the other ranks are told the
+        run is done, or that it failed and with what. A failure inside a shared stage is not
+        sent (the others may be inside a collective): the leader's exit ends them through
+        torchrun, and an identical failure ends them on their own. Nothing is sent in one
+        process."""
+        try:
+            yield self
+        except Exception as exc:
+            if not self.sharing:
+                distributed.broadcast(("failed", str(exc) if isinstance(exc, NexusError) else
+                                       f"{type(exc).__name__}: {exc}", getattr(exc, "exit_code", 1)))
+            raise
+        distributed.broadcast(("done",))
+
+
+class StageRunner:
+    """Runs a list of stages over one run directory; under torchrun on rank 0, telling the
+    other ranks through `leader` (see `follow`)."""
+
+    def __init__(self, stages: list[Stage], context: RunContext, leader: Leader | None = None) -> None:
         self.stages = sorted(stages, key=lambda stage: stage.number)
         self.context = context
+        self.leader = leader or Leader()
         context.run_dir.mkdir(parents=True, exist_ok=True)
         for path in remove_stale_temp_files(context.run_dir):
             log.info("removed a temp file left by an interrupted write", path=str(path))
@@ -209,8 +269,11 @@ class StageRunner:
         log.info("stage start", stage=stage.label, reason=reason)
         self.state.record(stage, status=RUNNING, input_hash=input_hash)
         began = time.perf_counter()
+        distributed.broadcast(("run", stage.name))
         try:
+            self.leader.sharing = stage.shared and distributed.world().active
             detail = stage.action(self.context)
+            self.leader.sharing = False
         except Exception as exc:
             error = str(exc) if isinstance(exc, NexusError) else f"{type(exc).__name__}: {exc}"
             self.state.record(stage, status=FAILED, input_hash=input_hash, error=error)

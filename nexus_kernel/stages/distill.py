@@ -31,8 +31,9 @@ from nexus_kernel.algorithms.recovery import (
     summarise,
 )
 from nexus_kernel.algorithms.retention import checked_scores, headline_benchmark, read_reference, verdict
-from nexus_kernel.algorithms.uld import ULD_WEIGHT, uld_distance
+from nexus_kernel.algorithms.uld import ULD_WEIGHT, aligned_by_index, uld_distance
 from nexus_kernel.errors import StageError
+from nexus_kernel.run.distributed import all_sum, barrier, cpu_threads, world
 from nexus_kernel.run.fsio import (
     atomic_write_json,
     sha256_file,
@@ -83,25 +84,26 @@ class CapabilityTask:
     """The capability's locked `alpha_scale` (no default here: the lock's is the only one)."""
 
     def batch(self, step: int, size: int) -> StudentBatch:
-        """The batch of `step`: a seeded permutation of the pool per epoch, and the plan's
-        `augment` drawn from a generator seeded by the step, so the batch depends on the step
-        number alone (what makes resuming exact)."""
+        """This rank's rows of the batch of `step`: a seeded permutation of the pool per epoch,
+        and the plan's `augment` of the whole batch drawn from a generator seeded by the step,
+        so the batch depends on the step number alone (what makes resuming exact) and the
+        ranks' shares (round-robin rows, `World.shard`) make up the one-process batch."""
         per_epoch = max(1, len(self.pool.items) // size)
         epoch, offset = divmod(step, per_epoch)
         generator = torch.Generator().manual_seed(self.order_seed * 100_003 + epoch)
         order = torch.randperm(len(self.pool.items), generator=generator)[offset * size : (offset + 1) * size].tolist()
-        if self.plan.augment is None:
-            return self.collate(order)
-        return self.collate(order, torch.Generator().manual_seed(self.order_seed * 1_000_003 + step + 1))
-
-    def collate(self, order: list[int], augmenting: torch.Generator | None = None) -> StudentBatch:
-        """The student batch of pool items `order` (augmented by the plan with `augmenting`
-        when given), with their anchor targets."""
         items = [self.pool.items[i] for i in order]
-        if augmenting is not None:
-            items = self.plan.augment(items, augmenting)
+        if self.plan.augment is not None:
+            items = self.plan.augment(items, torch.Generator().manual_seed(self.order_seed * 1_000_003 + step + 1))
             if len(items) != len(order):
                 raise StageError(f"{self.name}: the plan's augment returned {len(items)} items for {len(order)}")
+        here = world()
+        return self.collate(here.shard(order), here.shard(items))
+
+    def collate(self, order: list[int], items: list[Any] | None = None) -> StudentBatch:
+        """The student batch of pool items `order` (or of `items`, their augmented versions),
+        with their anchor targets."""
+        items = [self.pool.items[i] for i in order] if items is None else items
         batch = self.plan.student_batch(items, [self.pool.outputs[i] for i in order])
         batch.anchor = {k: self.pool.coefficients[order, k] for k in range(self.pool.coefficients.shape[1])}
         if self.pool.soft is not None and self.pool.objective == "uld":
@@ -170,39 +172,67 @@ def anchor_pairs(adapter: CapabilityAdapter, output: Any, batch: StudentBatch) -
     return pairs
 
 
+def _shares(counts: list[int]) -> list[float]:
+    """Per loss term, what this rank's mean over its `counts[i]` units (tokens, items, rows)
+    is multiplied by so that DistributedDataParallel's average over ranks is the mean over
+    every rank's units: `world size x local count / global count` (0 for a term no rank has)."""
+    size = world().size
+    totals = all_sum(torch.tensor(counts, dtype=torch.float64)).tolist()
+    return [size * count / total if total > 0 else 0.0 for count, total in zip(counts, totals, strict=True)]
+
+
 def task_loss(student: NexusStudent, task: CapabilityTask, batch: StudentBatch, alpha: float,
               anchor_loss_of: AnchorLoss | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """`L_output + alpha * L_anchor` of one capability on one batch, and the two parts;
     `anchor_loss_of` gives each layer's anchor loss (None: the kernel default, mean squared
-    error)."""
+    error).
+
+    Under torchrun `batch` is this rank's share: each mean (output over its tokens or items,
+    each anchor layer over its rows) is scaled by `_shares`, so the mean of the ranks' losses
+    is the loss of the whole batch, and the parts reported are the whole batch's (a plugin's
+    `anchor_loss` is taken as a mean over its rows)."""
     output = student(task.name, batch)
     adapter: CapabilityAdapter = student.adapters[task.name]  # type: ignore[assignment]
+    terms: list[torch.Tensor] = []
+    counts: list[int] = []
     if task.pool.objective == "kl":
         assert output.logits is not None and batch.soft_ids is not None and batch.labels is not None
         wanted = (batch.labels != IGNORE_INDEX)[:, 1:]
         student_logprobs = torch.log_softmax(output.logits[:, :-1][wanted], dim=-1)
         teacher = torch.softmax(batch.soft_logprobs[:, 1:][wanted], dim=-1)  # type: ignore[index]
-        output_loss = -(teacher * student_logprobs.gather(1, batch.soft_ids[:, 1:][wanted])).sum(dim=-1).mean()
+        terms.append(-(teacher * student_logprobs.gather(1, batch.soft_ids[:, 1:][wanted])).sum(dim=-1).mean())
+        counts.append(int(wanted.sum()))
     elif task.pool.objective in ("sequence", "uld"):
         assert output.logits is not None and batch.labels is not None
-        output_loss = nn.functional.cross_entropy(output.logits[:, :-1].flatten(0, 1), batch.labels[:, 1:].flatten(),
-                                                  ignore_index=IGNORE_INDEX)
+        terms.append(nn.functional.cross_entropy(output.logits[:, :-1].flatten(0, 1), batch.labels[:, 1:].flatten(),
+                                                 ignore_index=IGNORE_INDEX))
+        counts.append(int((batch.labels[:, 1:] != IGNORE_INDEX).sum()))
         if task.pool.objective == "uld":
             assert batch.soft_logprobs is not None and batch.soft_lengths is not None
-            output_loss = output_loss + ULD_WEIGHT * uld_distance(
-                output.logits[:, :-1], batch.labels[:, 1:] != IGNORE_INDEX, batch.soft_logprobs.exp(), batch.soft_lengths)
+            wanted = batch.labels[:, 1:] != IGNORE_INDEX
+            terms.append(uld_distance(output.logits[:, :-1], wanted, batch.soft_logprobs.exp(), batch.soft_lengths))
+            counts.append(int(aligned_by_index(wanted, batch.soft_lengths)[0].sum()))
     elif task.pool.objective == "cosine":
         assert output.embedding is not None and batch.target is not None
-        output_loss = (1 - nn.functional.cosine_similarity(output.embedding, batch.target, dim=-1)).mean()
+        terms.append((1 - nn.functional.cosine_similarity(output.embedding, batch.target, dim=-1)).mean())
+        counts.append(len(output.embedding))
     else:
         raise StageError(f"{task.name}: unknown distillation objective {task.pool.objective!r}")
     anchors = []
     for index, (projected, target) in enumerate(anchor_pairs(adapter, output, batch)):
         anchors.append(anchor_loss_of(task, projected, target, task.pool.eigenvalues[index]) if anchor_loss_of
                        else defaults.anchor_loss(projected, target))
+        counts.append(len(projected))
+    if world().active:
+        shares = _shares(counts)
+        terms = [term * share for term, share in zip(terms, shares, strict=False)]
+        anchors = [anchor * share for anchor, share in zip(anchors, shares[len(terms):], strict=True)]
+    output_loss = terms[0] if len(terms) == 1 else terms[0] + ULD_WEIGHT * terms[1]
     anchor_loss = torch.stack(anchors).mean() if anchors else torch.zeros(())
-    return output_loss + alpha * anchor_loss, {f"{task.name}.output": float(output_loss.detach()),
-                                               f"{task.name}.anchor": float(anchor_loss.detach())}
+    reported = [float(output_loss.detach()), float(anchor_loss.detach())]
+    if world().active:
+        reported = (all_sum(torch.tensor(reported, dtype=torch.float64)) / world().size).tolist()
+    return output_loss + alpha * anchor_loss, {f"{task.name}.output": reported[0], f"{task.name}.anchor": reported[1]}
 
 
 def reconstruction(student: NexusStudent, task: CapabilityTask) -> float:
@@ -338,14 +368,17 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
     def check() -> float:
         return sum(reconstruction(student, task) for task in tasks) / len(tasks)
 
-    torch.set_num_threads(settings["threads"])
+    torch.set_num_threads(cpu_threads(settings["threads"]))
     student.train()
     first, _ = step_loss(0, settings["alpha"], {})
     norms = gradient_health(student, dict(modules[: len(tasks)]), first, frozen)  # type: ignore[arg-type]
     journal.write("gradient_check", norms=norms, backbone_frozen=frozen)
+    trained_step = step_loss
+    if world().active:
+        trained_step = data_parallel(student, step_loss)
     folder = context.run_dir / CHECKPOINT_DIR / phase
     with _progress(steps, f"distilling {phase}") as bar:
-        trainer = RecoveringTrainer(student, parameters, step_loss, steps, learning_rate, folder, journal,
+        trainer = RecoveringTrainer(student, parameters, trained_step, steps, learning_rate, folder, journal,
                                     _recovery(settings), settings["alpha"], check=check, fingerprint=fingerprint,
                                     progress=bar.update, alpha_scales={task.name: task.alpha_scale for task in tasks})
         state = trainer.run()
@@ -354,6 +387,34 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
     return {"steps": state.step, "reconstruction": explained, "alpha": state.alpha,
             "alpha_effective": trainer.effective_alpha(), "lr_scale": state.lr_scale,
             "rollbacks": state.rollbacks, "events": state.events, "skipped_steps": state.skipped}
+
+
+class _StepModule(nn.Module):
+    """The student with one step's whole loss as its forward: DistributedDataParallel then
+    sees one forward per backward, however many capabilities (student calls) the step has."""
+
+    def __init__(self, student: NexusStudent) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, compute: Callable[[], Any]) -> Any:
+        return compute()
+
+
+def data_parallel(student: NexusStudent, step_loss: Callable[[int, float, dict[str, Any]], Any]
+                  ) -> Callable[[int, float, dict[str, Any]], Any]:
+    """`step_loss` under DistributedDataParallel (gloo: the student trains on the CPU): rank
+    0's weights are broadcast once, and each backward all-reduces the gradients (averaged), so
+    every rank takes the same optimiser step. Parameters a step leaves out (a resting
+    capability's adapter) are allowed."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped = DistributedDataParallel(_StepModule(student), find_unused_parameters=True)
+
+    def step(index: int, alpha: float, extra: dict[str, Any]) -> Any:
+        return wrapped(lambda: step_loss(index, alpha, extra))
+
+    return step
 
 
 def _phase_done(folder: Path, fingerprint: str) -> bool:
@@ -407,8 +468,10 @@ def _phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTas
     steps, rate = ((settings["adapter_steps"], settings["learning_rate"]) if frozen
                    else (settings["joint_steps"], settings["joint_learning_rate"]))
     summary = train_phase(context, student, tasks, phase, steps, rate, frozen, settings, fingerprint)
-    save_weights(weights, final)
-    atomic_write_json(folder / "done.json", {"fingerprint": fingerprint, "summary": summary})
+    if world().main:
+        save_weights(weights, final)
+        atomic_write_json(folder / "done.json", {"fingerprint": fingerprint, "summary": summary})
+    barrier()
     return summary
 
 
@@ -483,7 +546,7 @@ def run_distill(context: RunContext) -> str:
     settings = context.config.section("distill")
     seed = int(json.loads((context.run_dir / LOCK_FILE).read_text())["seed"])
     student = build_student(context, architecture)
-    torch.set_num_threads(settings["threads"])  # build_student seeded with one; the teachers answer with all
+    torch.set_num_threads(cpu_threads(settings["threads"]))  # build_student seeded with one; the teachers answer with all
     tasks = _prepare_tasks(context, student, architecture, settings, seed)
     base = {"architecture": architecture, "distill": settings, "seed": seed}
     phases: dict[str, Any] = {}
@@ -504,10 +567,14 @@ def run_distill(context: RunContext) -> str:
         phases["joint"] = _phase(context, student, list(tasks.values()), "joint", False, settings, fingerprint,
                                  student, seed)
     student.eval()
+    if not world().main:
+        barrier()  # the leader scores and writes alone
+        return ""
     report = {"phases": phases, "events": summarise(context.run_dir / TRAINING_JOURNAL),
               "capabilities": {name: _score(context, student, task, settings) for name, task in tasks.items()}}
     save_weights(student, context.run_dir / STUDENT_FILE)
     atomic_write_json(context.run_dir / DISTILL_REPORT, report)
+    barrier()
     lines = []
     for name, entry in report["capabilities"].items():
         verdict, headline = entry["retention"], entry["benchmark"]

@@ -11,9 +11,14 @@ from nexus_kernel.teachers.registry import TeacherEntry
 
 
 def run_device(context: RunContext) -> str:
-    """The device stage -1 chose for this run (`cpu` when it recorded none)."""
+    """The device stage -1 chose for this run (`cpu` when it recorded none); under torchrun on
+    CUDA, this rank's own GPU (`cuda:<LOCAL_RANK>`)."""
+    from nexus_kernel.run.distributed import world
+
     env = json.loads((context.run_dir / ENV_FILE).read_text())
-    return str(env.get("device", "cpu"))
+    device = str(env.get("device", "cpu"))
+    here = world()
+    return f"cuda:{here.local_rank}" if device == "cuda" and here.active else device
 
 
 def load_teacher(context: RunContext, entry: TeacherEntry, preferred: str, device: str) -> LoadedTeacher:

@@ -1,0 +1,162 @@
+"""One run on several processes, as torchrun starts it: who this process is, and the few
+collective steps the stages need, all on `torch.distributed` (no launcher or transport of our own).
+
+`torchrun --nproc-per-node N -m nexus_kernel run ...` sets `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
+`LOCAL_WORLD_SIZE` and the rendezvous address for every process; `start` joins the group they
+describe: gloo for CPU tensors, and NCCL for CUDA tensors where the run computes on CUDA
+(`cpu:gloo,cuda:nccl`, one backend per device type, so the small control messages stay on
+gloo). Without `WORLD_SIZE` (or with 1) nothing is started and every helper here is the
+single-process identity, so stages call them unconditionally.
+
+Rank 0 is the leader: it owns the run directory (lock, `state.json`, every artifact and
+checkpoint); the other ranks compute their shards and wait at barriers. Sharding is
+round-robin (`index % size == rank`), so the union of the shards, read in rank order per round,
+is the original order; that is what lets the streaming PCA fold its batches in the
+single-process order and come out bit for bit the same.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+TIMEOUT_ENV = "NEXUS_DIST_TIMEOUT_MINUTES"
+"""How long a rank waits at a collective for the others (default 120 minutes: the leader may
+spend that long alone on a stage the others do not take part in, such as validation)."""
+_DEFAULT_TIMEOUT_MINUTES = 120.0
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the run's processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run's files (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        """Whether several processes share the run."""
+        return self.size > 1
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's round-robin share of `items` (all of them in one process)."""
+        return list(items[self.rank :: self.size])
+
+    def owns(self, index: int) -> bool:
+        """Whether the item at `index` of a round-robin split is this rank's."""
+        return index % self.size == self.rank
+
+
+def _launched_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def launched() -> bool:
+    """Whether torchrun started this process as one of several."""
+    return _launched_size() > 1
+
+
+def world() -> World:
+    """This process's `World`: from the started process group, else the single process
+    (without importing torch when torchrun did not start this process)."""
+    if _launched_size() <= 1:
+        return World()
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    size = dist.get_world_size()
+    return World(rank=dist.get_rank(), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                 local_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(size))))
+
+
+def start(device: str = "auto") -> World:
+    """Join the process group torchrun described in the environment (nothing to join when it
+    started one process). `device` is `hardware.device`: CUDA tensors use NCCL unless it is
+    `cpu`, and each rank then computes on `cuda:<LOCAL_RANK>`."""
+    if _launched_size() <= 1:
+        return World()
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        uses_cuda = device != "cpu" and torch.cuda.is_available()
+        if uses_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        minutes = float(os.environ.get(TIMEOUT_ENV, _DEFAULT_TIMEOUT_MINUTES))
+        dist.init_process_group("cpu:gloo,cuda:nccl" if uses_cuda else "gloo", timeout=timedelta(minutes=minutes))
+    return world()
+
+
+def stop() -> None:
+    """Leave the process group (if one was started)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing in one process)."""
+    if world().active:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast(value: T) -> T:
+    """Rank 0's `value` on every rank (JSON-like control data: decisions, summaries)."""
+    if not world().active:
+        return value
+    import torch.distributed as dist
+
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]  # type: ignore[no-any-return]
+
+
+def gather_in_order(shard: list[T], total: int) -> list[T]:
+    """The round-robin shards every rank holds (`World.shard` of a sequence of `total` items),
+    put back into the original order, on every rank."""
+    here = world()
+    if not here.active:
+        return list(shard)
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * here.size
+    dist.all_gather_object(parts, shard)
+    ordered: list[T] = []
+    for index in range(total):
+        ordered.append(parts[index % here.size][index // here.size])
+    return ordered
+
+
+def all_sum(values: Any) -> Any:
+    """The element-wise sum over ranks of the tensor `values` (in place; returned)."""
+    if world().active:
+        import torch.distributed as dist
+
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def cpu_threads(configured: int) -> int:
+    """CPU threads for one rank: the configured count shared among the processes of this
+    machine (torchrun starts one thread each; two ranks of two threads on two cores would
+    fight over them), at least one."""
+    return max(1, configured // world().local_size)
