@@ -85,10 +85,15 @@ def plugins_command(as_json: bool, plugins_text: str | None, strict: bool) -> No
 @cli.command("doctor")
 @_config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def doctor_command(config_path: Path, as_json: bool) -> None:
+@click.option("--plan", "with_plan", is_flag=True, help="Print the memory plan of the config's teachers and student "
+              "(per stage and quantization option, from each config.json on the meta device).")
+def doctor_command(config_path: Path, as_json: bool, with_plan: bool) -> None:
     """Check the environment (stage -1): torch, bitsandbytes, ffmpeg, devices, memory."""
     from nexus_kernel.stages.doctor import examine
 
+    if with_plan:
+        _print_memory_plan(load_config(config_path), as_json)
+        return
     hardware = load_config(config_path).section("hardware") if config_path.exists() else {
         "memory_budget_gb": 16.0, "device": "auto"}
     report = examine(hardware["memory_budget_gb"], hardware["device"])
@@ -103,6 +108,32 @@ def doctor_command(config_path: Path, as_json: bool) -> None:
     if report.missing:
         raise StageError("required pieces are missing: "
                          + ", ".join(check.name for check in report.missing))
+
+
+def _print_memory_plan(config: Config, as_json: bool) -> None:
+    """`nexus doctor --plan`: the registry's teachers (a folder not there yet is named as
+    such) and the student through `memory_plan.plan_report`."""
+    import torch
+
+    from nexus_kernel.algorithms.memory_plan import format_report, plan_report
+    from nexus_kernel.teachers.registry import read_registry
+
+    registry = config.section("registry")
+    plugin_set, selection_active = _load_selected_plugins(None, False, config)
+    capabilities = {name: (capability, record.distribution)
+                    for name, (capability, record) in plugin_set.capabilities().items()}
+    entries = read_registry(Path(registry["csv"]), capabilities, Path(registry["models_dir"]),
+                            selection_active=selection_active)
+    teachers: dict[str, Path | str] = {}
+    for entry in entries:
+        folder = Path(entry.path)
+        teachers[entry.name] = folder if (folder / "config.json").is_file() else (
+            f"no config.json in {folder}: not built yet (stage 1 builds the demo teachers) or missing")
+    hardware = config.section("hardware")
+    device = hardware["device"] if hardware["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    report = plan_report(teachers, config.section("student"), config.section("profiling"), config.section("distill"),
+                         hardware["memory_budget_gb"], device, tasks=max(1, len({e.capability for e in entries})))
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
 @cli.command("run")
@@ -120,33 +151,97 @@ def doctor_command(config_path: Path, as_json: bool) -> None:
               "artifacts and the demo teachers Nexus built in registry.models_dir (your own teacher folders "
               "only with cleanup.delete_user_teachers = true).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug-level log lines.")
+@click.option("--nproc", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Run on N processes of this machine: starts `torchrun --standalone --nproc-per-node N -m "
+                   "nexus_kernel run ...` with the other options (profiling and distillation are sharded; gloo on "
+                   "CPU, NCCL on CUDA). For several machines, run torchrun with its rendezvous flags yourself.")
 def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | None, strict: bool,
                 start: str | None, only: str | None, until: str | None, force: bool, relock: bool,
-                yes: bool, verbose: bool) -> None:
+                yes: bool, verbose: bool, nproc: int | None) -> None:
     """Run the pipeline, skipping stages whose inputs are unchanged."""
+    from nexus_kernel.run import distributed
     from nexus_kernel.run.directory_lock import exclusive_run_directory
     from nexus_kernel.run.logs import configure_logging, get_logger
     from nexus_kernel.run.roots import check_run_roots
-    from nexus_kernel.run.runner import RunContext
+    from nexus_kernel.run.runner import FollowerStopped, Leader, RunContext, follow
+    from nexus_kernel.stages.pipeline import stages
     from nexus_kernel.stages.validate import restore_moved_teachers
 
+    if nproc is not None and nproc > 1 and not distributed.launched():
+        _start_torchrun(nproc)
     config = load_config(config_path)
     run_dir = (run_dir or Path("runs") / config.section("run")["name"]).resolve()
     check_run_roots(config, run_dir)
     plugin_set, selection_active = _load_selected_plugins(plugins_text, strict, config)
     plugin_set.capabilities()  # a conflict stops here, before anything is written
-    with exclusive_run_directory(run_dir) as previous:
-        configure_logging(run_dir / "logs" / "events.jsonl", verbose=verbose)
-        if previous is not None:
-            get_logger("run").warning("took over the run directory from a run that ended without "
-                                      "releasing it", previous=previous)
-        restore_moved_teachers(run_dir)  # before stage 1 could take a moved teacher for a missing one
-        context = RunContext(run_dir, config, plugin_set, selection_active, confirm_deletions=yes)
-        _run_stages(context, start, only, until, force, relock)
+    here = distributed.start(config.section("hardware")["device"])
+    leader = Leader()
+    settled = False  # whether every rank reaches the end together (then they wait for each other)
+    try:
+        if not here.main:
+            configure_logging(run_dir / "logs" / f"events.rank{here.rank}.jsonl", verbose=verbose)
+            try:
+                follow(stages(), RunContext(run_dir, config, plugin_set, selection_active, confirm_deletions=yes))
+            except FollowerStopped:
+                settled = True
+                raise
+            settled = True
+            return
+        with leader.leading(), exclusive_run_directory(run_dir) as previous:
+            configure_logging(run_dir / "logs" / "events.jsonl", verbose=verbose)
+            if previous is not None:
+                get_logger("run").warning("took over the run directory from a run that ended without "
+                                          "releasing it", previous=previous)
+            restore_moved_teachers(run_dir)  # before stage 1 could take a moved teacher for a missing one
+            context = RunContext(run_dir, config, plugin_set, selection_active, confirm_deletions=yes)
+            _run_stages(context, start, only, until, force, relock, leader)
+        settled = True
+    except Exception:
+        settled = settled or (here.main and not leader.sharing)
+        raise
+    finally:
+        distributed.stop(settled)
+
+
+class LaunchFailed(NexusError):
+    """A process `nexus run --nproc` started ended badly; its own message is above."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _start_torchrun(nproc: int) -> None:
+    """Run this command (without `--nproc`) on `nproc` processes through torchrun's own entry
+    (`torch.distributed.run`, standalone rendezvous), then exit with the run's code: 0, or the
+    code of the first process that failed (`LaunchFailed`, one line instead of torchrun's
+    traceback; the process's own message is printed above it). Each process gets an equal
+    share of the cores as `OMP_NUM_THREADS` unless it is set."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    arguments, skip = [], False
+    for argument in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif argument == "--nproc":
+            skip = True
+        elif not argument.startswith("--nproc="):
+            arguments.append(argument)
+    # torchrun would set one thread a process and warn; the machine's cores shared out instead.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    try:
+        run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "nexus_kernel", *arguments]))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        how = (f"was killed by signal {-failure.exitcode}" if failure.exitcode < 0
+               else f"exited with code {failure.exitcode}")
+        raise LaunchFailed(f"rank {rank} of {nproc} {how}", max(1, failure.exitcode)) from None
+    raise SystemExit(0)
 
 
 def _run_stages(context: RunContext, start: str | None, only: str | None, until: str | None,
-                force: bool, relock: bool) -> None:
+                force: bool, relock: bool, leader: Leader) -> None:
     """`nexus run` once the run directory is held: the stages, then the summary table."""
     from nexus_kernel.run.runner import StageRunner
     from nexus_kernel.stages.lock import build_scope, check_scope
@@ -158,7 +253,7 @@ def _run_stages(context: RunContext, start: str | None, only: str | None, until:
             raise StageError("--relock with a changed config reruns stage 0 and every stage "
                              "after it; drop --only")
         start = "lock"
-    outcomes = StageRunner(stages(), context).run(start=start, only=only, force=force, until=until)
+    outcomes = StageRunner(stages(), context, leader).run(start=start, only=only, force=force, until=until)
     click.echo(f"\nrun {run_dir}")
     for outcome in outcomes:
         timing = f"{outcome.seconds:6.1f}s" if outcome.seconds else "       "

@@ -103,11 +103,23 @@ def start(device: str = "auto") -> World:
     return world()
 
 
-def stop() -> None:
-    """Leave the process group (if one was started)."""
+_SETTLE = timedelta(seconds=60)
+
+
+def stop(settled: bool = True) -> None:
+    """Leave the process group (if one was started). `settled`: every rank is on its way out
+    too, so wait (at most a minute) until all are, before the connections close: a rank still
+    reading the last message when another closes would abort."""
+    if not launched():
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if settled:
+            try:
+                dist.monitored_barrier(timeout=_SETTLE)
+            except RuntimeError:
+                pass  # a rank already gone: nothing left to wait for
         dist.destroy_process_group()
 
 

@@ -9,7 +9,9 @@ profiled PCA basis: per token and whitened by the profiled eigenvalues where the
 tokens line up with the student's text tokens, and as per-item sequence means whitened over
 the pool everywhere. While it is loaded the teacher also gives its `reference_outputs` on the
 held-out items (stored in `checkpoints/<capability>/reference.safetensors`, handed to every
-later `retention_metric` call) and its held-out score. Everything is cached in
+later `retention_metric` call) and its held-out score. Under torchrun each rank answers a
+round-robin share of the pool's batches; rank 0 alone scores the teacher and writes, and the
+other ranks read what it wrote. Everything is cached in
 `checkpoints/<capability>/pool.{json,safetensors}` under a fingerprint, so a resumed or
 repeated stage 4 does not load the teacher again.
 """
@@ -27,9 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from nexus_kernel.algorithms import memory_plan
 from nexus_kernel.algorithms.retention import checked_scores
 from nexus_kernel.contracts import TOP_K
 from nexus_kernel.errors import StageError
+from nexus_kernel.run.distributed import barrier, gather_in_order, world
 from nexus_kernel.run.fsio import (
     atomic_write_bytes,
     atomic_write_json,
@@ -178,39 +182,59 @@ class _Collected:
     distributions: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
 
 
+def _collect_chunk(plan: Any, teacher: Any, chunk: list[Any], key_layers: list[str],
+                   basis: Mapping[str, tuple[torch.Tensor, ...]]) -> _Collected:
+    """One batch of the teacher's pass: its answers, anchor coefficients (pooled, and per token
+    for the layers whose token counts agree with the student's, `aligned`) and, for `kl` and
+    `uld`, its distributions."""
+    collected = _Collected(per_token={k: [] for k in range(len(key_layers))}, aligned=set(range(len(key_layers))))
+    with torch.inference_mode():
+        answers = plan.teacher_outputs(chunk)
+        batch = plan.teacher_batch(chunk, answers)
+    mask = plan.mask_of(batch) if plan.mask_of is not None else None
+    student_mask = plan.student_batch(chunk, answers).attention_mask
+    found = layer_activations(teacher.model, key_layers, batch, plan.teacher_forward, teacher.name)
+    pooled = []
+    for k, layer in enumerate(key_layers):
+        mean, components, eigenvalues = basis[layer]
+        pooled.append(project(masked_mean(found[layer], mask), mean, components))
+        rows = real_tokens(found[layer], mask)
+        if student_mask is None or [len(row) for row in rows] != student_mask.sum(dim=1).tolist():
+            collected.aligned.discard(k)
+        else:
+            scale = token_scale(eigenvalues)
+            collected.per_token[k] = [project(row, mean, components) / scale for row in rows]
+    collected.pooled.append(torch.stack(pooled, dim=1))
+    if plan.objective in SOFT_OBJECTIVES:
+        collected.distributions = list(plan.teacher_distributions(chunk, answers))
+    collected.outputs = list(answers)
+    return collected
+
+
 def _collect(plan: Any, teacher: Any, items: list[Any], key_layers: list[str],
              basis: Mapping[str, tuple[torch.Tensor, ...]], description: str) -> _Collected:
-    """Run the teacher over `items` in batches: answers, anchor coefficients (pooled, and per
-    token while the teacher's and the student's token counts agree) and, for `kl`, the
-    teacher's distributions (`kl`, `uld`)."""
+    """Run the teacher over `items` in batches (`_collect_chunk`) and join them in order; a
+    layer stays token-aligned only where every batch is. Under torchrun each rank answers its
+    round-robin share of the batches and every rank gets all of them back, in order."""
     from tqdm import tqdm
 
-    collected = _Collected(per_token={k: [] for k in range(len(key_layers))}, aligned=set(range(len(key_layers))))
-    with tqdm(total=len(items), desc=description, unit="item", dynamic_ncols=True, leave=False) as bar:
-        for start in range(0, len(items), _TEACHER_BATCH):
-            chunk = items[start : start + _TEACHER_BATCH]
-            with torch.inference_mode():
-                answers = plan.teacher_outputs(chunk)
-                batch = plan.teacher_batch(chunk, answers)
-            mask = plan.mask_of(batch) if plan.mask_of is not None else None
-            student_mask = plan.student_batch(chunk, answers).attention_mask
-            found = layer_activations(teacher.model, key_layers, batch, plan.teacher_forward, teacher.name)
-            pooled = []
-            for k, layer in enumerate(key_layers):
-                mean, components, eigenvalues = basis[layer]
-                pooled.append(project(masked_mean(found[layer], mask), mean, components))
-                rows = real_tokens(found[layer], mask)
-                if student_mask is None or [len(row) for row in rows] != student_mask.sum(dim=1).tolist():
-                    collected.aligned.discard(k)
-                if k in collected.aligned:
-                    scale = token_scale(eigenvalues)
-                    collected.per_token[k] += [project(row, mean, components) / scale for row in rows]
-            collected.pooled.append(torch.stack(pooled, dim=1))
-            if plan.objective in SOFT_OBJECTIVES:
-                collected.distributions += plan.teacher_distributions(chunk, answers)
-            collected.outputs += answers
+    chunks = [items[start : start + _TEACHER_BATCH] for start in range(0, len(items), _TEACHER_BATCH)]
+    here = world()
+    mine = []
+    with tqdm(total=sum(len(chunk) for chunk in here.shard(chunks)), desc=description, unit="item",
+              dynamic_ncols=True, leave=False, disable=not here.main) as bar:
+        for chunk in here.shard(chunks):
+            mine.append(_collect_chunk(plan, teacher, chunk, key_layers, basis))
             bar.update(len(chunk))
-    return collected
+    joined = _Collected(per_token={k: [] for k in range(len(key_layers))}, aligned=set(range(len(key_layers))))
+    for part in gather_in_order(mine, len(chunks)):
+        joined.aligned &= part.aligned
+        joined.outputs += part.outputs
+        joined.pooled += part.pooled
+        joined.distributions += part.distributions
+        for k in joined.aligned:
+            joined.per_token[k] += part.per_token[k]
+    return joined
 
 
 # the pool --------------------------------------------------------------------------------------
@@ -327,7 +351,14 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
     entry = TeacherEntry.from_json(registry[entry_data["teacher"]])
     profiled = json.loads((context.run_dir / PROFILE_DIR / name / "profile.json").read_text())["load"]["quantization"]
     started = time.perf_counter()
-    teacher = session.get(entry, _teacher_precision(context, entry.parameters, profiled), run_device(context))
+    # Refused before loading: the student's training step (every capability, backbone trained: the
+    # joint phase at its longest rows, an upper bound) and the teacher's pool at the option it gets.
+    budget, device = context.config.section("hardware")["memory_budget_gb"], run_device(context)
+    memory_plan.check_fits(memory_plan.student_plan(student, settings["batch_size"],
+                                                    tasks=len(architecture["capabilities"])), budget, "student")
+    option = memory_plan.pool_option(entry.name, Path(entry.path), _teacher_precision(context, entry.parameters, profiled),
+                                     profiled, budget, _TEACHER_BATCH, device, memory_plan.module_bytes(student))
+    teacher = session.get(entry, option, device)
     try:
         plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=teacher,
                                         student=student, datasets=datasets)
@@ -336,6 +367,12 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
         _check_plan(name, plan)
         basis = read_basis(context.run_dir, name, key_layers, int(entry_data["rank"]))
         collected = _collect(plan, teacher, items, key_layers, basis, f"{name}: teacher answers")
+        if not world().main:
+            barrier()  # rank 0 scores the teacher on held-out items and writes the pool
+            pool = _read_cached(folder, fingerprint, items)
+            if pool is None:
+                raise StageError(f"{name}: rank {world().rank} found no pool written by rank 0 in {folder}")
+            return pool
         held_out = {"split": "test", "datasets": datasets, "limit": settings["eval_samples"]}
         reference = context.plugins.call_for(name, "reference_outputs", capability=capability, teacher=teacher,
                                              **held_out)
@@ -371,4 +408,5 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
     })
     log.info("teacher answered the pool", capability=name, items=len(items), objective=plan.objective,
              seconds=round(time.perf_counter() - started, 1))
+    barrier()
     return Pool(items, outputs, tensors["coefficients"], variances, scores, plan.objective, soft, tokens, reason)

@@ -7,7 +7,9 @@ removing each one costs, greedily (`removal` in `profile.json`: the cut keeps th
 Writes `niwt_stage2_output/<capability>/basis.safetensors` (per key layer: mean, components,
 eigenvalues) and `profile.json` (quantization used and why, ablation table, key layers, batch
 size and measured memory, intrinsic dimensions, participation ratios, rank audit). One teacher
-is in memory at a time; no activation outlives its batch.
+is in memory at a time; no activation outlives its batch. Under torchrun every rank loads the
+teacher and ranks the layers on the same probe batches; the streamed samples are sharded
+(`profile_layers`), and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from nexus_kernel.algorithms.profiling import (
     rank_layers_by_ablation,
     rank_layers_by_removal,
 )
+from nexus_kernel.config import SCHEMA
 from nexus_kernel.errors import StageError
+from nexus_kernel.run.distributed import barrier, world
 from nexus_kernel.run.fsio import atomic_write_bytes, atomic_write_json
 from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, PROFILE_SUMMARY, REGISTRY_FILE
 from nexus_kernel.run.logs import get_logger
@@ -51,14 +55,18 @@ def _load_working(context: RunContext, name: str, capability: Any, entry: Teache
     works (bitsandbytes can load a layer shape its CPU kernels then refuse), and its plan;
     loaded through `session`, so a teacher already loaded for another capability is reused. The
     first option tried is the configured one, or `choose_precision`'s for `auto` (its reason
-    goes into `profile.json`'s `load.chosen`)."""
+    goes into `profile.json`'s `load.chosen`). Before each load the memory plan of the
+    teacher's `config.json` must fit the budget (`_planned_option`)."""
     device = run_device(context)
+    budget = context.config.section("hardware")["memory_budget_gb"]
     skipped: dict[str, str] = {}
     preferred, chosen = settings["quantization"], ""
-    if preferred == AUTO:
-        budget = context.config.section("hardware")["memory_budget_gb"]
+    walk = preferred == AUTO
+    if walk:
         preferred, chosen = choose_precision(device, entry.parameters, budget)
     while True:
+        preferred = _planned_option(entry, preferred, device, budget, settings, walk)
+        walk = False
         teacher = session.get(entry, preferred, device)
         skipped.update(teacher.skipped)
         plan = context.plugins.call_for(name, "profile_capability", capability=capability, teacher=teacher,
@@ -81,6 +89,31 @@ def _load_working(context: RunContext, name: str, capability: Any, entry: Teache
         return teacher, plan
 
 
+def _planned_option(entry: TeacherEntry, option: str, device: str, budget_gb: float, settings: dict[str, Any],
+                    walk: bool) -> str:
+    """`option` when the teacher's memory plan for profiling (at the configured batch, else
+    1, and `memory_plan.PRELOAD_WORKLOAD`) fits the budget; with `walk` (the `auto` choice)
+    the first fitting option from it towards NF4. A plan that cannot fit raises
+    `MemoryPlanError` before anything is loaded; a teacher with no `config.json` to plan
+    from (a plugin's own format) is not checked."""
+    from pathlib import Path
+
+    from nexus_kernel.algorithms import memory_plan
+
+    folder = Path(entry.path)
+    if not (folder / "config.json").is_file():
+        return option
+    try:
+        shape = memory_plan.describe(folder, entry.name)
+    except memory_plan.MemoryPlanError:
+        return option  # the loader reports what is wrong with the folder
+    order = QUANTIZATION_ORDER[: QUANTIZATION_ORDER.index(option) + 1][::-1] if walk else (option,)
+    found, _ = memory_plan.fitting_option(shape, order, lambda each: memory_plan.inference_plan(
+        shape, each, settings["batch_size"] or 1, memory_plan.PRELOAD_WORKLOAD, device=device,
+        key_layers=settings["key_layers"]), budget_gb)
+    return found
+
+
 def _output_bytes(model: torch.nn.Module, batch: Any, loss: Any) -> int:
     """The largest single module output of one forward pass over `batch`, in bytes: the
     activation that must fit next to the weights."""
@@ -101,18 +134,49 @@ def _output_bytes(model: torch.nn.Module, batch: Any, loss: Any) -> int:
     return largest[0]
 
 
-def choose_batch_size(model: torch.nn.Module, plan: Any, budget_gb: float, fixed: int) -> dict[str, Any]:
-    """`fixed` when set; else measure a trial batch and take the largest batch whose
-    activations (with a 4x allowance for the transient copies of a forward pass) fit a quarter
-    of the memory budget."""
+def choose_batch_size(model: torch.nn.Module, plan: Any, budget_gb: float, fixed: int, *,
+                      key_layers: int | None = None, option: str | None = None, device: str = "cpu",
+                      teacher: str = "teacher") -> dict[str, Any]:
+    """The profiling batch size, from the memory plan of `model`'s config (`memory_plan`) with
+    the workload of the probe batch (`observe_workload`): `fixed` when set (a `MemoryPlanError`
+    when that does not fit `budget_gb`), else the largest batch up to `_MAX_BATCH` that fits.
+    A model the planner cannot build on meta falls back to measuring a trial batch and taking
+    the largest batch whose activations (with a 4x allowance for the transient copies of a
+    forward pass) fit a quarter of the memory budget. `batching` says which was used."""
+    from nexus_kernel.algorithms import memory_plan
+
+    key_layers = SCHEMA["profiling"]["key_layers"].default if key_layers is None else key_layers
+    try:
+        shape = memory_plan.plan_loaded(teacher, None, model)
+    except Exception as exc:  # noqa: BLE001  (any config the planner cannot build: the measured trial instead)
+        unplanned = f"{type(exc).__name__}: {exc}"
+    else:
+        option = option or memory_plan.loaded_option(model)
+        probe = plan.batches[0]
+        samples = plan.samples_of(probe) if plan.samples_of is not None else None
+        workload = memory_plan.observe_workload(model, plan.loss, probe, samples or _rows(probe))
+
+        def plan_at(batch: int) -> memory_plan.StagePlan:
+            return memory_plan.inference_plan(shape, option, batch, workload, device=device, key_layers=key_layers)
+
+        size = fixed or memory_plan.largest_fitting_batch(plan_at, budget_gb, _MAX_BATCH)
+        memory_plan.check_fits(plan_at(max(1, size)), budget_gb, teacher)
+        return {"batch_size": size, "chosen": "config" if fixed else "planner",
+                "workload": workload.__dict__, "plan": plan_at(size).to_json(budget_gb)}
     if fixed:
-        return {"batch_size": fixed, "chosen": "config"}
+        return {"batch_size": fixed, "chosen": "config", "planner": f"not planned ({unplanned})"}
     trial = next(iter(plan.stream(_TRIAL_BATCH, _TRIAL_BATCH)))
     per_sample = max(1, _output_bytes(model, trial, plan.loss) // _TRIAL_BATCH)
     allowance = budget_gb * 2**30 / 4
     size = int(max(1, min(_MAX_BATCH, allowance // (4 * per_sample))))
-    return {"batch_size": size, "chosen": "measured", "trial_batch": _TRIAL_BATCH,
-            "largest_activation_bytes_per_sample": per_sample}
+    return {"batch_size": size, "chosen": "measured", "planner": f"not planned ({unplanned})",
+            "trial_batch": _TRIAL_BATCH, "largest_activation_bytes_per_sample": per_sample}
+
+
+def _rows(batch: Any) -> int:
+    """The rows of a batch's first tensor (`ProbePlan.samples_of`'s default)."""
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) else 1
 
 
 def _rank_audit(capability: Any, max_rank: int, layers: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +254,7 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
             peak[0] = max(peak[0], process.memory_info().rss)
 
         states = profile_layers(teacher.model, key_layers, plan.stream(settings["samples"], batching["batch_size"]),
-                                plan.loss, plan.mask_of, teacher=entry.name, on_batch=sample_memory)
+                                plan.loss, plan.mask_of, teacher=entry.name, on_batch=sample_memory, world=world())
         batching["peak_rss_mb"] = round(peak[0] / 2**20, 1)
         log.info("profiling batches", capability=name, **batching)
     finally:
@@ -222,8 +286,9 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
         "key_layers": key_layers, "batching": batching, "variance_threshold": settings["variance_threshold"],
         "layers": layers, "rank_audit": audit, "seconds": round(time.perf_counter() - started, 2),
     }
-    atomic_write_bytes(out / "basis.safetensors", save(tensors))
-    atomic_write_json(out / "profile.json", profile)
+    if world().main:
+        atomic_write_bytes(out / "basis.safetensors", save(tensors))
+        atomic_write_json(out / "profile.json", profile)
     return profile
 
 
@@ -256,7 +321,9 @@ def run_profile(context: RunContext) -> str:
         lines[name] = (f"{name}: {profile['load']['quantization']}, key {', '.join(profile['key_layers'])}, "
                        f"dim {audit['intrinsic_dim']} -> rank {audit['chosen_rank']}")
         log.info("profiled", capability=name, **{k: v for k, v in audit.items() if k != "layer"})
-    atomic_write_json(context.run_dir / PROFILE_SUMMARY, summary)
+    if world().main:
+        atomic_write_json(context.run_dir / PROFILE_SUMMARY, summary)
+    barrier()  # the other ranks go on only once the leader's files are written
     return "; ".join(lines.values()) or "no capability has a teacher"
 
 
