@@ -5,8 +5,10 @@ math problems (`benchmarks/distill.py`'s `build`), `task_loss` with the loss sca
 whole batch, backward, AdamW. (a) One process with `--threads` threads (default: every core).
 (b) `torchrun --standalone --nproc-per-node N` with the threads shared among the ranks, each
 rank a round-robin share of every batch, under DistributedDataParallel (gloo), as
-`nexus run --nproc N` trains. Each configuration runs `--rounds` times, alternating; the best
-round of each gives steps/s, and the ratio is (b) over (a). Timing starts after warm-up steps,
+`nexus run --nproc N` trains. (c) One process with one rank's threads: what the ranks would
+do alone, so (b) over (c) is the scaling of sharding itself. Each configuration runs
+`--rounds` times, alternating; the best round of each gives steps/s, and the headline ratio is
+(b) over (a). Timing starts after warm-up steps,
 inside the workers, so process start and imports are not counted.
 
     python benchmarks/distributed.py [--steps 40] [--rounds 2] [--processes 2] [--json f.json]
@@ -47,7 +49,7 @@ def worker(steps: int, threads: int, out: Path) -> None:
     def step_loss(step: int, alpha: float, extra: dict) -> tuple[torch.Tensor, dict]:
         return task_loss(student, task, task.batch(step, BATCH), alpha)
 
-    trained = data_parallel(student, step_loss) if here.active else step_loss
+    trained = data_parallel(student, step_loss, find_unused=False) if here.active else step_loss
 
     def one(step: int) -> None:
         loss, _ = trained(step, ALPHA, {})
@@ -97,20 +99,24 @@ def main() -> None:
         worker(options.steps, options.threads, options.out)
         return
     per_rank = max(1, options.threads // options.processes)
-    single, several = [], []
+    single, several, narrow = [], [], []
     for _ in range(options.rounds):
         single.append(measure(1, options.steps, options.threads))
         several.append(measure(options.processes, options.steps, per_rank))
-    best_single = max(single, key=lambda result: result["steps_per_second"])
-    best_several = max(several, key=lambda result: result["steps_per_second"])
-    ratio = best_several["steps_per_second"] / best_single["steps_per_second"]
-    print(f"1 process x {options.threads} threads: {best_single['steps_per_second']:.2f} steps/s")
-    print(f"{options.processes} processes x {per_rank} threads: {best_several['steps_per_second']:.2f} steps/s")
-    print(f"ratio {options.processes} processes / 1: {ratio:.3f} (global batch 32, {os.cpu_count()} cores)")
+        narrow.append(measure(1, options.steps, per_rank))
+    best = {name: max(results, key=lambda result: result["steps_per_second"])["steps_per_second"]
+            for name, results in (("single", single), ("several", several), ("narrow", narrow))}
+    ratio, scaling = best["several"] / best["single"], best["several"] / best["narrow"]
+    print(f"(a) 1 process x {options.threads} threads: {best['single']:.2f} steps/s")
+    print(f"(b) {options.processes} processes x {per_rank} threads: {best['several']:.2f} steps/s")
+    print(f"(c) 1 process x {per_rank} threads: {best['narrow']:.2f} steps/s")
+    print(f"ratio (b)/(a) {options.processes} processes / 1: {ratio:.3f}; sharding (b)/(c): {scaling:.3f} "
+          f"(global batch 32, {os.cpu_count()} cores)")
     if options.json is not None:
         from nexus_kernel.run.fsio import atomic_write_json
 
-        atomic_write_json(options.json, {"single": single, "several": several, "ratio": ratio})
+        atomic_write_json(options.json, {"single": single, "several": several, "narrow": narrow, "ratio": ratio,
+                                         "sharding": scaling})
 
 
 if __name__ == "__main__":

@@ -185,3 +185,34 @@ def test_two_process_gloo_all_reduce_equals_the_single_process_state(tmp_path) -
         assert torch.equal(reduced["m2"], single.m2)
     sequential = StreamingPCA(12).update(np.concatenate([pca_workers.shard(0), pca_workers.shard(1)]))
     np.testing.assert_allclose(single.m2.numpy(), sequential.m2.numpy(), rtol=1e-11)
+
+
+def test_adding_batch_moments_is_update_bit_for_bit() -> None:
+    from nexus_kernel.algorithms.pca import batch_moments
+
+    data = np.random.default_rng(3).normal(size=(300, 9)).astype(np.float32) + 7.0
+    updated, added = StreamingPCA(9), StreamingPCA(9)
+    for part in np.array_split(data, 4):
+        updated.update(part)
+        count, mean, m2 = batch_moments(part, 9)
+        assert mean.dtype == m2.dtype == torch.float64 and mean.device.type == "cpu"
+        added.add(count, mean, m2)
+    assert added.count == updated.count == 300
+    assert torch.equal(added.mean, updated.mean) and torch.equal(added.m2, updated.m2)
+    assert batch_moments(data[:0], 9)[0] == 0
+
+
+def test_two_processes_folding_round_robin_batches_equal_one_process_streaming_them(tmp_path) -> None:
+    import pca_workers
+    import torch.multiprocessing as mp
+
+    mp.spawn(pca_workers.fold_worker, args=(str(tmp_path),), nprocs=pca_workers.WORLD_SIZE)
+    torch.set_num_threads(1)
+    single = StreamingPCA(12)
+    for part in pca_workers.batches():
+        single.update(part)
+    for rank in range(pca_workers.WORLD_SIZE):
+        folded = load_file(tmp_path / f"fold{rank}.safetensors")
+        assert int(folded["count"]) == single.count == 700
+        assert torch.equal(folded["mean"], single.mean)  # bit for bit, not merely close
+        assert torch.equal(folded["m2"], single.m2)

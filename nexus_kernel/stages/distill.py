@@ -255,12 +255,16 @@ def reconstruction(student: NexusStudent, task: CapabilityTask) -> float:
 
 
 def gradient_health(student: NexusStudent, trained: Mapping[str, nn.Module], loss: torch.Tensor,
-                    backbone_frozen: bool) -> dict[str, Any]:
+                    backbone_frozen: bool, unused: list[str] | None = None) -> dict[str, Any]:
     """Backpropagate `loss` once and check that every trained adapter gets finite gradients
     that are not all zero, and that a frozen backbone gets none. Raises a `StageError` naming
-    what is wrong; returns the gradient norms."""
+    what is wrong; returns the gradient norms. `unused`, when given, receives the names of the
+    trainable parameters the loss did not reach."""
     student.zero_grad(set_to_none=True)
     loss.backward()
+    if unused is not None:
+        unused += [name for name, parameter in student.named_parameters()
+                   if parameter.requires_grad and parameter.grad is None]
     norms: dict[str, float] = {}
     for name, adapter in trained.items():
         grads = [p.grad for p in adapter.parameters() if p.requires_grad]
@@ -371,11 +375,13 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
     torch.set_num_threads(cpu_threads(settings["threads"]))
     student.train()
     first, _ = step_loss(0, settings["alpha"], {})
-    norms = gradient_health(student, dict(modules[: len(tasks)]), first, frozen)  # type: ignore[arg-type]
+    unused: list[str] = []
+    norms = gradient_health(student, dict(modules[: len(tasks)]), first, frozen, unused)  # type: ignore[arg-type]
     journal.write("gradient_check", norms=norms, backbone_frozen=frozen)
     trained_step = step_loss
     if world().active:
-        trained_step = data_parallel(student, step_loss)
+        # Resting capabilities leave their adapters out of some steps.
+        trained_step = data_parallel(student, step_loss, find_unused=len(tasks) > 1 or bool(unused))
     folder = context.run_dir / CHECKPOINT_DIR / phase
     with _progress(steps, f"distilling {phase}") as bar:
         trainer = RecoveringTrainer(student, parameters, trained_step, steps, learning_rate, folder, journal,
@@ -401,15 +407,15 @@ class _StepModule(nn.Module):
         return compute()
 
 
-def data_parallel(student: NexusStudent, step_loss: Callable[[int, float, dict[str, Any]], Any]
-                  ) -> Callable[[int, float, dict[str, Any]], Any]:
+def data_parallel(student: NexusStudent, step_loss: Callable[[int, float, dict[str, Any]], Any],
+                  find_unused: bool = True) -> Callable[[int, float, dict[str, Any]], Any]:
     """`step_loss` under DistributedDataParallel (gloo: the student trains on the CPU): rank
     0's weights are broadcast once, and each backward all-reduces the gradients (averaged), so
-    every rank takes the same optimiser step. Parameters a step leaves out (a resting
-    capability's adapter) are allowed."""
+    every rank takes the same optimiser step. `find_unused`: some steps leave trainable
+    parameters out (a resting capability's adapter), which DDP must then look for."""
     from torch.nn.parallel import DistributedDataParallel
 
-    wrapped = DistributedDataParallel(_StepModule(student), find_unused_parameters=True)
+    wrapped = DistributedDataParallel(_StepModule(student), find_unused_parameters=find_unused)
 
     def step(index: int, alpha: float, extra: dict[str, Any]) -> Any:
         return wrapped(lambda: step_loss(index, alpha, extra))
