@@ -327,21 +327,19 @@ def weight_plan(shape: ModelShape, option: str, device: str = "cpu") -> WeightPl
     a float32 absmax per `NF4_BLOCK`, INT8 at one byte plus a float32 scale per row; both
     leave the other modules in the checkpoint's dtype (`dtype="auto"`). Dynamic INT8 loads
     fp32, then `quantize_dynamic` deep-copies the model (so its load peaks at twice fp32) and
-    stores every linear at one byte, the rest in float32. On a CPU a load also maps the
-    weight files (their pages count in the process's memory until the load ends), so it
-    peaks at the weights plus the files' size where it converts the dtype; on a GPU the files
-    stay in host memory and the load peaks at the weights plus one float32 tensor."""
+    stores every linear at one byte, the rest in float32. A load converts tensor by tensor,
+    so it peaks at the weights plus one float32 tensor. The weight files a CPU load maps are
+    not counted: their pages show in RSS while the load runs (fp32 from bf16 files: RSS peaks
+    near fp32 weights plus the files' size) but are page cache the kernel can reclaim."""
     counts, stored = shape.counts, _bytes_of(shape.checkpoint_dtype)
     rest = counts.total - counts.quantizable
-    files = counts.total * stored
+    transient = 4 * counts.largest
     if option not in QUANTIZATION_ORDER:
         raise MemoryPlanError(f"unknown quantization {option!r}; use one of {QUANTIZATION_ORDER}")
     if option in ("fp32", "bf16"):
         width = 4 if option == "fp32" else 2
         steady = counts.total * width
-        # The same dtype as the files: transformers keeps the mapped tensors instead of copying.
-        load_peak = steady + (files if width != stored else 0)
-        return WeightPlan(option, steady, load_peak if device == "cpu" else steady + 4 * counts.largest, width)
+        return WeightPlan(option, steady, steady + (transient if width != stored else 0), width)
     if option == "dynamic-int8":
         fp32 = weight_plan(shape, "fp32", device)
         steady = counts.dynamic_linear + 4 * (counts.total - counts.quantizable - counts.kept_linear)
@@ -351,7 +349,7 @@ def weight_plan(shape: ModelShape, option: str, device: str = "cpu") -> WeightPl
     else:
         quantized = counts.quantizable + 4 * counts.quantizable_rows
     steady = quantized + rest * stored
-    return WeightPlan(option, steady, steady + (files if device == "cpu" else 4 * counts.largest), stored)
+    return WeightPlan(option, steady, steady + transient, stored)
 
 
 # one forward pass ------------------------------------------------------------------------------
