@@ -96,8 +96,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "removal_rounds": Key("int", 4, "student cut from a teacher: its blocks leave one per round, each the "
                               "cheapest to remove with the earlier ones gone (greedy); past these rounds the rest "
                               "go by the last round's costs", minimum=1),
-        "batch_size": Key("int", 0, "profiling batch size; 0 chooses it from the memory budget "
-                          "by measuring one trial batch", minimum=0),
+        "batch_size": Key("int", 0, "profiling batch size (refused before loading when the memory plan "
+                          "says it cannot fit); 0: the largest batch whose plan fits 80% of the memory budget (a "
+                          "measured trial batch for a model the planner cannot build)", minimum=0),
     },
     "student": {
         "backbone": Key("str", "config", "`config` builds a LLaMA-style backbone from the keys below; "

@@ -357,7 +357,7 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
     memory_plan.check_fits(memory_plan.student_plan(student, settings["batch_size"],
                                                     tasks=len(architecture["capabilities"])), budget, "student")
     option = memory_plan.pool_option(entry.name, Path(entry.path), _teacher_precision(context, entry.parameters, profiled),
-                                     profiled, budget, _TEACHER_BATCH, device, memory_plan.module_bytes(student))
+                                     profiled, budget, device, memory_plan.module_bytes(student))
     teacher = session.get(entry, option, device)
     try:
         plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=teacher,

@@ -159,7 +159,7 @@ def choose_batch_size(model: torch.nn.Module, plan: Any, budget_gb: float, fixed
         def plan_at(batch: int) -> memory_plan.StagePlan:
             return memory_plan.inference_plan(shape, option, batch, workload, device=device, key_layers=key_layers)
 
-        size = fixed or memory_plan.largest_fitting_batch(plan_at, budget_gb, _MAX_BATCH)
+        size = fixed or memory_plan.largest_fitting_batch(plan_at, budget_gb * memory_plan.BATCH_SHARE, _MAX_BATCH)
         memory_plan.check_fits(plan_at(max(1, size)), budget_gb, teacher)
         return {"batch_size": size, "chosen": "config" if fixed else "planner",
                 "workload": workload.__dict__, "plan": plan_at(size).to_json(budget_gb)}
