@@ -19,7 +19,7 @@ from nexus_kernel.errors import NexusError, StageError
 from nexus_kernel.plugins import PluginSet, choose_allow_list, load_plugins
 
 if TYPE_CHECKING:
-    from nexus_kernel.run.runner import RunContext
+    from nexus_kernel.run.runner import Leader, RunContext
 
 _plugins_option = click.option(
     "--plugins", "plugins_text", metavar="A,B",

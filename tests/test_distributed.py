@@ -4,7 +4,8 @@ A tiny random-init LLaMA (`causal_zoo`) with its own tokenizer is the math teach
 streams 5 batches (ranks 0 and 1 take turns, the last round rank 0 alone), the pool is 5
 teacher batches (the same uneven split), and distillation trains the adapter phase and the
 joint phase on batches of 8 (4 rows a rank). One thread per process in every run, so the
-teacher's forward passes give the same bits in both. The runs go to `--to distill`.
+teacher's forward passes give the same bits in both, and the same memory budget per process
+(the one process gets half of the two ranks' 16 GB machine). The runs go to `--to distill`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         writer.writerow(["Model Name", "Parameters", "Category", "Best Feature"])
         writer.writerow(["tiny-llama", "60K", "Math", "a random-init LLaMA"])
     (root / "configs" / "tiny.toml").write_text(RUN)
+    # Two ranks of one machine plan with half the memory budget each (`process_budget`); the one
+    # process gets the same share, so both choose and record alike.
+    (root / "configs" / "tiny-one.toml").write_text(RUN + "\n[hardware]\nmemory_budget_gb = 8\n")
     return root
 
 
@@ -121,7 +125,7 @@ def steps_of(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(project: Path) -> dict[str, Path]:
     """One run in one process and the same run on two."""
-    single = nexus("run", "--config", "configs/tiny.toml", "--run-dir", "runs/one", "--to", "distill",
+    single = nexus("run", "--config", "configs/tiny-one.toml", "--run-dir", "runs/one", "--to", "distill",
                    cwd=project, env=ONE_THREAD)
     assert single.returncode == 0, single.stderr[-8000:]
     double = torchrun(project, "runs/two")

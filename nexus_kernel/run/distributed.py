@@ -172,3 +172,10 @@ def cpu_threads(configured: int) -> int:
     machine (torchrun starts one thread each; two ranks of two threads on two cores would
     fight over them), at least one."""
     return max(1, configured // world().local_size)
+
+
+def process_budget(budget_gb: float, device: str) -> float:
+    """`hardware.memory_budget_gb` for one process: on a CPU the ranks of this machine share
+    its RAM, each with its own teacher, so each plans with an equal part; on CUDA each rank has
+    its own GPU and the whole budget."""
+    return float(budget_gb) if device.startswith("cuda") else float(budget_gb) / world().local_size

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from nexus_kernel import defaults
+from nexus_kernel.algorithms import memory_plan
 from nexus_kernel.algorithms.recovery import (
     Journal,
     RecoveringTrainer,
@@ -33,7 +34,7 @@ from nexus_kernel.algorithms.recovery import (
 from nexus_kernel.algorithms.retention import checked_scores, headline_benchmark, read_reference, verdict
 from nexus_kernel.algorithms.uld import ULD_WEIGHT, aligned_by_index, uld_distance
 from nexus_kernel.errors import StageError
-from nexus_kernel.run.distributed import all_sum, barrier, cpu_threads, world
+from nexus_kernel.run.distributed import all_sum, barrier, cpu_threads, process_budget, world
 from nexus_kernel.run.fsio import (
     atomic_write_json,
     sha256_file,
@@ -552,6 +553,11 @@ def run_distill(context: RunContext) -> str:
     settings = context.config.section("distill")
     seed = int(json.loads((context.run_dir / LOCK_FILE).read_text())["seed"])
     student = build_student(context, architecture)
+    # Refused before any teacher loads: the student's training step on the CPU (every capability,
+    # backbone trained, rows of max_positions: an upper bound).
+    memory_plan.check_fits(memory_plan.student_plan(student, settings["batch_size"],
+                                                    tasks=len(architecture["capabilities"])),
+                           process_budget(context.config.section("hardware")["memory_budget_gb"], "cpu"), "student")
     torch.set_num_threads(cpu_threads(settings["threads"]))  # build_student seeded with one; the teachers answer with all
     tasks = _prepare_tasks(context, student, architecture, settings, seed)
     base = {"architecture": architecture, "distill": settings, "seed": seed}

@@ -33,7 +33,7 @@ from nexus_kernel.algorithms import memory_plan
 from nexus_kernel.algorithms.retention import checked_scores
 from nexus_kernel.contracts import TOP_K
 from nexus_kernel.errors import StageError
-from nexus_kernel.run.distributed import barrier, gather_in_order, world
+from nexus_kernel.run.distributed import barrier, gather_in_order, process_budget, world
 from nexus_kernel.run.fsio import (
     atomic_write_bytes,
     atomic_write_json,
@@ -351,11 +351,9 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
     entry = TeacherEntry.from_json(registry[entry_data["teacher"]])
     profiled = json.loads((context.run_dir / PROFILE_DIR / name / "profile.json").read_text())["load"]["quantization"]
     started = time.perf_counter()
-    # Refused before loading: the student's training step (every capability, backbone trained: the
-    # joint phase at its longest rows, an upper bound) and the teacher's pool at the option it gets.
-    budget, device = context.config.section("hardware")["memory_budget_gb"], run_device(context)
-    memory_plan.check_fits(memory_plan.student_plan(student, settings["batch_size"],
-                                                    tasks=len(architecture["capabilities"])), budget, "student")
+    # Refused before loading: the teacher's pool at the option it gets, next to the student.
+    device = run_device(context)
+    budget = process_budget(context.config.section("hardware")["memory_budget_gb"], device)
     option = memory_plan.pool_option(entry.name, Path(entry.path), _teacher_precision(context, entry.parameters, profiled),
                                      profiled, budget, device, memory_plan.module_bytes(student))
     teacher = session.get(entry, option, device)

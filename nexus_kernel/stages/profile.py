@@ -31,7 +31,7 @@ from nexus_kernel.algorithms.profiling import (
 )
 from nexus_kernel.config import SCHEMA
 from nexus_kernel.errors import StageError
-from nexus_kernel.run.distributed import barrier, world
+from nexus_kernel.run.distributed import barrier, process_budget, world
 from nexus_kernel.run.fsio import atomic_write_bytes, atomic_write_json
 from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, PROFILE_SUMMARY, REGISTRY_FILE
 from nexus_kernel.run.logs import get_logger
@@ -58,7 +58,7 @@ def _load_working(context: RunContext, name: str, capability: Any, entry: Teache
     goes into `profile.json`'s `load.chosen`). Before each load the memory plan of the
     teacher's `config.json` must fit the budget (`_planned_option`)."""
     device = run_device(context)
-    budget = context.config.section("hardware")["memory_budget_gb"]
+    budget = process_budget(context.config.section("hardware")["memory_budget_gb"], device)
     skipped: dict[str, str] = {}
     preferred, chosen = settings["quantization"], ""
     walk = preferred == AUTO
@@ -245,8 +245,9 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
             rounds = removal_rounds(context, len(plan.candidate_layers))
             removal = rank_layers_by_removal(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
                                              teacher=entry.name, rounds=rounds)
-        batching = choose_batch_size(teacher.model, plan, context.config.section("hardware")["memory_budget_gb"],
-                                     settings["batch_size"])
+        batching = choose_batch_size(teacher.model, plan, process_budget(context.config.section("hardware")["memory_budget_gb"], run_device(context)),
+                                     settings["batch_size"], key_layers=settings["key_layers"],
+                                     option=teacher.quantization, device=run_device(context), teacher=entry.name)
         process = psutil.Process()
         peak = [process.memory_info().rss]
 
