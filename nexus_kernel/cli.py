@@ -179,7 +179,7 @@ def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | Non
     settled = False  # whether every rank reaches the end together (then they wait for each other)
     try:
         if not here.main:
-            configure_logging(run_dir / "logs" / f"events.rank{here.rank}.jsonl", verbose=verbose)
+            configure_logging(run_dir / "logs" / f"events.rank{here.rank}.jsonl", verbose=verbose, quiet_console=True)
             try:
                 follow(stages(), RunContext(run_dir, config, plugin_set, selection_active, confirm_deletions=yes))
             except FollowerStopped:

@@ -130,6 +130,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "eval_samples": Key("int", 300, "held-out items scored per capability after training", minimum=1),
         "threads": Key("int", 2, "CPU threads for training (results repeat exactly for the same count)",
                        minimum=1),
+        "parallel": Key("str", "ddp", "how the student trains under torchrun: ddp (DistributedDataParallel: a whole "
+                        "student on every rank, gradients all-reduced) or fsdp (FSDP2 fully_shard: each decoder block "
+                        "and the rest sharded across the ranks, with their gradients and AdamW state)",
+                        choices=("ddp", "fsdp")),
         "checkpoint_every": Key("int", 100, "steps between checkpoints", minimum=1),
         "check_every": Key("int", 50, "steps between reconstruction checks", minimum=1),
         "spike_factor": Key("float", 5.0, "a loss above this times its running mean is a spike", minimum=1.0,

@@ -86,18 +86,20 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Two ranks of one machine plan with half the memory budget each (`process_budget`); the one
     # process gets the same share, so both choose and record alike.
     (root / "configs" / "tiny-one.toml").write_text(RUN + "\n[hardware]\nmemory_budget_gb = 8\n")
+    (root / "configs" / "tiny-fsdp.toml").write_text(RUN.replace("threads = 1", 'threads = 1\nparallel = "fsdp"'))
     return root
 
 
-def torchrun_command(run_dir: str, *extra: str) -> list[str]:
+def torchrun_command(run_dir: str, *extra: str, config: str = "configs/tiny.toml") -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "nexus_kernel",
-            "run", "--config", "configs/tiny.toml", "--run-dir", run_dir, "--to", "distill", *extra]
+            "run", "--config", config, "--run-dir", run_dir, "--to", "distill", *extra]
 
 
-def torchrun(project: Path, run_dir: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def torchrun(project: Path, run_dir: str, *extra: str, config: str = "configs/tiny.toml"
+             ) -> subprocess.CompletedProcess[str]:
     environment = {**{k: v for k, v in os.environ.items() if k != "NEXUS_PLUGINS"}, **ONE_THREAD}
-    return subprocess.run(torchrun_command(run_dir, *extra), cwd=project, env=environment, capture_output=True,
-                          text=True, timeout=HANG_GUARD, check=False)
+    return subprocess.run(torchrun_command(run_dir, *extra, config=config), cwd=project, env=environment,
+                          capture_output=True, text=True, timeout=HANG_GUARD, check=False)
 
 
 def readings_removed(profile: dict) -> dict:
@@ -124,13 +126,15 @@ def steps_of(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(project: Path) -> dict[str, Path]:
-    """One run in one process and the same run on two."""
+    """One run in one process, the same run on two (DDP), and on two with FSDP2."""
     single = nexus("run", "--config", "configs/tiny-one.toml", "--run-dir", "runs/one", "--to", "distill",
                    cwd=project, env=ONE_THREAD)
     assert single.returncode == 0, single.stderr[-8000:]
     double = torchrun(project, "runs/two")
     assert double.returncode == 0, double.stderr[-8000:]
-    return {"one": project / "runs/one", "two": project / "runs/two"}
+    sharded = torchrun(project, "runs/fsdp", config="configs/tiny-fsdp.toml")
+    assert sharded.returncode == 0, sharded.stderr[-8000:]
+    return {"one": project / "runs/one", "two": project / "runs/two", "fsdp": project / "runs/fsdp"}
 
 
 def test_two_processes_profile_bit_for_bit_as_one(runs: dict[str, Path]) -> None:
@@ -141,8 +145,9 @@ def test_two_processes_profile_bit_for_bit_as_one(runs: dict[str, Path]) -> None
     assert profile["layers"]["model.layers.0"]["vectors"] > 0
 
 
-def test_two_processes_train_the_student_one_process_trains(runs: dict[str, Path]) -> None:
-    one, two = runs["one"], runs["two"]
+@pytest.mark.parametrize("parallel", ["two", "fsdp"])
+def test_two_processes_train_the_student_one_process_trains(runs: dict[str, Path], parallel: str) -> None:
+    one, two = runs["one"], runs[parallel]
     first, second = steps_of(one), steps_of(two)
     assert [(s["phase"], s["step"]) for s in first] == [(s["phase"], s["step"]) for s in second]
     assert {s["phase"] for s in first} == {"adapter-math", "joint"}
@@ -160,6 +165,19 @@ def test_two_processes_train_the_student_one_process_trains(runs: dict[str, Path
         "stage 2 (profile)", "stage 4 (distill)"]  # rank 1 takes part in the shared stages only
 
 
+def test_fsdp_checkpoints_hold_whole_tensors_as_one_process_writes(runs: dict[str, Path]) -> None:
+    from safetensors import safe_open
+
+    def shapes(run_dir: Path) -> dict[str, list[int]]:
+        latest = json.loads((run_dir / "checkpoints/joint/latest.json").read_text())["checkpoint"]
+        with safe_open(str(run_dir / "checkpoints/joint" / latest / "state.safetensors"), "pt") as handle:
+            return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+
+    expected = shapes(runs["one"])
+    assert any(key.startswith("weights.backbone.") for key in expected)  # the joint phase trains the backbone
+    assert shapes(runs["fsdp"]) == expected
+
+
 def _rank_one_worker(launcher: subprocess.Popen[bytes]) -> int | None:
     import psutil
 
@@ -172,12 +190,13 @@ def _rank_one_worker(launcher: subprocess.Popen[bytes]) -> int | None:
     return None
 
 
+@pytest.mark.parametrize(("parallel", "config"), [("two", "configs/tiny.toml"), ("fsdp", "configs/tiny-fsdp.toml")])
 def test_a_killed_rank_fails_the_run_and_the_rerun_resumes_to_the_same_student(
-        project: Path, runs: dict[str, Path]) -> None:
-    run_dir = project / "runs/killed"
+        project: Path, runs: dict[str, Path], parallel: str, config: str) -> None:
+    run_dir = project / f"runs/killed-{parallel}"
     environment = {**{k: v for k, v in os.environ.items() if k != "NEXUS_PLUGINS"}, **ONE_THREAD}
-    launcher = subprocess.Popen(torchrun_command("runs/killed"), cwd=project, env=environment,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    launcher = subprocess.Popen(torchrun_command(f"runs/killed-{parallel}", config=config), cwd=project,
+                                env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + HANG_GUARD
     journal = run_dir / "training.jsonl"
     while not (journal.is_file() and any(s["step"] >= 10 for s in steps_of(run_dir))):
@@ -195,11 +214,11 @@ def test_a_killed_rank_fails_the_run_and_the_rerun_resumes_to_the_same_student(
     killed_at = max(s["step"] for s in steps_of(run_dir) if s["phase"] == "adapter-math")
     assert killed_at < 23  # it stopped inside the adapter phase
 
-    rerun = torchrun(project, "runs/killed")
+    rerun = torchrun(project, f"runs/killed-{parallel}", config=config)
     assert rerun.returncode == 0, rerun.stderr[-8000:]
     kinds = [json.loads(line)["kind"] for line in journal.read_text().splitlines()]
     assert "resume" in kinds
-    assert student_difference(runs["two"], run_dir) == 0.0  # resuming is exact, as in one process
+    assert student_difference(runs[parallel], run_dir) == 0.0  # resuming is exact, as in one process
 
 
 def test_a_leader_failure_outside_a_shared_stage_stops_every_rank_with_its_message(project: Path) -> None:

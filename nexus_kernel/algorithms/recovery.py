@@ -12,7 +12,9 @@ its last checkpoint ends with the same weights as one that never stopped (CPU, s
 Under torchrun every rank runs the loop in step: the loss each rank returns is its share (the
 mean over ranks is the step's loss), so spikes and rollbacks are judged on that mean and every
 rank decides alike; rank 0 alone writes checkpoints and the journal, and the others wait at a
-barrier after each checkpoint, then read the same files on resume and rollback.
+barrier after each checkpoint, then read the same files on resume and rollback. Sharded
+(FSDP2) parameters and their optimiser state are written whole and read back into each
+rank's shard, so a checkpoint does not depend on how many ranks wrote it.
 """
 
 from __future__ import annotations
@@ -99,15 +101,33 @@ class Journal:
             handle.write(json.dumps(entry, sort_keys=True, allow_nan=False) + "\n")
 
 
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` whole: a DTensor (a parameter or its state under FSDP2) is gathered from every
+    rank (a collective: every rank must call it, in the same order); any other is itself."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def placed_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The whole tensor `full` laid out as `like` is: this rank's shard where `like` is a
+    DTensor, else `full` itself."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(like, DTensor) and full.shape == like.shape:
+        return distribute_tensor(full.to(like.dtype), like.device_mesh, like.placements)
+    return full
+
+
 def _optimiser_tensors(optimiser: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """AdamW's state as flat tensors (for safetensors) plus the JSON-able rest."""
+    """AdamW's state as flat whole tensors (for safetensors) plus the JSON-able rest."""
     state = optimiser.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
     for index, values in state["state"].items():
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"optimiser.{index}.{key}"] = value.detach().clone().contiguous()
+                tensors[f"optimiser.{index}.{key}"] = full_tensor(value.detach()).clone().contiguous()
             else:
                 scalars[f"{index}.{key}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
@@ -115,11 +135,12 @@ def _optimiser_tensors(optimiser: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 def _restore_optimiser(optimiser: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor],
                        described: Mapping[str, Any]) -> None:
+    parameters = [parameter for group in optimiser.param_groups for parameter in group["params"]]
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optimiser."):
             _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value.clone()
+            state.setdefault(int(index), {})[key] = placed_like(value.clone(), parameters[int(index)])
     for name, value in described["scalars"].items():
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
@@ -185,20 +206,22 @@ class RecoveringTrainer:
         rank 0 writes and every rank waits until it has."""
         name = f"{CHECKPOINT_PREFIX}{self.state.step:06d}"
         final = self.folder / name
+        # Whole tensors on every rank first: gathering a sharded (FSDP2) one is a collective.
+        weights = {key: full_tensor(value.detach()).clone().contiguous() for key, value in self.parameters.items()}
+        optimiser_tensors, optimiser_rest = _optimiser_tensors(self.optimiser)
         if world().main:
-            self._write_checkpoint(name, final)
+            self._write_checkpoint(name, final, weights, optimiser_tensors, optimiser_rest)
         barrier()
         return final
 
-    def _write_checkpoint(self, name: str, final: Path) -> None:
+    def _write_checkpoint(self, name: str, final: Path, weights: dict[str, torch.Tensor],
+                          optimiser_tensors: dict[str, torch.Tensor], optimiser_rest: dict[str, Any]) -> None:
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
         partial = self.folder / f".{name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        weights = {key: value.detach().clone().contiguous() for key, value in self.parameters.items()}
-        optimiser_tensors, optimiser_rest = _optimiser_tensors(self.optimiser)
         save_file({**{f"weights.{k}": v for k, v in weights.items()}, **optimiser_tensors},
                   str(partial / "state.safetensors"))
         atomic_write_json(partial / "loop.json", {
@@ -219,7 +242,7 @@ class RecoveringTrainer:
         described = json.loads((folder / "loop.json").read_text())
         with torch.no_grad():
             for key, parameter in self.parameters.items():
-                parameter.copy_(tensors[f"weights.{key}"])
+                parameter.copy_(placed_like(tensors[f"weights.{key}"], parameter))
         _restore_optimiser(self.optimiser, tensors, described["optimiser"])
         self.schedule.load_state_dict(described["schedule"])
         self.state = LoopState(**described["loop"])
@@ -303,7 +326,7 @@ class RecoveringTrainer:
                 continue
             self.optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            norm = float(torch.nn.utils.clip_grad_norm_(list(self.parameters.values()), self.clip_norm))
+            norm = float(full_tensor(torch.nn.utils.clip_grad_norm_(list(self.parameters.values()), self.clip_norm)))
             if not math.isfinite(norm):
                 self._rollback("nan", step, norm)
                 continue

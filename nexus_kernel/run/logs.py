@@ -25,8 +25,11 @@ def _drop_for_console(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def configure_logging(events_file: Path | None = None, *, verbose: bool = False) -> None:
+def configure_logging(events_file: Path | None = None, *, verbose: bool = False, quiet_console: bool = False
+                      ) -> None:
     """Route every `nexus.*` logger to stderr and, when given, to `events_file` as JSON lines.
+    `quiet_console`: only warnings and errors reach stderr (a rank other than 0 under torchrun,
+    whose lines would repeat the leader's; its file keeps them all).
 
     Calling it again replaces the handlers, so one process can start several runs.
     """
@@ -49,6 +52,8 @@ def configure_logging(events_file: Path | None = None, *, verbose: bool = False)
             structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
         ],
     ))
+    if quiet_console:
+        console.setLevel(logging.WARNING)
     root.addHandler(console)
     if events_file is not None:
         events_file.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from nexus_kernel.algorithms.recovery import (
     Journal,
     RecoveringTrainer,
     RecoverySettings,
+    full_tensor,
     named_trainable,
     summarise,
 )
@@ -304,7 +305,8 @@ def _recovery(settings: Mapping[str, Any]) -> RecoverySettings:
 def _progress(total: int, description: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=description, unit="step", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, desc=description, unit="step", dynamic_ncols=True, leave=False,
+                disable=not world().main)  # one bar for the run, not one per rank
 
 
 REVISIT_EVERY = 4
@@ -336,20 +338,8 @@ def resting_capabilities(objectives: Mapping[str, str], running: Mapping[str, fl
     return set() if len(resting) == len(objectives) else resting
 
 
-def train_phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTask], phase: str,
-                steps: int, learning_rate: float, frozen: bool, settings: Mapping[str, Any],
-                fingerprint: Any) -> dict[str, Any]:
-    """One phase: the adapters of `tasks` (and the backbone unless `frozen`) trained for
-    `steps` on the sum of the tasks' losses; returns the phase's summary."""
-    student.freeze_backbone(frozen)
-    for name, adapter in student.adapters.items():
-        adapter.requires_grad_(any(task.name == name for task in tasks))
-    modules = [(f"adapters.{task.name}", student.adapters[task.name]) for task in tasks]
-    if not frozen:
-        modules.append(("backbone", student.backbone))
-    parameters = named_trainable(modules)
-    journal = Journal(context.run_dir / TRAINING_JOURNAL, phase)
-    size = settings["batch_size"]
+def _step_loss_of(context: RunContext, model: NexusStudent, tasks: list[CapabilityTask], size: int) -> Any:
+    """The step function of `tasks` on `model`: every capability not resting, its loss summed."""
     anchor_loss_of = plugin_anchor_loss(context)
 
     def step_loss(step: int, alpha: float, extra: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -362,7 +352,7 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
         for task in tasks:
             if task.name in resting:
                 continue
-            loss, task_parts = task_loss(student, task, task.batch(step, size), alpha * task.alpha_scale,
+            loss, task_parts = task_loss(model, task, task.batch(step, size), alpha * task.alpha_scale,
                                          anchor_loss_of)
             value = task_parts[f"{task.name}.output"]
             running[task.name] = value if task.name not in running else 0.9 * running[task.name] + 0.1 * value
@@ -370,8 +360,37 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
             parts.update(task_parts)
         return total, parts
 
-    def check() -> float:
-        return sum(reconstruction(student, task) for task in tasks) / len(tasks)
+    return step_loss
+
+
+def _set_trainable(student: NexusStudent, tasks: list[CapabilityTask], frozen: bool) -> list[tuple[str, nn.Module]]:
+    """Freeze all but the adapters of `tasks` (and the backbone unless `frozen`); the trained
+    modules by name."""
+    student.freeze_backbone(frozen)
+    for name, adapter in student.adapters.items():
+        adapter.requires_grad_(any(task.name == name for task in tasks))
+    modules = [(f"adapters.{task.name}", student.adapters[task.name]) for task in tasks]
+    if not frozen:
+        modules.append(("backbone", student.backbone))
+    return modules
+
+
+def train_phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTask], phase: str,
+                steps: int, learning_rate: float, frozen: bool, settings: Mapping[str, Any],
+                fingerprint: Any, rebuild: Callable[[], NexusStudent] | None = None) -> dict[str, Any]:
+    """One phase: the adapters of `tasks` (and the backbone unless `frozen`) trained for
+    `steps` on the sum of the tasks' losses; returns the phase's summary.
+
+    Under torchrun the steps run under DistributedDataParallel (`data_parallel`), or with
+    `distill.parallel = "fsdp"` on a copy of the student from `rebuild` sharded with FSDP2
+    (`fully_sharded`), whose trained weights come back whole into `student` at the end."""
+    modules = _set_trainable(student, tasks, frozen)
+    journal = Journal(context.run_dir / TRAINING_JOURNAL, phase)
+    size = settings["batch_size"]
+    step_loss = _step_loss_of(context, student, tasks, size)
+
+    def check_of(model: NexusStudent) -> float:
+        return sum(reconstruction(model, task) for task in tasks) / len(tasks)
 
     torch.set_num_threads(cpu_threads(settings["threads"]))
     student.train()
@@ -379,17 +398,37 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
     unused: list[str] = []
     norms = gradient_health(student, dict(modules[: len(tasks)]), first, frozen, unused)  # type: ignore[arg-type]
     journal.write("gradient_check", norms=norms, backbone_frozen=frozen)
-    trained_step = step_loss
-    if world().active:
+    trained, trained_step, check = student, step_loss, lambda: check_of(student)
+    sharded = None
+    if world().active and settings["parallel"] == "fsdp":
+        if rebuild is None:
+            raise StageError("distill.parallel = 'fsdp' needs a way to build the student again")
+        trained = rebuild()
+        trained.load_state_dict(student.state_dict())
+        modules = _set_trainable(trained, tasks, frozen)
+        trained.train()
+        root = sharded = fully_sharded(trained)
+        model_step = _step_loss_of(context, trained, tasks, size)
+
+        def trained_step(step: int, alpha: float, extra: dict[str, Any]) -> Any:
+            return root(lambda: model_step(step, alpha, extra))
+
+        def check() -> float:
+            return root(lambda: check_of(trained))  # type: ignore[no-any-return]
+    elif world().active:
         # Resting capabilities leave their adapters out of some steps.
         trained_step = data_parallel(student, step_loss, find_unused=len(tasks) > 1 or bool(unused))
     folder = context.run_dir / CHECKPOINT_DIR / phase
     with _progress(steps, f"distilling {phase}") as bar:
-        trainer = RecoveringTrainer(student, parameters, trained_step, steps, learning_rate, folder, journal,
-                                    _recovery(settings), settings["alpha"], check=check, fingerprint=fingerprint,
-                                    progress=bar.update, alpha_scales={task.name: task.alpha_scale for task in tasks})
+        trainer = RecoveringTrainer(trained, named_trainable(modules), trained_step, steps, learning_rate, folder,
+                                    journal, _recovery(settings), settings["alpha"], check=check,
+                                    fingerprint=fingerprint, progress=bar.update,
+                                    alpha_scales={task.name: task.alpha_scale for task in tasks})
         state = trainer.run()
-    explained = check()
+    if sharded is not None:
+        whole = {name.removeprefix("student."): full_tensor(value) for name, value in sharded.state_dict().items()}
+        student.load_state_dict(whole)
+    explained = check_of(student)
     journal.write("end", step=state.step, reconstruction=explained, events=state.events)
     return {"steps": state.step, "reconstruction": explained, "alpha": state.alpha,
             "alpha_effective": trainer.effective_alpha(), "lr_scale": state.lr_scale,
@@ -422,6 +461,24 @@ def data_parallel(student: NexusStudent, step_loss: Callable[[int, float, dict[s
         return wrapped(lambda: step_loss(index, alpha, extra))
 
     return step
+
+
+def fully_sharded(student: NexusStudent) -> nn.Module:
+    """`student` sharded across the ranks with FSDP2: each decoder block its own unit
+    (gathered for its forward and backward, then freed), the rest (embeddings, head, adapters)
+    the root's, which stays gathered from a step's forward to its backward because the anchor
+    projections and the losses use it after the backbone's forward. Returns the root: call it
+    with a function of no arguments (a step's loss, a check), which then runs inside its forward."""
+    from torch.distributed.fsdp import fully_shard
+
+    from nexus_kernel.teachers.classes import decoder_blocks
+
+    modules = dict(student.backbone.named_modules())
+    for block in decoder_blocks(student.backbone, "student"):
+        fully_shard(modules[block])
+    root = _StepModule(student)
+    fully_shard(root, reshard_after_forward=False)
+    return root
 
 
 def _phase_done(folder: Path, fingerprint: str) -> bool:
@@ -463,7 +520,8 @@ def _prepare_tasks(context: RunContext, student: NexusStudent, architecture: Map
 
 
 def _phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTask], phase: str,
-           frozen: bool, settings: Mapping[str, Any], fingerprint: str, weights: nn.Module, seed: int) -> dict[str, Any]:
+           frozen: bool, settings: Mapping[str, Any], fingerprint: str, weights: nn.Module, seed: int,
+           rebuild: Callable[[], NexusStudent] | None = None) -> dict[str, Any]:
     """Run one phase, or reuse its result when `done.json` has this fingerprint; the phase's
     final `weights` (the adapter, or the whole student) are saved next to it."""
     folder = context.run_dir / CHECKPOINT_DIR / phase
@@ -474,7 +532,7 @@ def _phase(context: RunContext, student: NexusStudent, tasks: list[CapabilityTas
     seed_everything(seed)
     steps, rate = ((settings["adapter_steps"], settings["learning_rate"]) if frozen
                    else (settings["joint_steps"], settings["joint_learning_rate"]))
-    summary = train_phase(context, student, tasks, phase, steps, rate, frozen, settings, fingerprint)
+    summary = train_phase(context, student, tasks, phase, steps, rate, frozen, settings, fingerprint, rebuild)
     if world().main:
         save_weights(weights, final)
         atomic_write_json(folder / "done.json", {"fingerprint": fingerprint, "summary": summary})
@@ -560,6 +618,10 @@ def run_distill(context: RunContext) -> str:
                            process_budget(context.config.section("hardware")["memory_budget_gb"], "cpu"), "student")
     torch.set_num_threads(cpu_threads(settings["threads"]))  # build_student seeded with one; the teachers answer with all
     tasks = _prepare_tasks(context, student, architecture, settings, seed)
+
+    def rebuild() -> NexusStudent:
+        return build_student(context, architecture)
+
     base = {"architecture": architecture, "distill": settings, "seed": seed}
     phases: dict[str, Any] = {}
     adapters = {}
@@ -571,13 +633,13 @@ def run_distill(context: RunContext) -> str:
         fingerprint = sha256_json({**base, "phase": phase, "pool": task.pool.teacher_scores,
                                    "alpha_scale": task.alpha_scale, "objective": task.pool.objective})
         phases[phase] = _phase(context, student, [task], phase, True, settings, fingerprint,
-                               student.adapters[name], seed)
+                               student.adapters[name], seed, rebuild)
         adapters[name] = sha256_file(context.run_dir / CHECKPOINT_DIR / phase / "final.safetensors")
     if joint_phase_runs(context.config.section("student"), settings):
         fingerprint = sha256_json({**base, "phase": "joint", "adapters": adapters,
                                    "alpha_scales": {name: task.alpha_scale for name, task in tasks.items()}})
         phases["joint"] = _phase(context, student, list(tasks.values()), "joint", False, settings, fingerprint,
-                                 student, seed)
+                                 student, seed, rebuild)
     student.eval()
     if not world().main:
         barrier()  # the leader scores and writes alone
