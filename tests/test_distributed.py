@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from causal_zoo import SPECS, build_zoo_teacher
-from kernel_helpers import HANG_GUARD, REPO, nexus, require_plugins
+from kernel_helpers import HANG_GUARD, REPO, TINY_PROFILE_AND_STUDENT, nexus, require_plugins
 
 pytestmark = pytest.mark.slow
 
@@ -35,20 +35,7 @@ enabled = ["math"]
 [registry]
 csv = "tiny.csv"
 models_dir = "../models"
-
-[profiling]
-probe_samples = 4
-samples = 40
-key_layers = 2
-batch_size = 8
-
-[student]
-hidden_size = 32
-layers = 2
-heads = 2
-intermediate_size = 64
-max_positions = 256
-
+""" + TINY_PROFILE_AND_STUDENT.replace("samples = 32", "samples = 40") + """
 [distill]
 adapter_steps = 24
 joint_steps = 6

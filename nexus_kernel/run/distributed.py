@@ -118,8 +118,8 @@ def stop(settled: bool = True) -> None:
         if settled:
             try:
                 dist.monitored_barrier(timeout=_SETTLE)
-            except RuntimeError:
-                pass  # a rank already gone: nothing left to wait for
+            except (RuntimeError, ValueError):  # a rank already gone; or no gloo-only group (NCCL mixed in)
+                pass
         dist.destroy_process_group()
 
 

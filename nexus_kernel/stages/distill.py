@@ -564,6 +564,18 @@ def _summary(score: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in score.items() if key != "per_item"}
 
 
+def _row_tokens(student: NexusStudent, task: CapabilityTask, size: int) -> int:
+    """Positions in a row of the capability's first batch: its text tokens and the prefix its
+    projector makes of an image or a recording."""
+    batch = task.batch(0, size)
+    tokens = int(batch.input_ids.shape[1]) if batch.input_ids is not None else 0
+    adapter: CapabilityAdapter = student.adapters[task.name]  # type: ignore[assignment]
+    if batch.prefix is not None and adapter.projector is not None:
+        with torch.no_grad():
+            tokens += int(adapter.projector(batch.prefix[:1]).shape[1])
+    return max(1, tokens)
+
+
 def joint_phase_runs(student: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:
     """Whether stage 4 runs the joint phase (`distill.joint`, see its help): `auto` runs it only
     over a backbone built from config, whose random weights the adapters alone cannot fix."""
@@ -611,13 +623,13 @@ def run_distill(context: RunContext) -> str:
     settings = context.config.section("distill")
     seed = int(json.loads((context.run_dir / LOCK_FILE).read_text())["seed"])
     student = build_student(context, architecture)
-    # Refused before any teacher loads: the student's training step on the CPU (every capability,
-    # backbone trained, rows of max_positions: an upper bound).
-    memory_plan.check_fits(memory_plan.student_plan(student, settings["batch_size"],
-                                                    tasks=len(architecture["capabilities"])),
-                           process_budget(context.config.section("hardware")["memory_budget_gb"], "cpu"), "student")
     torch.set_num_threads(cpu_threads(settings["threads"]))  # build_student seeded with one; the teachers answer with all
     tasks = _prepare_tasks(context, student, architecture, settings, seed)
+    # Refused before training: the student's step on the CPU with every capability and the
+    # backbone trained, rows as long as the longest first batch.
+    longest = max(_row_tokens(student, task, settings["batch_size"]) for task in tasks.values())
+    memory_plan.check_fits(memory_plan.student_plan(student, settings["batch_size"], tokens=longest, tasks=len(tasks)),
+                           process_budget(context.config.section("hardware")["memory_budget_gb"], "cpu"), "student")
 
     def rebuild() -> NexusStudent:
         return build_student(context, architecture)
