@@ -469,15 +469,18 @@ def fully_sharded(student: NexusStudent) -> nn.Module:
     the root's, which stays gathered from a step's forward to its backward because the anchor
     projections and the losses use it after the backbone's forward. Returns the root: call it
     with a function of no arguments (a step's loss, a check), which then runs inside its forward."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     from nexus_kernel.teachers.classes import decoder_blocks
 
+    # The student trains on the CPU: a CPU mesh, or FSDP would take a visible GPU for it.
+    mesh = init_device_mesh("cpu", (world().size,))
     modules = dict(student.backbone.named_modules())
     for block in decoder_blocks(student.backbone, "student"):
-        fully_shard(modules[block])
+        fully_shard(modules[block], mesh=mesh)
     root = _StepModule(student)
-    fully_shard(root, reshard_after_forward=False)
+    fully_shard(root, mesh=mesh, reshard_after_forward=False)
     return root
 
 
