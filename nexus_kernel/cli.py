@@ -15,7 +15,7 @@ import click
 
 from nexus_kernel import __version__
 from nexus_kernel.config import DEFAULT_CONFIG, Config, load_config
-from nexus_kernel.errors import NexusError, StageError
+from nexus_kernel.errors import ExitCodeError, NexusError, StageError
 from nexus_kernel.plugins import PluginSet, choose_allow_list, load_plugins
 
 if TYPE_CHECKING:
@@ -203,12 +203,8 @@ def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | Non
         distributed.stop(settled)
 
 
-class LaunchFailed(NexusError):
+class LaunchFailed(ExitCodeError):
     """A process `nexus run --nproc` started ended badly; its own message is above."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def _start_torchrun(nproc: int) -> None:

@@ -41,3 +41,12 @@ class EnvironmentCheckError(StageError):
 
 class DatasetError(NexusError):
     """A data file or folder is missing or malformed: the message names the file and row."""
+
+
+class ExitCodeError(NexusError):
+    """An error whose exit code is decided where it happens: another process's failure (a
+    rank of a torchrun group) reported here with that process's code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus_kernel.config import Config
-from nexus_kernel.errors import NexusError, StageError
+from nexus_kernel.errors import ExitCodeError, NexusError, StageError
 from nexus_kernel.plugins import PluginSet
 from nexus_kernel.run import distributed
 from nexus_kernel.run.fsio import atomic_write_json, sha256_file, sha256_json
@@ -135,12 +135,8 @@ def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     return stale
 
 
-class FollowerStopped(NexusError):
+class FollowerStopped(ExitCodeError):
     """A rank other than 0 stops because the leader failed (with the leader's exit code)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def follow(stages: list[Stage], context: RunContext) -> None:

@@ -407,14 +407,14 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
         trained.load_state_dict(student.state_dict())
         modules = _set_trainable(trained, tasks, frozen)
         trained.train()
-        root = sharded = fully_sharded(trained)
+        sharded = fully_sharded(trained)
         model_step = _step_loss_of(context, trained, tasks, size)
 
         def trained_step(step: int, alpha: float, extra: dict[str, Any]) -> Any:
-            return root(lambda: model_step(step, alpha, extra))
+            return sharded(lambda: model_step(step, alpha, extra))
 
         def check() -> float:
-            return root(lambda: check_of(trained))  # type: ignore[no-any-return]
+            return sharded(lambda: check_of(trained))  # type: ignore[no-any-return]
     elif world().active:
         # Resting capabilities leave their adapters out of some steps.
         trained_step = data_parallel(student, step_loss, find_unused=len(tasks) > 1 or bool(unused))

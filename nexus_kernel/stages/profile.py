@@ -245,9 +245,11 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
             rounds = removal_rounds(context, len(plan.candidate_layers))
             removal = rank_layers_by_removal(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
                                              teacher=entry.name, rounds=rounds)
-        batching = choose_batch_size(teacher.model, plan, process_budget(context.config.section("hardware")["memory_budget_gb"], run_device(context)),
+        device = run_device(context)
+        batching = choose_batch_size(teacher.model, plan,
+                                     process_budget(context.config.section("hardware")["memory_budget_gb"], device),
                                      settings["batch_size"], key_layers=settings["key_layers"],
-                                     option=teacher.quantization, device=run_device(context), teacher=entry.name)
+                                     option=teacher.quantization, device=device, teacher=entry.name)
         process = psutil.Process()
         peak = [process.memory_info().rss]
 
