@@ -167,8 +167,13 @@ def run_command(config_path: Path, run_dir: Path | None, plugins_text: str | Non
     from nexus_kernel.stages.pipeline import stages
     from nexus_kernel.stages.validate import restore_moved_teachers
 
-    if nproc is not None and nproc > 1 and not distributed.launched():
-        _start_torchrun(nproc)
+    if nproc is not None and distributed.launched():
+        started = os.environ.get("WORLD_SIZE")
+        if str(nproc) != started:
+            raise click.UsageError(f"--nproc {nproc} under torchrun, which started {started} processes: drop --nproc "
+                                   "(torchrun's --nproc-per-node decides)")
+    elif nproc is not None and nproc > 1:
+        _start_torchrun(nproc, _forwarded_options(click.get_current_context(), leave_out="nproc"))
     config = load_config(config_path)
     run_dir = (run_dir or Path("runs") / config.section("run")["name"]).resolve()
     check_run_roots(config, run_dir)
@@ -207,32 +212,46 @@ class LaunchFailed(ExitCodeError):
     """A process `nexus run --nproc` started ended badly; its own message is above."""
 
 
-def _start_torchrun(nproc: int) -> None:
-    """Run this command (without `--nproc`) on `nproc` processes through torchrun's own entry
+def _forwarded_options(context: click.Context, leave_out: str) -> list[str]:
+    """The command line of `context`'s command as click parsed it (the options given, not
+    their defaults), without the option `leave_out`: what each process torchrun starts runs."""
+    arguments = [context.info_name or context.command.name or ""]
+    for parameter in context.command.params:
+        name = parameter.name or ""
+        value = context.params.get(name)
+        given = context.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+        if name == leave_out or not given or not isinstance(parameter, click.Option):
+            continue
+        if parameter.is_flag:
+            arguments += [max(parameter.opts, key=len)] if value else []
+        elif value is not None:
+            arguments += [max(parameter.opts, key=len), str(value)]
+    return arguments
+
+
+def _start_torchrun(nproc: int, arguments: list[str]) -> None:
+    """Run `nexus <arguments>` on `nproc` processes through torchrun's own entry
     (`torch.distributed.run`, standalone rendezvous), then exit with the run's code: 0, or the
     code of the first process that failed (`LaunchFailed`, one line instead of torchrun's
     traceback; the process's own message is printed above it). Each process gets an equal
-    share of the cores as `OMP_NUM_THREADS` unless it is set."""
+    share of the cores as `OMP_NUM_THREADS` unless it is set. torchrun's own log folder is a
+    temporary one, removed afterwards (each rank logs to the run's `logs/`)."""
+    import tempfile
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    arguments, skip = [], False
-    for argument in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif argument == "--nproc":
-            skip = True
-        elif not argument.startswith("--nproc="):
-            arguments.append(argument)
     # torchrun would set one thread a process and warn; the machine's cores shared out instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    try:
-        run(parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "nexus_kernel", *arguments]))
-    except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        how = (f"was killed by signal {-failure.exitcode}" if failure.exitcode < 0
-               else f"exited with code {failure.exitcode}")
-        raise LaunchFailed(f"rank {rank} of {nproc} {how}", max(1, failure.exitcode)) from None
+    with tempfile.TemporaryDirectory(prefix="nexus-torchrun-") as torchrun_logs:
+        try:
+            run(parse_args(["--standalone", f"--nproc-per-node={nproc}", f"--log-dir={torchrun_logs}",
+                            "-m", "nexus_kernel", *arguments]))
+        except ChildFailedError as exc:
+            rank, failure = exc.get_first_failure()
+            how = (f"was killed by signal {-failure.exitcode}" if failure.exitcode < 0
+                   else f"exited with code {failure.exitcode}")
+            raise LaunchFailed(f"rank {rank} of {nproc} {how}", max(1, failure.exitcode)) from None
     raise SystemExit(0)
 
 

@@ -121,7 +121,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "joint": Key("str", "auto", "whether the joint phase runs: `auto` runs it for a backbone built from "
                      "config (random weights) and skips it for a pretrained one (folder or teacher:), whose "
                      "backbone stays frozen; `on` or `off` decide it", choices=("auto", "on", "off")),
-        "batch_size": Key("int", 32, "items per capability per step", minimum=1),
+        "batch_size": Key("int", 32, "items per capability per step; under torchrun the whole step's, shared "
+                          "among the processes (at least one each)", minimum=1),
         "learning_rate": Key("float", 3e-3, "peak learning rate of the adapter phase", minimum=0.0,
                              exclusive_minimum=True, maximum=1.0),
         "joint_learning_rate": Key("float", 3e-3, "peak learning rate of the joint phase (lower it for a "

@@ -47,10 +47,13 @@ check_every = 6
 threads = 1
 """
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-STUDENT_TOLERANCE = 1e-4
-"""Largest weight difference allowed between the one-process and the two-process student: the
-ranks' gradients are summed in another order than one process sums its batch (measured: 1.0e-5
-after 10 steps, weights of magnitude up to 1.0)."""
+STUDENT_TOLERANCE = 1e-3
+"""Largest weight difference allowed between the one-process and the two-process student after
+30 steps: the ranks' gradients are summed in another order than one process sums its batch.
+Measured 2.6e-5 (DDP) and 4.9e-5 (FSDP2), each in one element of 800; the rest below 1e-5.
+AdamW divides a gradient by its running scale, so an element whose gradient is near zero moves
+by a share of the learning rate (3e-3) that the order of the sums decides: the bound is a third
+of one step's. A wrong weighting of the loss terms shows in the losses, compared to 1e-5."""
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +220,35 @@ def test_a_leader_failure_outside_a_shared_stage_stops_every_rank_with_its_messa
     assert "error: rank 0 of 2 exited with code 1" in result.stderr or "error: rank 1 of 2 exited with code 1" in (
         result.stderr)
     assert "Traceback" not in result.stderr
+
+
+def test_a_shared_stage_failing_on_every_rank_ends_each_with_its_message(project: Path) -> None:
+    (project / "configs/tiny-one-row.toml").write_text(RUN.replace("batch_size = 8", "batch_size = 1"))
+    result = nexus("run", "--config", "configs/tiny-one-row.toml", "--run-dir", "runs/one-row", "--to", "distill",
+                   "--nproc", "2", cwd=project, env=ONE_THREAD)
+    assert result.returncode == 1, result.stderr[-8000:]
+    refusal = "distill.batch_size = 1 is the whole batch of a step, shared among 2 processes"
+    assert result.stderr.count(refusal) >= 2  # both ranks refuse in stage 4, neither waits for the other
+    assert "Traceback" not in result.stderr
+    state = json.loads((project / "runs/one-row/state.json").read_text())
+    assert state["stages"]["profile"]["status"] == "passed"
+    assert state["stages"]["distill"]["status"] == "failed"
+
+
+def test_a_rank_waiting_past_the_timeout_stops_with_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    import rank_workers
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(rank_workers.waiting_past_the_timeout, args=(port, str(tmp_path)), nprocs=rank_workers.WORLD_SIZE)
+    kind, code, message = (tmp_path / "outcome.txt").read_text().split("|", 2)
+    assert (kind, code) == ("DistributedError", "1")
+    assert message.startswith("rank 1: waiting for word from rank 0 failed: another rank stopped, or did not get "
+                              "there within 0.05 minutes (NEXUS_DIST_TIMEOUT_MINUTES)")
 
 
 def test_nproc_starts_torchrun_for_the_same_command(project: Path) -> None:

@@ -187,19 +187,29 @@ def test_two_process_gloo_all_reduce_equals_the_single_process_state(tmp_path) -
     np.testing.assert_allclose(single.m2.numpy(), sequential.m2.numpy(), rtol=1e-11)
 
 
-def test_adding_batch_moments_is_update_bit_for_bit() -> None:
+def test_batch_moments_folded_with_add_are_the_whole_data_moments() -> None:
+    """`batch_moments` of each part and `add` (Chan's update) against numpy's float64 moments
+    of all the rows at once, computed independently of the streaming code."""
     from nexus_kernel.algorithms.pca import batch_moments
 
-    data = np.random.default_rng(3).normal(size=(300, 9)).astype(np.float32) + 7.0
-    updated, added = StreamingPCA(9), StreamingPCA(9)
-    for part in np.array_split(data, 4):
-        updated.update(part)
+    data = np.random.default_rng(3).normal(size=(300, 9)) * np.linspace(5, 0.2, 9) + 7.0
+    parts = np.array_split(data.astype(np.float32), [40, 41, 170])  # uneven, one of a single row
+    added = StreamingPCA(9)
+    for part in parts:
         count, mean, m2 = batch_moments(part, 9)
-        assert mean.dtype == m2.dtype == torch.float64 and mean.device.type == "cpu"
+        assert count == len(part) and mean.dtype == m2.dtype == torch.float64 and mean.device.type == "cpu"
+        part64 = part.astype(np.float64)
+        np.testing.assert_allclose(mean.numpy(), part64.mean(axis=0), rtol=1e-6)
+        centred = part64 - part64.mean(axis=0)
+        np.testing.assert_allclose(m2.numpy(), centred.T @ centred, rtol=1e-5, atol=1e-6)
         added.add(count, mean, m2)
-    assert added.count == updated.count == 300
-    assert torch.equal(added.mean, updated.mean) and torch.equal(added.m2, updated.m2)
+    whole = data.astype(np.float32).astype(np.float64)
+    centred = whole - whole.mean(axis=0)
+    assert added.count == 300
+    np.testing.assert_allclose(added.mean.numpy(), whole.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(added.m2.numpy(), centred.T @ centred, rtol=1e-5, atol=1e-4)
     assert batch_moments(data[:0], 9)[0] == 0
+    assert added.add(0, torch.zeros(9, dtype=torch.float64), torch.zeros(9, 9, dtype=torch.float64)).count == 300
 
 
 def test_two_processes_folding_round_robin_batches_equal_one_process_streaming_them(tmp_path) -> None:

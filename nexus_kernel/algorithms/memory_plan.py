@@ -502,6 +502,19 @@ def fitting_option(shape: ModelShape, options: tuple[str, ...], plan_at: Callabl
 # the workload of a real forward ----------------------------------------------------------------
 
 
+def forward_hooked(model: Any, loss: Callable[[Any, Any], Any], batch: Any, handles: list[Any]) -> None:
+    """`loss(model, batch)` once under inference mode with the hooks `handles` registered on
+    the model's modules, which are removed afterwards whatever happens."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            loss(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def observe_workload(model: Any, loss: Callable[[Any, Any], Any], batch: Any, samples: int) -> Workload:
     """The `Workload` of `loss(model, batch)` for a batch of `samples` samples, read from one
     forward pass under inference mode: the rows and tokens of `input_ids` (else of the
@@ -529,13 +542,8 @@ def observe_workload(model: Any, loss: Callable[[Any, Any], Any], batch: Any, sa
         seen["output"] = [tuple(value.shape) for value in values if value.dim() == 3]
         seen["logits"] = tuple(logits.shape) if isinstance(logits, torch.Tensor) else None
 
-    handles = [model.register_forward_pre_hook(before, with_kwargs=True), model.register_forward_hook(after)]
-    try:
-        with torch.inference_mode():
-            loss(model, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    forward_hooked(model, loss, batch, [model.register_forward_pre_hook(before, with_kwargs=True),
+                                         model.register_forward_hook(after)])
     kwargs = seen.get("kwargs", {})
     rows, tokens = seen.get("shape") or (seen.get("output") or [(samples, 1)])[0][:2]
     logits = seen.get("logits")

@@ -18,10 +18,13 @@ single-process order and come out bit for bit the same.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
+
+from nexus_kernel.errors import StageError
 
 T = TypeVar("T")
 
@@ -59,11 +62,63 @@ class World:
         return index % self.size == self.rank
 
 
+class DistributedError(StageError):
+    """The process group cannot start (an incomplete or inconsistent torchrun environment), or
+    a collective step failed: another rank stopped, or did not arrive within the timeout."""
+
+
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _launched_size() -> int:
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
-        return 1
+        return 2  # not a number: taken as launched, so `start` names the bad value
+
+
+def _environment_text(name: str) -> str:
+    text = os.environ.get(name, "")
+    if not text:
+        raise DistributedError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} but {name} is not set: start the run "
+                               f"with torchrun, which sets {', '.join(_TORCHRUN_ENV)}")
+    return text
+
+
+def _environment_int(name: str) -> int:
+    text = _environment_text(name)
+    try:
+        return int(text)
+    except ValueError:
+        raise DistributedError(f"{name}={text!r} is not a whole number (torchrun sets it)") from None
+
+
+def torchrun_environment() -> World:
+    """The `World` torchrun describes in the environment, checked: every variable there, whole
+    numbers that fit together (a `DistributedError` naming the variable otherwise)."""
+    size, rank = _environment_int("WORLD_SIZE"), _environment_int("RANK")
+    local_rank, local_size = _environment_int("LOCAL_RANK"), _environment_int("LOCAL_WORLD_SIZE")
+    _environment_text("MASTER_ADDR")
+    _environment_int("MASTER_PORT")
+    if not (0 <= rank < size and 0 <= local_rank < local_size <= size):
+        raise DistributedError(f"RANK={rank}, LOCAL_RANK={local_rank} and LOCAL_WORLD_SIZE={local_size} do not fit "
+                               f"WORLD_SIZE={size}")
+    return World(rank=rank, size=size, local_rank=local_rank, local_size=local_size)
+
+
+def timeout_minutes() -> float:
+    """How long a collective waits for the other ranks: `NEXUS_DIST_TIMEOUT_MINUTES`, else 120."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return _DEFAULT_TIMEOUT_MINUTES
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = float("nan")
+    if not minutes > 0 or minutes == float("inf"):
+        raise DistributedError(f"{TIMEOUT_ENV}={text!r}: give the minutes a rank waits for the others, "
+                               f"a number above 0 (default {_DEFAULT_TIMEOUT_MINUTES:g})")
+    return minutes
 
 
 def launched() -> bool:
@@ -95,12 +150,32 @@ def start(device: str = "auto") -> World:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        described = torchrun_environment()
+        minutes = timeout_minutes()
         uses_cuda = device != "cpu" and torch.cuda.is_available()
         if uses_cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        minutes = float(os.environ.get(TIMEOUT_ENV, _DEFAULT_TIMEOUT_MINUTES))
-        dist.init_process_group("cpu:gloo,cuda:nccl" if uses_cuda else "gloo", timeout=timedelta(minutes=minutes))
+            if described.local_rank >= torch.cuda.device_count():
+                raise DistributedError(f"rank {described.rank} is local rank {described.local_rank}, but this "
+                                       f"machine shows {torch.cuda.device_count()} CUDA device(s): start at most "
+                                       "that many processes a machine (--nproc-per-node), or set "
+                                       "hardware.device = \"cpu\"")
+            torch.cuda.set_device(described.local_rank)
+        with collective("joining the process group"):
+            dist.init_process_group("cpu:gloo,cuda:nccl" if uses_cuda else "gloo", timeout=timedelta(minutes=minutes))
     return world()
+
+
+@contextmanager
+def collective(what: str) -> Iterator[None]:
+    """Around one collective step: the backend's error (a rank gone, the timeout passed)
+    becomes a `DistributedError` naming this rank and the step, not a traceback of gloo's."""
+    try:
+        yield
+    except RuntimeError as exc:  # torch's DistBackendError and gloo's timeouts are RuntimeErrors
+        rank = os.environ.get("RANK", "?")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistributedError(f"rank {rank}: {what} failed: another rank stopped, or did not get there within "
+                               f"{timeout_minutes():g} minutes ({TIMEOUT_ENV}); the backend said: {first}") from None
 
 
 _SETTLE = timedelta(seconds=60)
@@ -128,7 +203,8 @@ def barrier() -> None:
     if world().active:
         import torch.distributed as dist
 
-        dist.barrier()
+        with collective("waiting for the other ranks"):
+            dist.barrier()
 
 
 def broadcast(value: T) -> T:
@@ -138,7 +214,8 @@ def broadcast(value: T) -> T:
     import torch.distributed as dist
 
     holder = [value]
-    dist.broadcast_object_list(holder, src=0)
+    with collective("waiting for word from rank 0"):
+        dist.broadcast_object_list(holder, src=0)
     return holder[0]  # type: ignore[no-any-return]
 
 
@@ -151,7 +228,8 @@ def gather_in_order(shard: list[T], total: int) -> list[T]:
     import torch.distributed as dist
 
     parts: list[Any] = [None] * here.size
-    dist.all_gather_object(parts, shard)
+    with collective("gathering the ranks' shares"):
+        dist.all_gather_object(parts, shard)
     ordered: list[T] = []
     for index in range(total):
         ordered.append(parts[index % here.size][index // here.size])
@@ -163,8 +241,27 @@ def all_sum(values: Any) -> Any:
     if world().active:
         import torch.distributed as dist
 
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        with collective("summing over the ranks"):
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def first_failure(message: str | None) -> str | None:
+    """Every rank's verdict on a check each made alone (None: passed), agreed: the first
+    failing rank's message (naming it), or None when all passed. So every rank raises together
+    instead of one raising while the others wait in the next collective."""
+    here = world()
+    if not here.active:
+        return message
+    import torch.distributed as dist
+
+    verdicts: list[Any] = [None] * here.size
+    with collective("comparing the ranks' checks"):
+        dist.all_gather_object(verdicts, message)
+    for rank, verdict in enumerate(verdicts):
+        if verdict is not None:
+            return f"{verdict} (rank {rank})"
+    return None
 
 
 def cpu_threads(configured: int) -> int:

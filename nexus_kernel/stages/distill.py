@@ -35,7 +35,7 @@ from nexus_kernel.algorithms.recovery import (
 from nexus_kernel.algorithms.retention import checked_scores, headline_benchmark, read_reference, verdict
 from nexus_kernel.algorithms.uld import ULD_WEIGHT, aligned_by_index, uld_distance
 from nexus_kernel.errors import StageError
-from nexus_kernel.run.distributed import all_sum, barrier, cpu_threads, process_budget, world
+from nexus_kernel.run.distributed import all_sum, barrier, cpu_threads, first_failure, process_budget, world
 from nexus_kernel.run.fsio import (
     atomic_write_json,
     sha256_file,
@@ -85,11 +85,12 @@ class CapabilityTask:
     alpha_scale: float
     """The capability's locked `alpha_scale` (no default here: the lock's is the only one)."""
 
-    def batch(self, step: int, size: int) -> StudentBatch:
-        """This rank's rows of the batch of `step`: a seeded permutation of the pool per epoch,
-        and the plan's `augment` of the whole batch drawn from a generator seeded by the step,
-        so the batch depends on the step number alone (what makes resuming exact) and the
-        ranks' shares (round-robin rows, `World.shard`) make up the one-process batch."""
+    def batch(self, step: int, size: int, whole: bool = False) -> StudentBatch:
+        """This rank's rows of the batch of `step` (`whole`: every rank's rows): a seeded
+        permutation of the pool per epoch, and the plan's `augment` of the whole batch drawn
+        from a generator seeded by the step, so the batch depends on the step number alone
+        (what makes resuming exact) and the ranks' shares (round-robin rows, `World.shard`)
+        make up the one-process batch. A batch with fewer rows than ranks is refused."""
         per_epoch = max(1, len(self.pool.items) // size)
         epoch, offset = divmod(step, per_epoch)
         generator = torch.Generator().manual_seed(self.order_seed * 100_003 + epoch)
@@ -100,6 +101,12 @@ class CapabilityTask:
             if len(items) != len(order):
                 raise StageError(f"{self.name}: the plan's augment returned {len(items)} items for {len(order)}")
         here = world()
+        if whole or not here.active:
+            return self.collate(order, items)
+        if len(order) < here.size:
+            raise StageError(f"{self.name}: a batch of {len(order)} rows (distill.batch_size = {size}, "
+                             f"{len(self.pool.items)} pool items) cannot give each of {here.size} ranks a row: "
+                             f"raise distill.batch_size to {here.size} or more, or start fewer processes")
         return self.collate(here.shard(order), here.shard(items))
 
     def collate(self, order: list[int], items: list[Any] | None = None) -> StudentBatch:
@@ -183,6 +190,14 @@ def _shares(counts: list[int]) -> list[float]:
     return [size * count / total if total > 0 else 0.0 for count, total in zip(counts, totals, strict=True)]
 
 
+def scaled_by_shares(terms: list[torch.Tensor], counts: list[int], shares: list[float]) -> list[torch.Tensor]:
+    """Each loss term times its rank's share (`_shares`). A term with no units on this rank
+    is a mean over nothing, NaN, and NaN x 0 is still NaN: it becomes 0 (its gradient reaches
+    no parameter either way), so one rank's empty term does not poison the summed loss."""
+    return [(term.nan_to_num(0.0) if count == 0 else term) * share
+            for term, count, share in zip(terms, counts, shares, strict=True)]
+
+
 def task_loss(student: NexusStudent, task: CapabilityTask, batch: StudentBatch, alpha: float,
               anchor_loss_of: AnchorLoss | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """`L_output + alpha * L_anchor` of one capability on one batch, and the two parts;
@@ -226,9 +241,8 @@ def task_loss(student: NexusStudent, task: CapabilityTask, batch: StudentBatch, 
                        else defaults.anchor_loss(projected, target))
         counts.append(len(projected))
     if world().active:
-        shares = _shares(counts)
-        terms = [term * share for term, share in zip(terms, shares, strict=False)]
-        anchors = [anchor * share for anchor, share in zip(anchors, shares[len(terms):], strict=True)]
+        weighted = scaled_by_shares([*terms, *anchors], counts, _shares(counts))
+        terms, anchors = weighted[: len(terms)], weighted[len(terms):]
     output_loss = terms[0] if len(terms) == 1 else terms[0] + ULD_WEIGHT * terms[1]
     anchor_loss = torch.stack(anchors).mean() if anchors else torch.zeros(())
     reported = [float(output_loss.detach()), float(anchor_loss.detach())]
@@ -289,6 +303,23 @@ def gradient_health(student: NexusStudent, trained: Mapping[str, nn.Module], los
             raise StageError("gradient check: the unfrozen backbone gets no finite gradient")
         norms["backbone"] = float(backbone_norm)
     student.zero_grad(set_to_none=True)
+    return norms
+
+
+def agreed_gradient_health(student: NexusStudent, trained: Mapping[str, nn.Module], loss: torch.Tensor,
+                           backbone_frozen: bool, unused: list[str] | None = None) -> dict[str, Any]:
+    """`gradient_health` on every rank's own batch, one verdict for all: when it fails on any
+    rank, every rank raises that rank's `StageError` (one alone would leave the others waiting
+    in the next collective). The norms are this rank's."""
+    norms: dict[str, Any] = {}
+    failure = None
+    try:
+        norms = gradient_health(student, trained, loss, backbone_frozen, unused)
+    except StageError as exc:
+        failure = str(exc)
+    failure = first_failure(failure)
+    if failure is not None:
+        raise StageError(failure)
     return norms
 
 
@@ -396,7 +427,7 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
     student.train()
     first, _ = step_loss(0, settings["alpha"], {})
     unused: list[str] = []
-    norms = gradient_health(student, dict(modules[: len(tasks)]), first, frozen, unused)  # type: ignore[arg-type]
+    norms = agreed_gradient_health(student, dict(modules[: len(tasks)]), first, frozen, unused)  # type: ignore[arg-type]
     journal.write("gradient_check", norms=norms, backbone_frozen=frozen)
     trained, trained_step, check = student, step_loss, lambda: check_of(student)
     sharded = None
@@ -417,7 +448,8 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
             return sharded(lambda: check_of(trained))  # type: ignore[no-any-return]
     elif world().active:
         # Resting capabilities leave their adapters out of some steps.
-        trained_step = data_parallel(student, step_loss, find_unused=len(tasks) > 1 or bool(unused))
+        some_unused = int(all_sum(torch.tensor([len(unused)]))) > 0  # one answer for all ranks, or DDP hangs
+        trained_step = data_parallel(student, step_loss, find_unused=len(tasks) > 1 or some_unused)
     folder = context.run_dir / CHECKPOINT_DIR / phase
     with _progress(steps, f"distilling {phase}") as bar:
         trainer = RecoveringTrainer(trained, named_trainable(modules), trained_step, steps, learning_rate, folder,
@@ -568,9 +600,9 @@ def _summary(score: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _row_tokens(student: NexusStudent, task: CapabilityTask, size: int) -> int:
-    """Positions in a row of the capability's first batch: its text tokens and the prefix its
-    projector makes of an image or a recording."""
-    batch = task.batch(0, size)
+    """Positions in a row of the capability's first batch (all of it, on every rank): its text
+    tokens and the prefix its projector makes of an image or a recording."""
+    batch = task.batch(0, size, whole=True)
     tokens = int(batch.input_ids.shape[1]) if batch.input_ids is not None else 0
     adapter: CapabilityAdapter = student.adapters[task.name]  # type: ignore[assignment]
     if batch.prefix is not None and adapter.projector is not None:
@@ -625,13 +657,18 @@ def run_distill(context: RunContext) -> str:
     architecture = json.loads((context.run_dir / ARCHITECTURE_FILE).read_text())
     settings = context.config.section("distill")
     seed = int(json.loads((context.run_dir / LOCK_FILE).read_text())["seed"])
+    if settings["batch_size"] < world().size:
+        raise StageError(f"distill.batch_size = {settings['batch_size']} is the whole batch of a step, shared among "
+                         f"{world().size} processes: give it {world().size} or more, so each process has a row")
     student = build_student(context, architecture)
     torch.set_num_threads(cpu_threads(settings["threads"]))  # build_student seeded with one; the teachers answer with all
     tasks = _prepare_tasks(context, student, architecture, settings, seed)
     # Refused before training: the student's step on the CPU with every capability and the
     # backbone trained, rows as long as the longest first batch.
+    # Under torchrun each rank's rows (its share of the batch) as long as the whole batch's longest.
     longest = max(_row_tokens(student, task, settings["batch_size"]) for task in tasks.values())
-    memory_plan.check_fits(memory_plan.student_plan(student, settings["batch_size"], tokens=longest, tasks=len(tasks)),
+    rows = -(-settings["batch_size"] // world().size)
+    memory_plan.check_fits(memory_plan.student_plan(student, rows, tokens=longest, tasks=len(tasks)),
                            process_budget(context.config.section("hardware")["memory_budget_gb"], "cpu"), "student")
 
     def rebuild() -> NexusStudent:

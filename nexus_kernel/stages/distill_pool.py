@@ -284,12 +284,12 @@ def _store_reference(name: str, path: Path, reference: Any) -> None:
     atomic_write_bytes(path, save({key: value.detach().cpu().contiguous() for key, value in reference.items()}))
 
 
-def _teacher_precision(context: RunContext, parameters: int, profiled: str) -> str:
-    """The most precise option whose weights fit half the budget, never below the profiled one."""
+def _teacher_precision(parameters: int, profiled: str, budget_gb: float) -> str:
+    """The most precise option whose weights fit half of `budget_gb` (this process's share of
+    the budget), never below the profiled one."""
     from nexus_kernel.teachers.loading import QUANTIZATION_ORDER, most_precise_fitting
 
-    fitting = most_precise_fitting(parameters, context.config.section("hardware")["memory_budget_gb"])
-    return max(fitting, profiled, key=QUANTIZATION_ORDER.index)
+    return max(most_precise_fitting(parameters, budget_gb), profiled, key=QUANTIZATION_ORDER.index)
 
 
 def _check_plan(name: str, plan: Any) -> None:
@@ -354,8 +354,9 @@ def build_pool(context: RunContext, student: NexusStudent, name: str, plan_witho
     # Refused before loading: the teacher's pool at the option it gets, next to the student.
     device = run_device(context)
     budget = process_budget(context.config.section("hardware")["memory_budget_gb"], device)
-    option = memory_plan.pool_option(entry.name, Path(entry.path), _teacher_precision(context, entry.parameters, profiled),
-                                     profiled, budget, device, memory_plan.module_bytes(student))
+    preferred = _teacher_precision(entry.parameters, profiled, budget)
+    option = memory_plan.pool_option(entry.name, Path(entry.path), preferred, profiled, budget, device,
+                                     memory_plan.module_bytes(student))
     teacher = session.get(entry, option, device)
     try:
         plan = context.plugins.call_for(name, "distill_capability", capability=capability, teacher=teacher,

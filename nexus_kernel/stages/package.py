@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch

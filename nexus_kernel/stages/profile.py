@@ -124,13 +124,9 @@ def _output_bytes(model: torch.nn.Module, batch: Any, loss: Any) -> int:
             item for item in (output if isinstance(output, (tuple, list)) else ()) if isinstance(item, torch.Tensor)]
         largest[0] = max(largest[0], sum(t.numel() * t.element_size() for t in tensors))
 
-    handles = [module.register_forward_hook(measure) for module in model.modules()]
-    try:
-        with torch.inference_mode():
-            loss(model, batch)
-    finally:
-        for handle in handles:
-            handle.remove()
+    from nexus_kernel.algorithms.memory_plan import forward_hooked
+
+    forward_hooked(model, loss, batch, [module.register_forward_hook(measure) for module in model.modules()])
     return largest[0]
 
 

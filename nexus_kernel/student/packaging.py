@@ -26,7 +26,6 @@ from nexus_kernel.plugins import PluginSet
 from nexus_kernel.student.build import adapter_for
 from nexus_kernel.student.bundle import MANIFEST, BundleError, verify_bundle
 from nexus_kernel.student.model import (
-    CapabilityAdapter,
     NexusStudent,
     StudentCapability,
 )

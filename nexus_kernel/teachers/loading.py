@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from nexus_kernel.errors import NexusError
-from nexus_kernel.teachers.registry import TeacherEntry
 
 QUANTIZATION_ORDER = ("nf4", "int8", "dynamic-int8", "bf16", "fp32")
 _WEIGHT_SUFFIXES = (".safetensors",)
