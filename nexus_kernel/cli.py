@@ -334,6 +334,24 @@ def infer_command(bundle: Path, capability: str, inputs: tuple[str, ...]) -> Non
         click.echo(loaded.answer(capability, list(inputs)))
 
 
+@cli.command("export")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--format", "export_format", type=click.Choice(["hf"]), default="hf", show_default=True,
+              help="hf: a transformers folder (backbone/) and one PEFT LoRA adapter per capability (adapters/<name>/).")
+@click.argument("out", type=click.Path(path_type=Path))
+def export_command(bundle: Path, export_format: str, out: Path) -> None:
+    """Write a packaged student in the ecosystem's format: transformers + PEFT load it with no
+    Nexus code (README, "Serving without Nexus"). Checksums are verified first; OUT is written
+    beside itself and renamed into place, and replaces only an earlier export.
+
+    \b
+    nexus export bundles/nexus_bundle_v1 --format hf exported/
+    """
+    from nexus_kernel.student.hf_export import describe_export, export_hf
+
+    click.echo(describe_export(out, export_hf(bundle, out)))
+
+
 def main() -> None:
     """Console-script entry point: user errors become one line on stderr and an exit code."""
     # transformers' and huggingface_hub's own bars ("Loading weights", "Writing model shards")

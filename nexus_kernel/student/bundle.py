@@ -82,31 +82,36 @@ def write_bundle(folder: Path, files: Mapping[str, bytes], manifest: Mapping[str
     """Write `files` (bundle-relative POSIX path to bytes) and `manifest.json` (the given fields
     plus `format` and `files` with each file's bytes and sha256) into `folder`, atomically.
     Returns the manifest written."""
-    for name in files:
-        if name == MANIFEST:
-            raise BundleError(f"{folder}: {MANIFEST} is written by the bundle itself")
-        _safe_relative(folder, name)
+    if MANIFEST in files:
+        raise BundleError(f"{folder}: {MANIFEST} is written by the bundle itself")
     if folder.exists() and not (folder / MANIFEST).is_file() and (not folder.is_dir() or any(folder.iterdir())):
         raise BundleError(f"{folder} exists and is not a Nexus bundle (no {MANIFEST}); a bundle replaces only an "
                           "earlier bundle: choose another package.bundle_dir, or move that folder")
+    listed = {name: {"bytes": len(data), "sha256": sha256_bytes(data)} for name, data in sorted(files.items())}
+    written = {**manifest, "format": BUNDLE_FORMAT, "files": listed}
+    replace_folder(folder, {**files, MANIFEST: canonical_json(written).encode("utf-8")})
+    return written
+
+
+def replace_folder(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Write `files` (relative POSIX path to bytes, each inside `folder`) into a temporary
+    sibling of `folder`, then rename it into place: `folder` holds either what it held or all
+    of `files`, never a part. The caller decides whether an existing `folder` may be replaced."""
+    for name in files:
+        _safe_relative(folder, name)
     partial = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    listed = {}
     for name, data in sorted(files.items()):
         path = partial.joinpath(*PurePosixPath(name).parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        listed[name] = {"bytes": len(data), "sha256": sha256_bytes(data)}
-    written = {**manifest, "format": BUNDLE_FORMAT, "files": listed}
-    (partial / MANIFEST).write_text(canonical_json(written), encoding="utf-8")
     old = folder.with_name(f".{folder.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.rename(folder, old)
     os.rename(partial, folder)
     shutil.rmtree(old, ignore_errors=True)
-    return written
 
 
 def verify_bundle(folder: Path) -> dict[str, Any]:
