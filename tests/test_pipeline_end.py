@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from kernel_helpers import add_settings, nexus
 
+from nexus_kernel.algorithms.retention import THRESHOLD
 from nexus_kernel.student.bundle import verify_bundle
 
 pytestmark = pytest.mark.slow
@@ -80,7 +81,10 @@ def test_validate_package_infer_and_clean_up(project: Path, tmp_path: Path) -> N
             assert not [key for key in weights.keys() if key.startswith("anchors.")]  # training-only state dropped
 
     html = (run_dir / "report.html").read_text()
-    assert html.count("<svg") == 4 and "rollbacks" in html and "intrinsic dimension" in html
+    # Four matplotlib plots of a run whose stages all ran (none says "not run"), ticks labelled.
+    assert re.findall(r'<figure id="(\w+)"><svg', html) == ["variance", "ranks", "losses", "retention"]
+    assert "not run</text>" not in html and html.count('-xtick_1"') == html.count('-ytick_1"') == 4
+    assert "rollbacks: " in html and "intrinsic dimension" in html and f"threshold {THRESHOLD}" in html
     with tarfile.open(run_dir / "archive/demo.tar.gz") as archive:
         names = archive.getnames()
     assert {f"demo/niwt_stage2_output/{name}/profile.json" for name in CAPABILITIES} <= set(names)

@@ -2,23 +2,25 @@
 
 `collect(run_dir)` reads what the stages wrote (profiles, `architecture.json`,
 `training.jsonl`, `verify_report.json`, `package_report.json`), tolerating stages that did
-not run. `render_html` draws four plots as inline SVG (no plotting library, no network):
-explained variance per capability, the rank audit, loss curves with rollback markers, and
-retention bars with their 95 % intervals; `table` is the same figures as the text printed at
-the end of `nexus run`.
+not run. `render_html` draws four matplotlib plots, each saved as SVG and inlined in the page
+(one self-contained file: no network, nothing next to it): explained variance per capability,
+the rank audit, loss curves with rollback markers, and retention bars with their 95 % intervals
+and the pass threshold. Every plot has labelled ticks on both axes, axis labels and a title; the
+bars carry their values; a stage that did not run gives a plot that says so. The same figures
+give the same bytes (fixed SVG ids, no date). `table` is the same figures as the text printed at
+the end of `nexus run`. matplotlib is imported inside the functions: `nexus --help` stays fast.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nexus_kernel.run.layout import PROFILE_DIR, REPORT_HTML
-
-_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-_WIDTH, _HEIGHT, _PAD = 560, 260, 40
 
 
 def _read(path: Path) -> Any:
@@ -94,127 +96,167 @@ def table(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _scale(values: list[float], low: float, high: float, start: float, end: float) -> list[float]:
-    span = (high - low) or 1.0
-    return [start + (value - low) / span * (end - start) for value in values]
+def _plot(name: str, title: str, x_label: str, y_label: str, draw: Callable[[Any], None] | None) -> str:
+    """One figure as `<figure id=name>` around an inline `<svg>`: `draw(axes)` fills it, or a
+    "not run" text when `draw` is None. Labels stay SVG text (`svg.fonttype = none`); a fixed
+    salt makes matplotlib's element ids the same for the same figures, and the ids are prefixed
+    with `name` so that four plots share one page without two elements of the same id."""
+    import io
 
+    import matplotlib
+    from matplotlib.figure import Figure
 
-def _frame(title: str, body: str, x_label: str, y_label: str) -> str:
-    return (f'<figure><svg width="{_WIDTH}" height="{_HEIGHT}" role="img" aria-label="{html.escape(title)}">'
-            f'<rect x="{_PAD}" y="10" width="{_WIDTH - _PAD - 10}" height="{_HEIGHT - _PAD - 10}" fill="none" stroke="#999"/>'
-            f'{body}<text x="{_WIDTH / 2}" y="{_HEIGHT - 8}" text-anchor="middle" font-size="11">{html.escape(x_label)}</text>'
-            f'<text x="12" y="{_HEIGHT / 2}" font-size="11" transform="rotate(-90 12 {_HEIGHT / 2})" '
-            f'text-anchor="middle">{html.escape(y_label)}</text></svg><figcaption>{html.escape(title)}</figcaption></figure>')
-
-
-def _legend(names: list[str]) -> str:
-    return "".join(f'<text x="{_PAD + 8}" y="{26 + 13 * i}" font-size="11" fill="{_COLOURS[i % len(_COLOURS)]}">'
-                   f'{html.escape(name)}</text>' for i, name in enumerate(names))
-
-
-def _lines(series: dict[str, list[tuple[float, float]]], y_low: float, y_high: float) -> str:
-    xs = [x for points in series.values() for x, _ in points]
-    if not xs:
-        return ""
-    body = []
-    for index, (name, points) in enumerate(series.items()):
-        px = _scale([x for x, _ in points], min(xs), max(xs), _PAD, _WIDTH - 10)
-        py = _scale([y for _, y in points], y_low, y_high, _HEIGHT - _PAD, 10)
-        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(px, py, strict=True))
-        body.append(f'<polyline fill="none" stroke="{_COLOURS[index % len(_COLOURS)]}" stroke-width="1.3" '
-                    f'points="{path}"><title>{html.escape(name)}</title></polyline>')
-    return "".join(body) + _legend(list(series))
+    # A bare Figure, not pyplot: no global figure manager keeps it alive, so there is nothing
+    # to close and no backend to switch (savefig picks the SVG canvas).
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"nexus-{name}", "font.size": 9,
+                                "axes.grid": True, "grid.alpha": 0.3, "axes.axisbelow": True}):
+        figure = Figure(figsize=(6.0, 3.2))
+        axes = figure.add_subplot()
+        if draw is None:
+            axes.text(0.5, 0.5, "not run", transform=axes.transAxes, ha="center", va="center", fontsize=12,
+                      color="0.4")
+        else:
+            draw(axes)
+            if axes.get_legend_handles_labels()[0]:
+                # Outside the data area, so a legend never covers a bar or a curve.
+                axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, frameon=False)
+        axes.set(title=title, xlabel=x_label, ylabel=y_label)
+        buffer = io.StringIO()
+        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    svg = buffer.getvalue()
+    svg = re.sub(r'(\bid="|href="#|url\(#)', rf"\g<1>{name}-", svg[svg.index("<svg"):])
+    return f'<figure id="{name}">{svg}</figure>'
 
 
 def variance_plot(figures: dict[str, Any]) -> str:
-    series = {}
-    for name, ratios in figures["variance"].items():
-        total, points = 0.0, []
-        for k, ratio in enumerate(ratios[:64], start=1):
-            total += ratio
-            points.append((k, total))
-        series[name] = points
-    return _frame("Cumulative explained variance of the first key layer, per capability",
-                  _lines(series, 0.0, 1.0), "principal components", "explained variance")
+    """Cumulative explained variance of the first key layer (first 64 components), one curve per capability."""
+    variance = figures["variance"]
+
+    def draw(axes: Any) -> None:
+        from itertools import accumulate
+
+        from matplotlib.ticker import MaxNLocator
+
+        for name, ratios in variance.items():
+            cumulative = list(accumulate(ratios[:64]))
+            axes.plot(range(1, len(cumulative) + 1), cumulative, marker=".", markersize=3, label=name)
+        axes.set_ylim(0.0, 1.02)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+    return _plot("variance", "Cumulative explained variance of the first key layer", "principal components",
+                 "cumulative explained variance", draw if variance else None)
 
 
 def rank_plot(figures: dict[str, Any]) -> str:
-    names = list(figures["ranks"])
-    if not names:
-        return _frame("Rank audit", "", "capability", "dimensions")
-    top = max(max(a["intrinsic_dim"], a["chosen_rank"]) for a in figures["ranks"].values()) or 1
-    width = (_WIDTH - _PAD - 20) / len(names)
-    body = []
-    for i, name in enumerate(names):
-        audit = figures["ranks"][name]
-        for j, (key, colour) in enumerate((("intrinsic_dim", "#aaa"), ("chosen_rank", _COLOURS[0]))):
-            height = audit[key] / top * (_HEIGHT - _PAD - 30)
-            x = _PAD + 10 + i * width + j * width * 0.4
-            body.append(f'<rect x="{x:.1f}" y="{_HEIGHT - _PAD - height:.1f}" width="{width * 0.35:.1f}" '
-                        f'height="{height:.1f}" fill="{colour}"><title>{name} {key} {audit[key]}</title></rect>')
-        body.append(f'<text x="{_PAD + 10 + i * width + width * 0.35:.1f}" y="{_HEIGHT - _PAD + 14}" font-size="11" '
-                    f'text-anchor="middle">{html.escape(name)} {audit["chosen_rank"]}/{audit["intrinsic_dim"]}'
-                    f'{" (cut)" if audit["truncated"] else ""}</text>')
-    return _frame("Rank audit: intrinsic dimension (grey) and chosen rank (blue); max rank caps it",
-                  "".join(body), "capability (rank/intrinsic dim)", "dimensions")
+    """Intrinsic dimension and chosen rank per capability, values on the bars, the max rank dashed."""
+    ranks = figures["ranks"]
+
+    def draw(axes: Any) -> None:
+        from matplotlib.ticker import MaxNLocator
+
+        names, width = list(ranks), 0.38
+        centres = range(len(names))
+        for offset, key, label, colour in ((-width / 2, "intrinsic_dim", "intrinsic dimension", "0.6"),
+                                           (width / 2, "chosen_rank", "chosen rank", "C0")):
+            bars = axes.bar([i + offset for i in centres], [ranks[name][key] for name in names], width,
+                            label=label, color=colour)
+            axes.bar_label(bars, padding=2, fontsize=8)
+        capped = [(i, ranks[name]["max_rank"]) for i, name in enumerate(names) if ranks[name].get("max_rank")]
+        if capped:
+            axes.hlines([cap for _, cap in capped], [i - width for i, _ in capped], [i + width for i, _ in capped],
+                        colors="C3", linestyles="dashed", label="max rank")
+        axes.set_xticks(list(centres), [name + ("\n(truncated)" if ranks[name]["truncated"] else "")
+                                        for name in names])
+        axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.margins(y=0.15)
+
+    return _plot("ranks", "Rank audit: intrinsic dimension and chosen rank per capability", "capability",
+                 "dimensions", draw if ranks else None)
 
 
 def loss_plot(figures: dict[str, Any]) -> str:
-    losses = figures["losses"]
-    values = [loss for points in losses.values() for _, loss in points]
-    if not values:
-        return _frame("Training loss", "", "step", "loss")
-    high = sorted(values)[int(0.99 * (len(values) - 1))]
-    body = _lines({phase: [(x, min(y, high)) for x, y in points] for phase, points in losses.items()}, 0.0, high)
-    xs = [x for points in losses.values() for x, _ in points]
-    for rollback in figures["rollbacks"]:
-        x = _scale([rollback["step"]], min(xs), max(xs), _PAD, _WIDTH - 10)[0]
-        body += (f'<line x1="{x:.1f}" x2="{x:.1f}" y1="10" y2="{_HEIGHT - _PAD}" stroke="#d62728" stroke-dasharray="4 3">'
-                 f'<title>rollback ({rollback["reason"]}) in {rollback["phase"]} at step {rollback["step"]}</title></line>')
-    return _frame(f"Training loss per phase (steps laid end to end); dashed red: rollbacks "
-                  f"({len(figures['rollbacks'])})", body, "step", "loss (clipped at the 99th percentile)")
+    """Training loss per phase, steps laid end to end, clipped at the 99th percentile; rollbacks dashed."""
+    import math
+
+    losses = {phase: [(x, y) for x, y in points if y is not None and math.isfinite(y)]
+              for phase, points in figures["losses"].items()}
+    values = sorted(y for points in losses.values() for _, y in points)
+    rollbacks = figures["rollbacks"]
+
+    def draw(axes: Any) -> None:
+        high = values[int(0.99 * (len(values) - 1))]
+        for phase, points in losses.items():
+            axes.plot([x for x, _ in points], [min(y, high) for _, y in points], linewidth=1.2, label=phase)
+        for index, rollback in enumerate(rollbacks):
+            axes.axvline(rollback["step"], color="C3", linestyle="--", linewidth=1,
+                         label="rollback" if index == 0 else "_nolegend_")
+        low = min(0.0, values[0])
+        axes.set_ylim(low, high + 0.05 * ((high - low) or 1.0))
+
+    return _plot("losses", f"Training loss per phase, steps end to end; rollbacks: {len(rollbacks)}", "step",
+                 "loss (clipped at the 99th percentile)", draw if values else None)
 
 
 def retention_plot(figures: dict[str, Any]) -> str:
+    """Student/teacher ratio per capability, fp32 and quantized, with 95 % intervals, values on the
+    bars and the pass threshold; a ratio that is not measurable is written where its bar would be."""
     from nexus_kernel.algorithms.retention import THRESHOLD
 
     rows = figures["retention"]
-    if not rows:
-        return _frame("Retention", "", "capability", "student / teacher")
-    low, high = 0.8, 1.1
-    width = (_WIDTH - _PAD - 20) / len(rows)
-    body = []
-    threshold_y = _scale([THRESHOLD], low, high, _HEIGHT - _PAD, 10)[0]
-    for i, (name, row) in enumerate(rows.items()):
-        for j, (ratio_key, interval_key, colour) in enumerate(
-                (("ratio", "interval", _COLOURS[0]), ("quantized_ratio", "quantized_interval", _COLOURS[2]))):
-            ratio = row.get(ratio_key)
-            if ratio is None:
-                continue
-            x = _PAD + 10 + i * width + j * width * 0.4
-            top = _scale([min(max(ratio, low), high)], low, high, _HEIGHT - _PAD, 10)[0]
-            body.append(f'<rect x="{x:.1f}" y="{top:.1f}" width="{width * 0.35:.1f}" height="{_HEIGHT - _PAD - top:.1f}" '
-                        f'fill="{colour}"><title>{name} {ratio_key} {ratio:.3f}</title></rect>')
-            if row.get(interval_key):
-                ends = _scale([min(max(v, low), high) for v in row[interval_key]], low, high, _HEIGHT - _PAD, 10)
-                centre = x + width * 0.175
-                body.append(f'<line x1="{centre:.1f}" x2="{centre:.1f}" y1="{ends[0]:.1f}" y2="{ends[1]:.1f}" '
-                            f'stroke="#000" stroke-width="1.5"/>')
-        body.append(f'<text x="{_PAD + 10 + i * width + width * 0.35:.1f}" y="{_HEIGHT - _PAD + 14}" font-size="11" '
-                    f'text-anchor="middle">{html.escape(name)}</text>')
-    body.append(f'<line x1="{_PAD}" x2="{_WIDTH - 10}" y1="{threshold_y:.1f}" y2="{threshold_y:.1f}" stroke="#d62728"/>'
-                f'<text x="{_WIDTH - 14}" y="{threshold_y - 4:.1f}" font-size="10" text-anchor="end">{THRESHOLD}</text>')
-    return _frame("Retention student/teacher (blue fp32, green quantized) with 95 % intervals; red line: the "
-                  "threshold; axis from 0.8", "".join(body), "capability", "student / teacher")
+
+    def draw(axes: Any) -> None:
+        from matplotlib.ticker import MaxNLocator, StrMethodFormatter
+
+        names, width = list(rows), 0.38
+        seen = [THRESHOLD, 1.0]
+        missing = []
+        for offset, key, interval_key, label, colour in (
+                (-width / 2, "ratio", "interval", "fp32", "C0"),
+                (width / 2, "quantized_ratio", "quantized_interval", "quantized", "C2")):
+            xs, heights, below, above = [], [], [], []
+            for i, name in enumerate(names):
+                row = rows[name]
+                if key not in row:  # not packaged
+                    continue
+                if row[key] is None:
+                    missing.append(i + offset)
+                    continue
+                interval = row.get(interval_key) or (row[key], row[key])
+                xs.append(i + offset)
+                heights.append(row[key])
+                below.append(max(0.0, row[key] - interval[0]))
+                above.append(max(0.0, interval[1] - row[key]))
+                seen += [row[key], *interval]
+            if xs:
+                bars = axes.bar(xs, heights, width, yerr=[below, above], capsize=3, ecolor="black",
+                                label=f"{label} (95 % interval)", color=colour)
+                axes.bar_label(bars, fmt="{:.3f}", padding=2, fontsize=8)
+        axes.axhline(THRESHOLD, color="C3", linestyle="--", linewidth=1, label=f"threshold {THRESHOLD}")
+        # The ratios sit near 1: an axis from 0 would hide their differences, so it starts near the lowest.
+        bottom = min(0.8, min(seen) - 0.05)
+        top = max(1.05, max(seen))
+        axes.set_ylim(bottom, top + 0.1 * (top - bottom))
+        for x in missing:
+            axes.text(x, bottom, " not measurable", rotation=90, ha="center", va="bottom", fontsize=8, color="0.3")
+        axes.set_xticks(range(len(names)), names)
+        axes.set_xlim(-0.5, len(names) - 0.5)  # room for every capability, also one with no bar
+        axes.yaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
+        axes.yaxis.set_major_formatter(StrMethodFormatter("{x:.2f}"))
+
+    return _plot("retention", "Retention: student / teacher per capability", "capability", "student / teacher",
+                 draw if rows else None)
 
 
 def render_html(figures: dict[str, Any]) -> str:
+    """The whole page: the run, the retention table and the four plots, self-contained."""
     plots = "".join((variance_plot(figures), rank_plot(figures), loss_plot(figures), retention_plot(figures)))
     return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>Nexus run report</title><style>"
-            "body{font-family:sans-serif;max-width:1200px;margin:2em auto}figure{display:inline-block;margin:8px}"
-            "pre{background:#f6f6f6;padding:8px}</style></head><body>"
+            "body{font-family:sans-serif;max-width:1360px;margin:2em auto;padding:0 1em}"
+            "figure{display:inline-block;margin:8px;vertical-align:top}figure svg{max-width:100%;height:auto}"
+            "pre{background:#f6f6f6;padding:8px;overflow-x:auto}</style></head><body>"
             f"<h1>Nexus run report</h1><p>{html.escape(figures['run'])}</p>"
-            f"<h2>Retention</h2><pre>{html.escape(table(figures))}</pre><h2>Plots</h2>{plots}</body></html>")
+            f"<h2>Retention</h2><pre id=\"retention-table\">{html.escape(table(figures))}</pre>"
+            f"<h2>Plots</h2>{plots}</body></html>")
 
 
 def write_report(run_dir: Path) -> Path:
