@@ -134,8 +134,10 @@ class AblationResult:
 
 
 def rank_layers_by_ablation(model: nn.Module, layers: Sequence[str], batches: Sequence[Any],
-                            loss_of: LossOf, teacher: str = "teacher") -> AblationResult:
-    """Mean-ablate each of `layers` in turn over `batches` and measure the mean loss."""
+                            loss_of: LossOf, teacher: str = "teacher",
+                            progress: Callable[[int], None] | None = None) -> AblationResult:
+    """Mean-ablate each of `layers` in turn over `batches` and measure the mean loss;
+    `progress(1)` is called as each layer's loss is measured (`len(layers)` calls)."""
     modules = modules_named(model, layers, teacher)
     means = layer_means(model, layers, batches, loss_of, teacher)
 
@@ -158,6 +160,8 @@ def rank_layers_by_ablation(model: nn.Module, layers: Sequence[str], batches: Se
             ablated[name] = mean_loss()
         finally:
             handle.remove()
+        if progress is not None:
+            progress(1)
     return AblationResult(baseline, ablated)
 
 
@@ -180,7 +184,8 @@ class RemovalResult:
 
 
 def rank_layers_by_removal(model: nn.Module, layers: Sequence[str], batches: Sequence[Any],
-                           loss_of: LossOf, teacher: str = "teacher", rounds: int = 1) -> RemovalResult:
+                           loss_of: LossOf, teacher: str = "teacher", rounds: int = 1,
+                           progress: Callable[[int], None] | None = None) -> RemovalResult:
     """Skip each of `layers` in turn (its output replaced by its input: the block removed from
     the residual stream) over `batches` and measure the mean loss: what depth pruning costs.
     With `rounds > 1` the cheapest block is taken out and the rest measured again with it gone,
@@ -193,7 +198,8 @@ def rank_layers_by_removal(model: nn.Module, layers: Sequence[str], batches: Seq
     included, so in a deep pre-norm decoder every block looks fatal (measured on
     SmolLM2-135M: +4.3 to +9.2 nats for each of its 30 blocks); removal measures what the block
     itself adds. A layer whose input is not a tensor of its output's shape is an
-    `UnhookableLayerError`."""
+    `UnhookableLayerError`. `progress(1)` is called as each trial's loss is measured
+    (`removal_trials(len(layers), rounds)` calls)."""
     if not 1 <= rounds <= len(layers):
         raise ValueError(f"rounds must be within 1..{len(layers)}, got {rounds}")
     modules = modules_named(model, layers, teacher)
@@ -230,6 +236,8 @@ def rank_layers_by_removal(model: nn.Module, layers: Sequence[str], batches: Seq
                     current[name] = mean_loss()
                 finally:
                     handle.remove()
+                if progress is not None:
+                    progress(1)
             if round_index == 0:
                 first = dict(current)
             if rounds > 1:
@@ -241,6 +249,11 @@ def rank_layers_by_removal(model: nn.Module, layers: Sequence[str], batches: Seq
         for handle in gone:
             handle.remove()
     return RemovalResult(AblationResult(baseline, first), tuple(removed), tuple(losses), current)
+
+
+def removal_trials(layers: int, rounds: int) -> int:
+    """The losses `rank_layers_by_removal` measures: every block still in, each round."""
+    return sum(layers - round_index for round_index in range(rounds))
 
 
 def profile_layers(model: nn.Module, layers: Sequence[str], batches: Iterable[Any],

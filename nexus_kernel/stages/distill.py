@@ -51,6 +51,7 @@ from nexus_kernel.run.layout import (
     TRAINING_JOURNAL,
 )
 from nexus_kernel.run.logs import get_logger
+from nexus_kernel.run.progress import progress
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.run.seeding import seed_everything
 from nexus_kernel.run.settings import locked_settings
@@ -333,13 +334,6 @@ def _recovery(settings: Mapping[str, Any]) -> RecoverySettings:
                             max_rollbacks=settings["max_rollbacks"])
 
 
-def _progress(total: int, description: str) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=description, unit="step", dynamic_ncols=True, leave=False,
-                disable=not world().main)  # one bar for the run, not one per rank
-
-
 REVISIT_EVERY = 4
 CONVERGED_LOSS = {"kl": 0.02, "uld": 0.02, "sequence": 0.02, "cosine": 0.05}
 """Per objective: nats per token for `kl`, `uld` (cross-entropy plus the sorted-probability
@@ -451,7 +445,7 @@ def train_phase(context: RunContext, student: NexusStudent, tasks: list[Capabili
         some_unused = int(all_sum(torch.tensor([len(unused)]))) > 0  # one answer for all ranks, or DDP hangs
         trained_step = data_parallel(student, step_loss, find_unused=len(tasks) > 1 or some_unused)
     folder = context.run_dir / CHECKPOINT_DIR / phase
-    with _progress(steps, f"distilling {phase}") as bar:
+    with progress(steps, f"distilling {phase}") as bar:
         trainer = RecoveringTrainer(trained, named_trainable(modules), trained_step, steps, learning_rate, folder,
                                     journal, _recovery(settings), settings["alpha"], check=check,
                                     fingerprint=fingerprint, progress=bar.update,

@@ -42,6 +42,7 @@ from nexus_kernel.run.fsio import (
 )
 from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, REGISTRY_FILE, reference_file
 from nexus_kernel.run.logs import get_logger
+from nexus_kernel.run.progress import progress
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.student.model import NexusStudent, masked_mean
 from nexus_kernel.teachers.access import TeacherSession
@@ -216,13 +217,10 @@ def _collect(plan: Any, teacher: Any, items: list[Any], key_layers: list[str],
     """Run the teacher over `items` in batches (`_collect_chunk`) and join them in order; a
     layer stays token-aligned only where every batch is. Under torchrun each rank answers its
     round-robin share of the batches and every rank gets all of them back, in order."""
-    from tqdm import tqdm
-
     chunks = [items[start : start + _TEACHER_BATCH] for start in range(0, len(items), _TEACHER_BATCH)]
     here = world()
     mine = []
-    with tqdm(total=sum(len(chunk) for chunk in here.shard(chunks)), desc=description, unit="item",
-              dynamic_ncols=True, leave=False, disable=not here.main) as bar:
+    with progress(sum(len(chunk) for chunk in here.shard(chunks)), description, "item") as bar:
         for chunk in here.shard(chunks):
             mine.append(_collect_chunk(plan, teacher, chunk, key_layers, basis))
             bar.update(len(chunk))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from nexus_kernel.run.layout import (
     bundle_folder,
 )
 from nexus_kernel.run.logs import get_logger
+from nexus_kernel.run.progress import progress, quiet_library_bars
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.student.bundle import write_bundle
 from nexus_kernel.student.model import StudentCapability
@@ -76,8 +78,18 @@ def _distribution_of(context: RunContext, plugin_name: str) -> tuple[str, str]:
 
 
 def _score(bundle: Bundle, datasets: dict[str, Any], limit: int, run_dir: Path) -> dict[str, Any]:
-    with torch.inference_mode():
-        return score_capabilities(bundle.plugins, bundle.capabilities, bundle.model, datasets, limit, run_dir)
+    """The loaded bundle's scores, one capability at a time (in `score_capabilities`' order),
+    with a bar over them and a line for each."""
+    names = sorted(bundle.capabilities)
+    scores: dict[str, Any] = {}
+    with torch.inference_mode(), progress(len(names), "re-scoring the quantized student", "capability") as bar:
+        for done, name in enumerate(names, start=1):
+            started = time.perf_counter()
+            scores |= score_capabilities(bundle.plugins, [name], bundle.model, datasets, limit, run_dir)
+            bar.update(1)
+            log.info("quantized student scored", capability=name, capabilities=f"{done}/{len(names)}",
+                     seconds=round(time.perf_counter() - started, 1))
+    return scores
 
 
 def _assets(context: RunContext, student: Any, datasets: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
@@ -129,7 +141,8 @@ def run_package(context: RunContext) -> str:
     architecture = json.loads((context.run_dir / ARCHITECTURE_FILE).read_text())
     datasets = json.loads((context.run_dir / LOCK_FILE).read_text())["datasets"]
     torch.set_num_threads(context.config.section("distill")["threads"])
-    student = build_student(context, architecture)
+    with quiet_library_bars():
+        student = build_student(context, architecture)
     load_weights(student, context.run_dir / STUDENT_FILE)
     student.eval()
     drop_training_state(student)

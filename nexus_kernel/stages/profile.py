@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psutil
@@ -28,6 +29,7 @@ from nexus_kernel.algorithms.profiling import (
     profile_layers,
     rank_layers_by_ablation,
     rank_layers_by_removal,
+    removal_trials,
 )
 from nexus_kernel.config import SCHEMA
 from nexus_kernel.errors import StageError
@@ -35,6 +37,7 @@ from nexus_kernel.run.distributed import barrier, process_budget, world
 from nexus_kernel.run.fsio import atomic_write_bytes, atomic_write_json
 from nexus_kernel.run.layout import LOCK_FILE, PROFILE_DIR, PROFILE_SUMMARY, REGISTRY_FILE
 from nexus_kernel.run.logs import get_logger
+from nexus_kernel.run.progress import progress, quiet_library_bars
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.run.settings import CapabilitySettings, locked_settings
 from nexus_kernel.teachers.access import TeacherSession, by_teacher, run_device
@@ -67,7 +70,7 @@ def _load_working(context: RunContext, name: str, capability: Any, entry: Teache
     while True:
         preferred = _planned_option(entry, preferred, device, budget, settings, walk)
         walk = False
-        teacher = session.get(entry, preferred, device)
+        teacher = _get_teacher(session, name, entry, preferred, device)
         skipped.update(teacher.skipped)
         plan = context.plugins.call_for(name, "profile_capability", capability=capability, teacher=teacher,
                                         n_probe=settings["probe_samples"], datasets=datasets)
@@ -87,6 +90,26 @@ def _load_working(context: RunContext, name: str, capability: Any, entry: Teache
             continue
         teacher.skipped, teacher.chosen = skipped, chosen
         return teacher, plan
+
+
+def _get_teacher(session: TeacherSession, name: str, entry: TeacherEntry, preferred: str, device: str
+                 ) -> LoadedTeacher:
+    """`session.get`, with transformers' own bars off and a line before and after the load
+    (its seconds, model class and parameters; or that the teacher was already in memory)."""
+    loads, started = session.loads, time.perf_counter()
+    log.info("loading teacher", capability=name, teacher=entry.name, quantization=preferred, device=device)
+    with quiet_library_bars():
+        teacher = session.get(entry, preferred, device)
+    if session.loads == loads:
+        log.info("teacher already loaded", capability=name, teacher=entry.name, quantization=teacher.quantization)
+        return teacher
+    counted = getattr(teacher.model, "num_parameters", None)  # transformers' counts 4-bit weights unpacked
+    parameters = counted() if callable(counted) else sum(p.numel() for p in teacher.model.parameters())
+    log.info("teacher loaded", capability=name, teacher=entry.name, seconds=round(time.perf_counter() - started, 1),
+             model=type(teacher.model).__name__,
+             parameters=f"{parameters / 1e6:,.1f}M" if parameters >= 100_000 else f"{parameters:,}",
+             quantization=teacher.quantization)
+    return teacher
 
 
 def _planned_option(entry: TeacherEntry, option: str, device: str, budget_gb: float, settings: dict[str, Any],
@@ -169,6 +192,15 @@ def choose_batch_size(model: torch.nn.Module, plan: Any, budget_gb: float, fixed
             "trial_batch": _TRIAL_BATCH, "largest_activation_bytes_per_sample": per_sample}
 
 
+def _streamed(batches: Iterable[Any], advance: Callable[[int], Any], samples_of: Callable[[Any], int] | None
+              ) -> Iterator[Any]:
+    """`batches`, calling `advance` with each batch's samples once the consumer asks for the
+    next one (so after the batch has been folded in)."""
+    for batch in batches:
+        yield batch
+        advance(samples_of(batch) if samples_of is not None else _rows(batch))
+
+
 def _rows(batch: Any) -> int:
     """The rows of a batch's first tensor (`ProbePlan.samples_of`'s default)."""
     first = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -233,14 +265,23 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
     started = time.perf_counter()
     teacher, plan = _load_working(context, name, capability, entry, datasets, settings, session)
     try:
-        ablation = rank_layers_by_ablation(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
-                                           teacher=entry.name)
+        layers_started, candidates = time.perf_counter(), len(plan.candidate_layers)
+        with progress(candidates, f"{name}: ablating layers", "layer") as bar:
+            ablation = rank_layers_by_ablation(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
+                                               teacher=entry.name, progress=bar.update)
         key_layers = ablation.ranking()[: settings["key_layers"]]
+        log.info("layers ranked by ablation", capability=name, layers=f"{len(ablation.ablated)}/{candidates}",
+                 probe_batches=len(plan.batches), key_layers=key_layers,
+                 seconds=round(time.perf_counter() - layers_started, 1))
         removal = None
         if cut_source(context) == name:
-            rounds = removal_rounds(context, len(plan.candidate_layers))
-            removal = rank_layers_by_removal(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
-                                             teacher=entry.name, rounds=rounds)
+            rounds = removal_rounds(context, candidates)
+            layers_started, trials = time.perf_counter(), removal_trials(candidates, rounds)
+            with progress(trials, f"{name}: removing blocks", "trial") as bar:
+                removal = rank_layers_by_removal(teacher.model, plan.candidate_layers, plan.batches, plan.loss,
+                                                 teacher=entry.name, rounds=rounds, progress=bar.update)
+            log.info("blocks ranked by removal", capability=name, trials=trials, rounds=rounds,
+                     seconds=round(time.perf_counter() - layers_started, 1))
         device = run_device(context)
         batching = choose_batch_size(teacher.model, plan,
                                      process_budget(context.config.section("hardware")["memory_budget_gb"], device),
@@ -252,8 +293,22 @@ def profile_capability(context: RunContext, name: str, entry: TeacherEntry, data
         def sample_memory() -> None:
             peak[0] = max(peak[0], process.memory_info().rss)
 
-        states = profile_layers(teacher.model, key_layers, plan.stream(settings["samples"], batching["batch_size"]),
-                                plan.loss, plan.mask_of, teacher=entry.name, on_batch=sample_memory, world=world())
+        streaming_started, streamed = time.perf_counter(), [0, 0]  # samples, batches
+        with progress(settings["samples"], f"{name}: streaming activations", "sample") as bar:
+            def advance(samples: int) -> None:
+                streamed[0] += samples
+                streamed[1] += 1
+                bar.update(samples)
+
+            batches = _streamed(plan.stream(settings["samples"], batching["batch_size"]), advance, plan.samples_of)
+            states = profile_layers(teacher.model, key_layers, batches, plan.loss, plan.mask_of, teacher=entry.name,
+                                    on_batch=sample_memory, world=world())
+            if streamed[0] < settings["samples"]:  # the data ran out first: the bar ends where it did
+                bar.total = streamed[0]
+                bar.refresh()
+        log.info("activations streamed", capability=name, samples=f"{streamed[0]}/{settings['samples']}",
+                 batches=streamed[1], layers=len(key_layers),
+                 seconds=round(time.perf_counter() - streaming_started, 1))
         batching["peak_rss_mb"] = round(peak[0] / 2**20, 1)
         log.info("profiling batches", capability=name, **batching)
     finally:

@@ -37,6 +37,7 @@ from nexus_kernel.run.layout import (
     teacher_folders,
 )
 from nexus_kernel.run.logs import get_logger
+from nexus_kernel.run.progress import progress
 from nexus_kernel.run.runner import RunContext
 from nexus_kernel.stages.validate_child import TEACHER_ACCESS_EXIT, evaluate_in_child
 from nexus_kernel.teachers.removal import restore_from_journal, teachers_moved_away
@@ -68,14 +69,27 @@ def student_job(context: RunContext, work: Path, forbid: list[Path], label: str)
             "output": str(work / f"{label}.json")}
 
 
-def run_pass(context: RunContext, label: str, folders: dict[str, Path]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One guarded child run; returns its scores and the pass's record. A teacher read fails
-    the gate with the path; any other crash fails the stage with the child's error."""
+def run_pass(context: RunContext, label: str, folders: dict[str, Path], number: int = 1, passes: int = 1
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One guarded child run, pass `number` of `passes`; returns its scores and the pass's
+    record. A teacher read fails the gate with the path; any other crash fails the stage with
+    the child's error. A bar counts the capabilities the child has scored, with a line for each."""
     work = context.run_dir / VALIDATE_DIR
     work.mkdir(exist_ok=True)
     job = student_job(context, work, list(folders.values()), label)
     began = time.perf_counter()
-    code, answer, stderr = evaluate_in_child(job, work / f"{label}.job.json")
+    name = f"pass {number}/{passes} ({label})"
+    log.info("teacher-removal pass", validation=name, capabilities=len(job["datasets"]))
+    with progress(len(job["datasets"]), f"validation {name}", "capability") as bar:
+        def reported(event: dict[str, Any]) -> None:
+            if event.get("event") == "scored":
+                bar.update(1)
+                log.info("student scored", validation=name, capability=event["capability"],
+                         capabilities=f"{event['done']}/{event['total']}", seconds=event["seconds"])
+            elif event.get("event") == "student loaded":
+                log.info("student loaded", validation=name, seconds=event["seconds"])
+
+        code, answer, stderr = evaluate_in_child(job, work / f"{label}.job.json", on_progress=reported)
     seconds = round(time.perf_counter() - began, 2)
     if code == TEACHER_ACCESS_EXIT:
         raise StageError(f"teacher-removal gate FAILED ({label}): the student process wanted a teacher file: "
@@ -84,6 +98,7 @@ def run_pass(context: RunContext, label: str, folders: dict[str, Path]) -> tuple
         detail = answer.get("error") or stderr.strip().splitlines()[-1:] or "no output"
         raise StageError(f"teacher-removal check ({label}): the student process failed with exit code {code}: {detail}"
                          f" (see {work / (label + '.json')})")
+    log.info("teacher-removal pass passed", validation=name, seconds=seconds)
     return answer["scores"], {"name": label, "status": "passed", "seconds": seconds,
                               "forbidden": [str(path) for path in folders.values()]}
 
@@ -92,9 +107,9 @@ def run_validate(context: RunContext) -> str:
     """Stage 5 (see the module docstring)."""
     folders = teacher_folders(context.run_dir)
     restore_moved_teachers(context.run_dir)
-    guarded, first = run_pass(context, "guarded", folders)
+    guarded, first = run_pass(context, "guarded", folders, 1, 2)
     with teachers_moved_away(folders, context.run_dir / MOVED_TEACHERS) as moved:
-        removed, second = run_pass(context, "teachers moved away", folders)
+        removed, second = run_pass(context, "teachers moved away", folders, 2, 2)
         second["moved"] = moved
     if removed != guarded:
         raise StageError("teacher-removal check: the student's scores differ between the guarded pass and the pass "

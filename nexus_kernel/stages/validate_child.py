@@ -7,6 +7,11 @@ same `build_student` stage 4 used) and scores every capability with its owner's
 per_item}}}` to the job's output, or `{"error", "teacher_path"}` and exit code 3 when the
 student wanted a teacher's file (`TEACHER_ACCESS_EXIT`), or `{"error"}` and 1 otherwise.
 Stage 5 runs it; `evaluate_in_child` is the parent's side.
+
+The child draws no bar (its stderr is the parent's to read): it reports each step done as one
+stderr line, `PROGRESS_MARK` and a JSON object (`{"event": "student loaded", "seconds"}`, then
+`{"event": "scored", "capability", "done", "total", "seconds"}` per capability), which
+`evaluate_in_child` hands to its `on_progress` instead of keeping in the stderr tail.
 """
 
 from __future__ import annotations
@@ -16,25 +21,69 @@ import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 TEACHER_ACCESS_EXIT = 3
+PROGRESS_MARK = "nexus-progress "
+_TAIL = 4000
 
 
-def evaluate_in_child(job: dict[str, Any], job_file: Path, timeout: float | None = None) -> tuple[int, dict[str, Any], str]:
+def evaluate_in_child(job: dict[str, Any], job_file: Path, timeout: float | None = None,
+                      on_progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, dict[str, Any], str]:
     """Run the child on `job` (written to `job_file`); returns its exit code, its JSON answer
-    (empty when it wrote none) and the tail of its stderr."""
+    (empty when it wrote none) and the tail of its stderr. Each progress report of the child
+    goes to `on_progress` as it comes. Past `timeout` seconds the child is killed and
+    `subprocess.TimeoutExpired` raised."""
+    import collections
+    import threading
+
     from nexus_kernel.run.fsio import atomic_write_json
 
     atomic_write_json(job_file, job)
     output = Path(job["output"])
     output.unlink(missing_ok=True)
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    completed = subprocess.run([sys.executable, "-m", "nexus_kernel.stages.validate_child", str(job_file)],
-                               capture_output=True, text=True, env=environment, timeout=timeout, check=False)
+    command = [sys.executable, "-m", "nexus_kernel.stages.validate_child", str(job_file)]
+    tail: collections.deque[str] = collections.deque()
+    kept = 0
+    timed_out = threading.Event()
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          errors="replace", env=environment) as child:
+
+        def kill() -> None:
+            timed_out.set()
+            child.kill()
+
+        timer = threading.Timer(timeout, kill) if timeout is not None else None
+        if timer is not None:
+            timer.start()
+        try:
+            for line in child.stderr or ():
+                text, mark, report = line.partition(PROGRESS_MARK)  # after a library's unfinished line too
+                if mark and on_progress is not None:
+                    on_progress(json.loads(report))
+                if mark:
+                    line = text + "\n" if text.strip() else ""
+                tail.append(line)
+                kept += len(line)
+                while kept - len(tail[0]) >= _TAIL:
+                    kept -= len(tail.popleft())
+            code = child.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+    if timed_out.is_set():
+        raise subprocess.TimeoutExpired(command, timeout or 0)
     answer = json.loads(output.read_text()) if output.is_file() else {}
-    return completed.returncode, answer, completed.stderr[-4000:]
+    return code, answer, "".join(tail)[-_TAIL:]
+
+
+def _report(event: str, **fields: Any) -> None:
+    """One progress line for the parent (see the module docstring)."""
+    sys.stderr.write(PROGRESS_MARK + json.dumps({"event": event, **fields}) + "\n")
+    sys.stderr.flush()
 
 
 def _teacher_path(error: BaseException, roots: list[Path]) -> str | None:
@@ -57,11 +106,14 @@ def _teacher_path(error: BaseException, roots: list[Path]) -> str | None:
 
 
 def _score_all(job: dict[str, Any]) -> dict[str, Any]:
+    import time
+
     import torch
 
     from nexus_kernel.algorithms.retention import score_capabilities
     from nexus_kernel.config import load_config
     from nexus_kernel.plugins import load_plugins
+    from nexus_kernel.run.progress import quiet_library_bars
     from nexus_kernel.run.runner import RunContext
     from nexus_kernel.student.build import build_student
     from nexus_kernel.student.model import StudentCapability
@@ -74,14 +126,24 @@ def _score_all(job: dict[str, Any]) -> dict[str, Any]:
                            always=config.section("plugins")["always_load"])
     context = RunContext(run_dir, config, plugins, job["plugins"] is not None)
     architecture = json.loads((run_dir / "architecture.json").read_text())
-    student = build_student(context, architecture)
+    started = time.perf_counter()
+    with quiet_library_bars():
+        student = build_student(context, architecture)
     # Read through Python's open (an audited event), not safetensors' native reader, so the
     # guard sees where the weights really come from, links included.
     student.load_state_dict(tensors_from_bytes((run_dir / job["weights"]).read_bytes()))
     student.eval()
+    _report("student loaded", seconds=round(time.perf_counter() - started, 1))
+    names = sorted(job["datasets"])
+    scores: dict[str, Any] = {}
     with torch.inference_mode():
-        return score_capabilities(plugins, job["datasets"], lambda name: StudentCapability(student, name),
-                                  job["datasets"], job["limit"], run_dir)
+        for done, name in enumerate(names, start=1):  # one at a time, in score_capabilities' order
+            started = time.perf_counter()
+            scores |= score_capabilities(plugins, [name], lambda name: StudentCapability(student, name),
+                                         job["datasets"], job["limit"], run_dir)
+            _report("scored", capability=name, done=done, total=len(names),
+                    seconds=round(time.perf_counter() - started, 1))
+    return scores
 
 
 def main(job_file: str) -> int:

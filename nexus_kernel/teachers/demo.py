@@ -200,14 +200,17 @@ class _StepBar:
     build counts what it trained, so the estimate is honest either way."""
 
     def __init__(self, demos: Sequence[DemoTeacher], show: bool) -> None:
-        from tqdm import tqdm
+        from contextlib import ExitStack
+
+        from nexus_kernel.run.progress import progress
 
         self.caps = {demo.name: demo.steps for demo in demos}
         self.allotted = {demo.name: min(demo.expected_steps or demo.steps, demo.steps) for demo in demos}
         self.done = dict.fromkeys(self.caps, 0)
-        self.bar = tqdm(total=sum(self.allotted.values()), unit="step",
-                        desc=f"training {len(demos)} demo teacher{'s' * (len(demos) > 1)}",
-                        disable=not show, dynamic_ncols=True)
+        self.opened = ExitStack()
+        self.bar = self.opened.enter_context(progress(
+            sum(self.allotted.values()), f"training {len(demos)} demo teacher{'s' * (len(demos) > 1)}",
+            show=show, leave=True))
 
     def advance(self, name: str, steps: int) -> None:
         self.done[name] += steps
@@ -220,7 +223,7 @@ class _StepBar:
         self.bar.write(line)
 
     def close(self) -> None:
-        self.bar.close()
+        self.opened.close()
 
     def _allot(self, name: str, steps: int) -> None:
         self.allotted[name] = steps

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,22 +160,10 @@ def _check_weights(name: str, folder: Path) -> None:
         check_weight_file(name, path)
 
 
-@contextmanager
-def _quiet_progress() -> Iterator[None]:
-    """transformers' progress bars off (it has no per-call switch), restored afterwards."""
-    from transformers.utils import logging as transformers_logging
-
-    was_on = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            transformers_logging.enable_progress_bar()
-
-
 def _load(model_class: Any, folder: Path, scheme: str, device: str) -> Any:
-    with _quiet_progress():
+    from nexus_kernel.run.progress import quiet_library_bars
+
+    with quiet_library_bars():
         return _load_as(model_class, folder, scheme, device)
 
 
