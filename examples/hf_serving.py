@@ -157,8 +157,8 @@ def main(out: Path, requests_path: Path) -> dict[str, Any]:
                 replies.append(generate_after(model, tokenizer, capability, parts[capability], meta,
                                               prefixes[str(index)], item, request["max_new_tokens"]).strip())
             else:
-                replies.append(nearest_label(parts[capability],
-                                             embed(model, capability, parts[capability], meta, prefixes[str(index)])[0]))
+                found = embed(model, capability, parts[capability], meta, prefixes[str(index)])[0]
+                replies.append(nearest_label(parts[capability], found))
         answers[capability] = replies
     answers["modules"] = sorted(name for name in sys.modules if name.split(".")[0].startswith("nexus"))
     return answers

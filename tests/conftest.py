@@ -9,11 +9,12 @@ and they skip when one is not installed (`kernel_helpers.require_plugins`).
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
-from kernel_helpers import build_tiny_demo_teachers, tiny_project
+from kernel_helpers import add_settings, build_tiny_demo_teachers, nexus, tiny_project
 
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
@@ -49,3 +50,16 @@ def tiny_demo_teachers(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def project(tmp_path: Path, tiny_demo_teachers: Path) -> Path:
     """A tiny project (`tiny_project`) in a temporary folder; returns its root."""
     return tiny_project(tmp_path, tiny_demo_teachers)
+
+
+@pytest.fixture(scope="session")
+def finished_tiny_run(tmp_path_factory: pytest.TempPathFactory,
+                      tiny_demo_teachers: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """A tiny project after one whole `nexus run --run-dir runs/r` (once per session), with
+    `cleanup.delete_user_teachers` on, and that run's result. Its bundle is
+    `bundles/nexus_bundle_v1`; tests that change the project (`test_pipeline_end`) leave the
+    bundle as it was."""
+    project = tiny_project(tmp_path_factory.mktemp("finished"), tiny_demo_teachers)
+    # The tiny teachers are the user's own folders: --yes deletes them only when asked to.
+    add_settings(project / "configs/nexus.toml", "[cleanup]\ndelete_user_teachers = true\n")
+    return project, nexus("run", "--run-dir", "runs/r", cwd=project)

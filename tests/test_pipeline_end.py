@@ -9,9 +9,10 @@ import re
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
-from kernel_helpers import add_settings, nexus
+from kernel_helpers import nexus
 
 from nexus_kernel.algorithms.retention import THRESHOLD
 from nexus_kernel.student.bundle import verify_bundle
@@ -39,10 +40,8 @@ def _inputs(tmp_path: Path) -> dict[str, list[str]]:
             "voice": [str(tmp_path / "word.wav")]}
 
 
-def test_validate_package_infer_and_clean_up(project: Path, tmp_path: Path) -> None:
-    # The tiny teachers are the user's own folders: --yes deletes them only when asked to.
-    add_settings(project / "configs/nexus.toml", "[cleanup]\ndelete_user_teachers = true\n")
-    result = nexus("run", "--run-dir", "runs/r", cwd=project)
+def test_validate_package_infer_and_clean_up(finished_tiny_run: tuple[Path, Any], tmp_path: Path) -> None:
+    project, result = finished_tiny_run  # cleanup.delete_user_teachers is on: --yes deletes them
     assert result.returncode == 0, result.stderr
     for line in ("5 validate      passed", "6 package       passed", "7 cleanup       passed", "capability  rank"):
         assert line in result.stdout

@@ -220,7 +220,8 @@ def export_hf(bundle_folder: Path, out: Path) -> dict[str, Any]:
     files = export_files(bundle)
     manifest = {"format": "hf", "bundle": str(bundle_folder), "capabilities": sorted(bundle.student.adapters),
                 "backbone_quantization": "bitsandbytes int8" if _bnb_int8_backbone(bundle.manifest) else "float",
-                "files": {path: {"bytes": len(data), "sha256": sha256_bytes(data)} for path, data in sorted(files.items())}}
+                "files": {path: {"bytes": len(data), "sha256": sha256_bytes(data)}
+                          for path, data in sorted(files.items())}}
     replace_folder(out, files | {EXPORT_MANIFEST: canonical_json(manifest).encode()})
     return manifest
 
