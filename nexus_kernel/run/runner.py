@@ -29,6 +29,7 @@ from nexus_kernel.run import distributed
 from nexus_kernel.run.fsio import atomic_write_json, sha256_file, sha256_json
 from nexus_kernel.run.layout import STATE_FILE
 from nexus_kernel.run.logs import get_logger
+from nexus_kernel.run.progress import quiet_library_bars
 
 PASSED, FAILED, RUNNING = "passed", "failed", "running"
 
@@ -153,7 +154,8 @@ def follow(stages: list[Stage], context: RunContext) -> None:
         stage = by_name[message[1]]
         if stage.shared:
             log.info("stage start", stage=stage.label, rank=rank)
-            stage.action(context)
+            with quiet_library_bars():
+                stage.action(context)
 
 
 class Leader:
@@ -268,7 +270,8 @@ class StageRunner:
         distributed.broadcast(("run", stage.name))
         try:
             self.leader.sharing = stage.shared and distributed.world().active
-            detail = stage.action(self.context)
+            with quiet_library_bars():  # transformers' own bars ("Loading weights") would repeat per load
+                detail = stage.action(self.context)
             self.leader.sharing = False
         except Exception as exc:
             error = str(exc) if isinstance(exc, NexusError) else f"{type(exc).__name__}: {exc}"
