@@ -150,6 +150,10 @@ class Int8Embedding(nn.Module):
         layer.scale.copy_(scale)
         return layer.to(embedding.weight.device)
 
+    def weight(self) -> torch.Tensor:
+        """The whole table in float: what every lookup reads, row for row."""
+        return self.qweight.float() * self.scale[:, None]
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.qweight[ids].float() * self.scale[ids].unsqueeze(-1)
 

@@ -40,12 +40,19 @@ from nexus_kernel.errors import NexusError
 
 EXPORT_MANIFEST = "nexus_export.json"
 BACKBONE = "backbone"
-FORMATS = ("hf",)
 BNB_INT8_QUANTIZER = "quant-bnb"
 
 
 class ExportError(NexusError):
     """An export that cannot be written: the message names the folder or the module."""
+
+
+def _hf_safetensors(tensors: Mapping[str, torch.Tensor]) -> bytes:
+    """safetensors bytes as transformers and PEFT write them (`format: pt`; no shared-tensor
+    aliases, unlike the bundle's `weights.tensor_bytes`)."""
+    from safetensors.torch import save
+
+    return save(dict(tensors), metadata={"format": "pt"})
 
 
 def _bnb_layer(layer: nn.Module, kind: str) -> bool:
@@ -91,7 +98,7 @@ def float_state(module: nn.Module, keep_int8_linears: bool = False) -> dict[str,
         if keep_int8_linears and _bnb_layer(child, "Linear8bitLt"):
             continue
         if isinstance(child, Int8Embedding):
-            replaced = {"weight": child.qweight.float() * child.scale[:, None]}
+            replaced = {"weight": child.weight()}
         else:
             weight = float_linear_weight(child)
             if weight is None:
@@ -112,7 +119,6 @@ def _bnb_int8_backbone(manifest: Mapping[str, Any]) -> bool:
 
 def backbone_files(student: Any, manifest: Mapping[str, Any]) -> dict[str, bytes]:
     """`backbone/` as a `save_pretrained` folder (see the module docstring)."""
-    from safetensors.torch import save
     from transformers import GenerationConfig
 
     from nexus_kernel.student.decoding import SpecialIds
@@ -132,8 +138,7 @@ def backbone_files(student: Any, manifest: Mapping[str, Any]) -> dict[str, bytes
     files = {f"{BACKBONE}/{name}": data for name, data in folder_bytes(config.save_pretrained).items()}
     files |= {f"{BACKBONE}/{name}": data for name, data in folder_bytes(generation.save_pretrained).items()}
     files |= {f"{BACKBONE}/{name}": data for name, data in folder_bytes(student.tokenizer.save_pretrained).items()}
-    files[f"{BACKBONE}/model.safetensors"] = save(float_state(backbone, keep_int8_linears=keep_int8),
-                                                  metadata={"format": "pt"})
+    files[f"{BACKBONE}/model.safetensors"] = _hf_safetensors(float_state(backbone, keep_int8_linears=keep_int8))
     return files
 
 
@@ -141,7 +146,6 @@ def lora_files(name: str, adapter: Any) -> dict[str, bytes]:
     """`adapters/<name>/`: PEFT's `adapter_config.json` (written by PEFT's `LoraConfig`) and
     `adapter_model.safetensors` with `lora_A` = down and `lora_B` = up per target."""
     from peft import LoraConfig
-    from safetensors.torch import save
 
     from nexus_kernel.student.packaging import folder_bytes
 
@@ -158,7 +162,7 @@ def lora_files(name: str, adapter: Any) -> dict[str, bytes]:
                                   "which the export cannot read as float weights")
             tensors[f"base_model.model.{target}.{part}.weight"] = weight.contiguous()
     files = {f"adapters/{name}/{file}": data for file, data in folder_bytes(config.save_pretrained).items()}
-    files[f"adapters/{name}/adapter_model.safetensors"] = save(tensors, metadata={"format": "pt"})
+    files[f"adapters/{name}/adapter_model.safetensors"] = _hf_safetensors(tensors)
     return files
 
 
@@ -174,8 +178,6 @@ def _projector_description(projector: nn.Module) -> dict[str, Any]:
 def parts_files(name: str, adapter: Any, assets: Mapping[str, torch.Tensor]) -> dict[str, bytes]:
     """`adapters/<name>/parts.*` for a capability with a projector, a head or assets; nothing
     for a text capability without them."""
-    from safetensors.torch import save
-
     tensors: dict[str, torch.Tensor] = {}
     described: dict[str, Any] = {"capability": name, "output": adapter.spec.output,
                                  "output_dim": adapter.spec.output_dim, "input": adapter.spec.input_projector or "text"}
@@ -189,7 +191,7 @@ def parts_files(name: str, adapter: Any, assets: Mapping[str, torch.Tensor]) -> 
     if not tensors:
         return {}
     described["tensors"] = sorted(tensors)
-    return {f"adapters/{name}/parts.safetensors": save(tensors, metadata={"format": "pt"}),
+    return {f"adapters/{name}/parts.safetensors": _hf_safetensors(tensors),
             f"adapters/{name}/parts.json": (json.dumps(described, indent=2, sort_keys=True) + "\n").encode()}
 
 
