@@ -30,7 +30,7 @@ def load(out: Path) -> tuple[Any, Any, dict[str, dict[str, torch.Tensor]]]:
     """The backbone with every exported adapter (named by capability), its tokenizer, and each
     capability's projector, head and assets (`parts.safetensors`; empty for text)."""
     tokenizer = AutoTokenizer.from_pretrained(out / "backbone")
-    backbone = AutoModelForCausalLM.from_pretrained(out / "backbone")
+    backbone = AutoModelForCausalLM.from_pretrained(out / "backbone", dtype=torch.float32)  # as the bundle computes
     names = sorted(path.name for path in (out / "adapters").iterdir())
     model = PeftModel.from_pretrained(backbone, out / "adapters" / names[0], adapter_name=names[0])
     for name in names[1:]:

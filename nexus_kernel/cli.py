@@ -349,7 +349,10 @@ def export_command(bundle: Path, export_format: str, out: Path) -> None:
     """
     from nexus_kernel.student.hf_export import describe_export, export_hf
 
-    click.echo(describe_export(out, export_hf(bundle, out)))
+    manifest = export_hf(bundle, out)
+    for warning in manifest["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(describe_export(out, manifest))
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from nexus_kernel.run.fsio import sha256_bytes
 from nexus_kernel.student.bundle import (
     MANIFEST,
     BundleError,
+    replace_folder,
     verify_bundle,
     write_bundle,
 )
@@ -50,6 +51,21 @@ def test_a_folder_that_is_not_a_bundle_is_never_replaced(tmp_path: Path) -> None
     (folder / "thesis.txt").unlink()
     write_bundle(folder, FILES, {})  # an empty folder is taken
     assert verify_bundle(folder)["files"].keys() == FILES.keys()
+
+
+def test_a_replace_stopped_between_its_renames_is_undone_by_the_next(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "out"
+    replace_folder(folder, {"a.txt": b"first"})
+    folder.rename(tmp_path / ".out.old")  # the state a kill between the two renames leaves
+    monkeypatch.setattr(Path, "write_bytes", lambda self, data: (_ for _ in ()).throw(OSError(28, "No space")))
+    with pytest.raises(OSError, match="No space"):
+        replace_folder(folder, {"a.txt": b"second"})
+    assert (folder / "a.txt").read_text() == "first"  # the earlier contents are back, not lost
+    monkeypatch.undo()
+    replace_folder(folder, {"a.txt": b"second"})
+    assert (folder / "a.txt").read_text() == "second"
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]  # no partial or old folder beside it
 
 
 def test_a_tampered_missing_or_unlisted_file_is_refused(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """`nexus export --format hf`: the bundle's student as a transformers folder plus PEFT LoRA
 adapters, computing what the bundle computes (bit for bit on the same CPU), and a folder that
 is not an earlier export never overwritten. The demo bundle's answers through transformers +
-PEFT alone, in a process that never imports Nexus, are in `test_pipeline_end.py`."""
+PEFT alone, in a process that never imports Nexus, are in `test_hf_serving.py`."""
 
 from __future__ import annotations
 
@@ -102,3 +102,62 @@ def test_export_of_a_folder_that_is_not_a_bundle_is_one_clear_line(tmp_path: Pat
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "nothing: no manifest.json (not a Nexus bundle)" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bitsandbytes_nf4_layers_export_the_weights_they_multiply_with() -> None:
+    bnb_functional = pytest.importorskip("bitsandbytes.functional")
+    from nexus_quant_bnb import quantize_linears
+
+    torch.manual_seed(0)
+    layer = quantize_linears(torch.nn.Sequential(torch.nn.Linear(64, 96)), "nf4")[0]
+    weight = hf_export.float_linear_weight(layer)
+    inputs = torch.randn(5, 64)
+    assert weight is not None and weight.shape == (96, 64)
+    with torch.no_grad():
+        assert torch.equal(torch.nn.functional.linear(inputs, weight, layer.bias), layer(inputs))
+    # What bitsandbytes does at the first eval forward on an AVX512-bf16 CPU: codes repacked for
+    # its kernel, block scales kept as bfloat16. The export reads them back, within that rounding.
+    layer.weight.data, layer.weight.quant_state = bnb_functional._convert_weight_packed_for_cpu(
+        layer.weight.data, layer.weight.quant_state)
+    repacked = hf_export.float_linear_weight(layer)
+    assert repacked is not None and repacked.shape == (96, 64)
+    assert (repacked - weight).abs().max() <= weight.abs().max() * 2 ** -8
+    assert (repacked - weight).abs().max() > 0  # the bfloat16 scales, not a copy of the unpacked weight
+    assert layer.weight.quant_state.packing_format_for_cpu  # the layer itself is left as it was
+
+
+def test_a_destination_that_cannot_be_written_is_one_clear_error(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(hf_export.ExportError, match=r"a-file is a file, so the export folder cannot be made"):
+        hf_export.export_hf(tmp_path / "bundle", tmp_path / "a-file" / "out")
+    assert (tmp_path / "a-file").read_text() == "mine"
+    monkeypatch.chdir(tmp_path)  # `.` is the (non-empty) working folder: refused by its real name
+    with pytest.raises(hf_export.ExportError, match=rf"{tmp_path.resolve()} exists and is not an earlier export"):
+        hf_export.export_hf(tmp_path / "bundle", Path("."))
+    result = nexus("export", str(tmp_path / "bundle"), "--format", "hf", str(tmp_path / "a-file" / "out"),
+                   cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "is a file" in result.stderr
+
+
+def test_an_old_bundle_with_bitsandbytes_int8_adapters_exports_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    from nexus_kernel.student.bundle import write_bundle
+    from nexus_kernel.student.packaging import drop_training_state, export_files, quantize_student, student_section
+
+    plugins = _plugins(quantizer=True)
+    student = default_student()
+    drop_training_state(student)
+    made_by = {"backbone": "quant-bnb"} | {f"adapters.{name}": "quant-bnb" for name in RANKS}
+    quantizers = quantize_student(student, plugins, "int8", made_by)  # as packaged before the kernel took adapters
+    assert {quantizers[f"adapters.{name}"] for name in RANKS} == {"quant-bnb"}
+    write_bundle(tmp_path / "bundle", export_files(student, {}), {
+        "capabilities": {name: {"plugin": f"nexus-cap-{name}"} for name in RANKS},
+        "requires": {"nexus-kernel": metadata.version("nexus-kernel")},
+        "student": student_section(student, "int8", quantizers)})
+    monkeypatch.setattr("nexus_kernel.student.packaging.load_bundle", lambda folder: load_bundle(folder, plugins))
+    manifest = hf_export.export_hf(tmp_path / "bundle", tmp_path / "out")
+    assert [warning.split("'")[1] for warning in manifest["warnings"]] == sorted(RANKS)
+    assert all("close to, not exactly as, the bundle" in warning for warning in manifest["warnings"])

@@ -104,12 +104,15 @@ def _plot(name: str, title: str, x_label: str, y_label: str, draw: Callable[[Any
     import io
 
     import matplotlib
+    import matplotlib.style
     from matplotlib.figure import Figure
 
     # A bare Figure, not pyplot: no global figure manager keeps it alive, so there is nothing
     # to close and no backend to switch (savefig picks the SVG canvas).
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"nexus-{name}", "font.size": 9,
-                                "axes.grid": True, "grid.alpha": 0.3, "axes.axisbelow": True}):
+    # matplotlib's defaults under ours, not a user's matplotlibrc: the same run, the same report.
+    ours = {"svg.fonttype": "none", "svg.hashsalt": f"nexus-{name}", "font.size": 9, "axes.grid": True,
+            "grid.alpha": 0.3, "axes.axisbelow": True}
+    with matplotlib.style.context("default"), matplotlib.rc_context(ours):
         figure = Figure(figsize=(6.0, 3.2))
         axes = figure.add_subplot()
         if draw is None:

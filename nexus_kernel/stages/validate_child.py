@@ -62,9 +62,10 @@ def evaluate_in_child(job: dict[str, Any], job_file: Path, timeout: float | None
         try:
             for line in child.stderr or ():
                 text, mark, report = line.partition(PROGRESS_MARK)  # after a library's unfinished line too
-                if mark and on_progress is not None:
-                    on_progress(json.loads(report))
-                if mark:
+                progress = _progress_report(report) if mark else None
+                if progress is not None and on_progress is not None:
+                    on_progress(progress)
+                if progress is not None:
                     line = text + "\n" if text.strip() else ""
                 tail.append(line)
                 kept += len(line)
@@ -78,6 +79,16 @@ def evaluate_in_child(job: dict[str, Any], job_file: Path, timeout: float | None
         raise subprocess.TimeoutExpired(command, timeout or 0)
     answer = json.loads(output.read_text()) if output.is_file() else {}
     return code, answer, "".join(tail)[-_TAIL:]
+
+
+def _progress_report(text: str) -> dict[str, Any] | None:
+    """A progress line's JSON, or None for a line that only looks like one (a library printed
+    the mark, or the line was cut): such a line stays in the stderr tail as it is."""
+    try:
+        report = json.loads(text)
+    except ValueError:
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def _report(event: str, **fields: Any) -> None:

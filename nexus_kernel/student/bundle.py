@@ -96,9 +96,14 @@ def write_bundle(folder: Path, files: Mapping[str, bytes], manifest: Mapping[str
 def replace_folder(folder: Path, files: Mapping[str, bytes]) -> None:
     """Write `files` (relative POSIX path to bytes, each inside `folder`) into a temporary
     sibling of `folder`, then rename it into place: `folder` holds either what it held or all
-    of `files`, never a part. The caller decides whether an existing `folder` may be replaced."""
+    of `files`, never a part. A replace stopped between its two renames is undone by the next
+    call (`folder` is restored from `.<name>.old` before anything is written). The caller
+    decides whether an existing `folder` may be replaced."""
     for name in files:
         _safe_relative(folder, name)
+    old = folder.with_name(f".{folder.name}.old")
+    if old.is_dir() and not folder.exists():  # an earlier replace stopped between its two renames
+        os.rename(old, folder)
     partial = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -106,7 +111,6 @@ def replace_folder(folder: Path, files: Mapping[str, bytes]) -> None:
         path = partial.joinpath(*PurePosixPath(name).parts)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    old = folder.with_name(f".{folder.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.rename(folder, old)

@@ -29,6 +29,7 @@ not empty is refused, never overwritten.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,32 @@ def float_linear_weight(layer: nn.Module) -> torch.Tensor | None:
         weight = layer.weight  # type: ignore[union-attr]
         return weight.data.float() * weight.SCB.float()[:, None] / 127  # type: ignore[union-attr]
     if _bnb_layer(layer, "Linear4bit"):
-        import bitsandbytes.functional as bnb_functional
-
-        weight = layer.weight  # type: ignore[union-attr]
-        return bnb_functional.dequantize_4bit(weight.data, weight.quant_state).float()  # type: ignore[union-attr]
+        return _bnb_nf4_weight(layer.weight)  # type: ignore[union-attr]
     return None
+
+
+def _bnb_nf4_weight(weight: Any) -> torch.Tensor:
+    """A bitsandbytes 4-bit `Params4bit` as the float `(out, in)` weight it multiplies with.
+
+    On a CPU with AVX512-bf16, bitsandbytes repacks the codes for its own kernel at the first
+    eval-mode forward and keeps the block scales as bfloat16 (`packing_format_for_cpu`); its
+    own inverse re-quantizes those scales, so the codes are unpacked here from a copy and scaled
+    by the bfloat16 scales that kernel uses. The layer itself is left as it is."""
+    import copy
+
+    import bitsandbytes.functional as bnb_functional
+
+    state = weight.quant_state
+    if not getattr(state, "packing_format_for_cpu", False):
+        return bnb_functional.dequantize_4bit(weight.data, state).float()
+    state = copy.deepcopy(state)
+    scales = state.absmax.float()  # (in / blocksize, out), bfloat16 values
+    out_features, in_features = state.shape
+    packed, _ = bnb_functional._convert_weight_packed_for_cpu_inverse(weight.data.clone(), state)
+    flat = packed.reshape(-1).view(torch.uint8).to(torch.long)
+    codes = torch.stack([flat >> 4, flat & 0xF], dim=-1).reshape(out_features, in_features)
+    block_scales = scales.T.repeat_interleave(in_features // scales.shape[0], dim=1)
+    return state.code.float()[codes] * block_scales
 
 
 def float_state(module: nn.Module, keep_int8_linears: bool = False) -> dict[str, torch.Tensor]:
@@ -205,26 +227,57 @@ def export_files(bundle: Any) -> dict[str, bytes]:
     return files
 
 
+def _writable_destination(out: Path) -> None:
+    """Refuse, before any work, an `out` that cannot become the export folder."""
+    if out.exists() and not (out / EXPORT_MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not an earlier export (no {EXPORT_MANIFEST}); choose an empty or "
+                          "new folder")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ExportError(f"{out}: {ancestor} is a file, so the export folder cannot be made there")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ExportError(f"{out}: {ancestor} is not writable")
+
+
+def bnb_int8_adapters(manifest: Mapping[str, Any]) -> list[str]:
+    """The capabilities whose adapters bitsandbytes int8 quantized (bundles packaged before the
+    kernel took every adapter): that layer also rounds its input, so their float export answers
+    a little differently from the bundle."""
+    section = manifest["student"]
+    return sorted(key.removeprefix("adapters.") for key, made_by in section["quantizers"].items()
+                  if key.startswith("adapters.") and made_by == BNB_INT8_QUANTIZER and section["scheme"] == "int8")
+
+
 def export_hf(bundle_folder: Path, out: Path) -> dict[str, Any]:
     """Export the bundle at `bundle_folder` into `out` (see the module docstring); returns the
-    export's manifest. A bundle that fails verification raises `BundleError`; an `out` that
-    exists and is not an earlier export raises `ExportError`."""
+    export's manifest, whose `warnings` say where the export cannot compute exactly what the
+    bundle does. A bundle that fails verification raises `BundleError`; an `out` that exists and
+    is not an earlier export, lies inside the bundle or cannot be written raises `ExportError`."""
     from nexus_kernel.run.fsio import canonical_json, sha256_bytes
     from nexus_kernel.student.bundle import replace_folder
     from nexus_kernel.student.packaging import load_bundle
 
-    if out.exists() and not (out / EXPORT_MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} exists and is not an earlier export (no {EXPORT_MANIFEST}); choose an empty or "
-                          "new folder")
-    if out.resolve() == bundle_folder.resolve() or out.resolve().is_relative_to(bundle_folder.resolve()):
+    out = out.resolve()  # `.` or `..` has no name to put a temporary sibling beside
+    _writable_destination(out)
+    if out == bundle_folder.resolve() or out.is_relative_to(bundle_folder.resolve()):
         raise ExportError(f"{out}: export outside the bundle {bundle_folder}, not into it")
     bundle = load_bundle(bundle_folder)
     files = export_files(bundle)
+    warnings = [f"adapter {name!r} was quantized by bitsandbytes int8, which also rounds its input; its float "
+                "PEFT export answers close to, not exactly as, the bundle (package again with this version "
+                "for an exact export)" for name in bnb_int8_adapters(bundle.manifest)]
     manifest = {"format": "hf", "bundle": str(bundle_folder), "capabilities": sorted(bundle.student.adapters),
                 "backbone_quantization": "bitsandbytes int8" if _bnb_int8_backbone(bundle.manifest) else "float",
+                "warnings": warnings,
                 "files": {path: {"bytes": len(data), "sha256": sha256_bytes(data)}
                           for path, data in sorted(files.items())}}
-    replace_folder(out, files | {EXPORT_MANIFEST: canonical_json(manifest).encode()})
+    try:
+        replace_folder(out, files | {EXPORT_MANIFEST: canonical_json(manifest).encode()})
+    except OSError as exc:
+        raise ExportError(f"{out}: the export could not be written ({exc.strerror or exc}); nothing was "
+                          "replaced") from None
     return manifest
 
 
@@ -232,7 +285,8 @@ def describe_export(out: Path, manifest: Mapping[str, Any]) -> str:
     """What `nexus export` prints: the folder, what it holds and how to load it."""
     total = sum(entry["bytes"] for entry in manifest["files"].values())
     names = ", ".join(manifest["capabilities"])
-    return (f"exported to {out} ({total / 1e6:.2f} MB; backbone {manifest['backbone_quantization']}; "
-            f"PEFT LoRA adapters: {names})\n"
-            f"load: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{out / BACKBONE}'), "
-            f"'{out / 'adapters' / manifest['capabilities'][0]}')")
+    summary = (f"exported to {out} ({total / 1e6:.2f} MB; backbone {manifest['backbone_quantization']}; "
+               f"PEFT LoRA adapters: {names})\n")
+    recipe = (f"load: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{out / BACKBONE}', "
+              f"dtype=torch.float32), '{out / 'adapters' / manifest['capabilities'][0]}')")
+    return summary + recipe
