@@ -1,15 +1,22 @@
-"""Nexus's low-rank deltas (forward hooks on the backbone's linears) against PEFT's LoRA layers,
-training the same adapter on the same batches, in one run: steps per second and the loss.
+"""Nexus's low-rank deltas against PEFT's LoRA layers, training the same adapter on the same
+batches, in one run: steps per second and the loss.
 
 The student is the default stage-3 shape (LLaMA-style, `[student]` defaults, the demo's
 vocabulary size) with one adapter of rank 21 on every linear of its decoder blocks (the demo
-math adapter's shape). (a) Nexus: `NexusStudent` + `CapabilityAdapter`, `text_logits` with the
-adapter active. (b) PEFT: `get_peft_model` with `LoraConfig(r=21, lora_alpha=21, targets by full
-name)`, its `lora_A`/`lora_B` set to the same initial weights (`up` = `lora_B` starts non-zero
-here, so the two start from the same non-trivial adapter). Both train the adapter only, with
-cross-entropy on the same random batches and AdamW. Rounds alternate; the best of each gives
-steps/s and the ratio PEFT / Nexus; the loss after the last step says whether they train the
-same function (float differences only).
+math adapter's shape). Three ways to train it, each from the same start:
+
+- `merged`: `NexusStudent` in training mode, as stage 4 trains: each target computes one matmul
+  with `W + up @ down` (`NexusStudent._merged_forward`);
+- `unmerged`: the same student with its linears in eval mode, so each target computes
+  `W x + up(down(x))` (three matmuls), what inference and the export compute;
+- `peft`: `get_peft_model` with `LoraConfig(r=21, lora_alpha=21, targets by full name)`, its
+  `lora_A`/`lora_B` set to the same initial weights (`up` = `lora_B` starts non-zero here, so
+  all start from the same non-trivial adapter).
+
+All train with cross-entropy on the same random batches and AdamW, once with the backbone
+frozen (stage 4's adapter phase) and once with it trained too (the joint phase). Rounds
+alternate; the best of each gives steps/s and the ratios against `merged`; the losses after the
+last step say whether they train the same function (float differences only).
 
     python benchmarks/lora.py [--steps 60] [--rounds 3] [--threads 1] [--json f.json]
 """
@@ -86,6 +93,21 @@ def train(step_logits: Any, parameters: list[torch.nn.Parameter], data: list[tor
     return time.perf_counter() - start, float(loss.detach())
 
 
+def run_variant(variant: str, backbone_trained: bool, data: list[torch.Tensor]) -> tuple[float, float]:
+    """Seconds and final loss of one way of training (see the module docstring)."""
+    student, peft_model, _ = build()  # every variant from the same start
+    mask = torch.ones(BATCH, LENGTH, dtype=torch.long)
+    if variant == "peft":
+        if backbone_trained:
+            peft_model.base_model.model.requires_grad_(True)
+        trainable = [p for p in peft_model.parameters() if p.requires_grad]
+        return train(lambda ids: peft_model(input_ids=ids, attention_mask=mask).logits, trainable, data)
+    student.freeze_backbone(not backbone_trained)
+    student.train(variant == "merged")
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    return train(lambda ids: student.text_logits("math", ids, mask), trainable, data)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
@@ -95,26 +117,23 @@ def main() -> None:
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     data = batches(arguments.steps)
-    best = {"nexus": float("inf"), "peft": float("inf")}
-    losses: dict[str, float] = {}
-    for _ in range(arguments.rounds):
-        student, peft_model, _ = build()  # both from the same start in every round
-        mask = torch.ones(BATCH, LENGTH, dtype=torch.long)
-        seconds, losses["nexus"] = train(lambda ids: student.text_logits("math", ids, mask),
-                                         list(student.adapters.parameters()), data)
-        best["nexus"] = min(best["nexus"], seconds)
-        trainable = [p for p in peft_model.parameters() if p.requires_grad]
-        seconds, losses["peft"] = train(lambda ids: peft_model(input_ids=ids, attention_mask=mask).logits,
-                                        trainable, data)
-        best["peft"] = min(best["peft"], seconds)
-    result = {"steps": arguments.steps, "threads": arguments.threads,
-              "steps_per_second": {name: arguments.steps / seconds for name, seconds in best.items()},
-              "ratio_peft_to_nexus": best["nexus"] / best["peft"], "final_loss": losses,
-              "final_loss_relative_difference": abs(losses["peft"] - losses["nexus"]) / abs(losses["nexus"])}
-    print(f"nexus hooks {result['steps_per_second']['nexus']:.2f} steps/s, PEFT LoRA "
-          f"{result['steps_per_second']['peft']:.2f} steps/s: ratio PEFT/Nexus {result['ratio_peft_to_nexus']:.3f}; "
-          f"loss after {arguments.steps} steps {losses['nexus']:.5f} vs {losses['peft']:.5f} "
-          f"(relative difference {result['final_loss_relative_difference']:.2e})")
+    variants = ("merged", "unmerged", "peft")
+    result: dict[str, Any] = {"steps": arguments.steps, "threads": arguments.threads}
+    for phase, backbone_trained in (("adapter", False), ("joint", True)):
+        best = dict.fromkeys(variants, float("inf"))
+        losses: dict[str, float] = {}
+        for round_index in range(arguments.rounds):
+            order = variants if round_index % 2 == 0 else variants[::-1]  # alternate: no variant always first
+            for variant in order:
+                seconds, losses[variant] = run_variant(variant, backbone_trained, data)
+                best[variant] = min(best[variant], seconds)
+        rates = {name: arguments.steps / seconds for name, seconds in best.items()}
+        result[phase] = {"steps_per_second": rates, "final_loss": losses,
+                         "speedup_of_merged": {name: best[name] / best["merged"] for name in variants[1:]}}
+        print(f"{phase} phase: merged {rates['merged']:.2f} steps/s, unmerged {rates['unmerged']:.2f}, PEFT "
+              f"{rates['peft']:.2f}: merged is {best['unmerged'] / best['merged']:.2f} x unmerged and "
+              f"{best['peft'] / best['merged']:.2f} x PEFT; loss after {arguments.steps} steps "
+              + ", ".join(f"{name} {loss:.5f}" for name, loss in losses.items()))
     if arguments.json:
         atomic_write_json(arguments.json, result)
 

@@ -4,8 +4,9 @@ An adapter holds low-rank deltas for named `nn.Linear` modules of the backbone, 
 projector its modality needs (any module from raw input `(batch, *input_shape)` to
 `(batch, tokens, hidden)`, supplied by the owning plugin; text has none), an output head for embedding capabilities, and the anchor projections stage 4 trains (hidden
 state into the teacher's PCA coefficients; training-only, dropped when packaging). The deltas
-are applied through forward hooks for whichever capability is active, so the backbone keeps
-its own module names and loads and saves as the transformers model it is.
+are applied for whichever capability is active (a plain linear's forward, or a forward hook on
+a quantized one), so the backbone keeps its own module names and loads and saves as the
+transformers model it is.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ class LowRankDelta(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(inputs))
+
+
+class _RoutedForward:
+    """A plain linear's own `forward` replaced by the student's (`NexusStudent._merged_forward`)
+    until `remove()`: the handle `_hooked` keeps, as it keeps a forward hook's. An instance
+    attribute, so the module's name, parameters and state dict stay the transformers model's."""
+
+    def __init__(self, module: nn.Module, forward: Any) -> None:
+        self.module = module
+        module.forward = forward  # type: ignore[method-assign]
+
+    def remove(self) -> None:
+        self.module.__dict__.pop("forward", None)
 
 
 class EmbeddingHead(nn.Module):
@@ -194,8 +208,13 @@ class NexusStudent(nn.Module):
         modules = dict(self.backbone.named_modules())
         for key in adapter.deltas:
             target = key.replace("__", ".")
-            if target not in self._hooked:
-                self._hooked[target] = modules[target].register_forward_hook(self._apply_delta(target))
+            if target in self._hooked:
+                continue
+            module = modules[target]
+            if type(module) is nn.Linear:
+                self._hooked[target] = _RoutedForward(module, self._merged_forward(target, module))
+            else:
+                self._hooked[target] = module.register_forward_hook(self._apply_delta(target))
 
     def reattach_deltas(self) -> None:
         """Hook the deltas onto the backbone's current modules: needed once its linears were
@@ -205,6 +224,28 @@ class NexusStudent(nn.Module):
         self._hooked.clear()
         for adapter in self.adapters.values():
             self._hook_deltas(adapter)  # type: ignore[arg-type]
+
+    def _merged_forward(self, target: str, linear: nn.Linear) -> Any:
+        """The forward of a plain `nn.Linear` target (one that quantization has not replaced).
+
+        In training mode, with an active delta of plain linears: one matmul with
+        `W + up.weight @ down.weight`, the same map as `W x + up(down(x))` up to float rounding.
+        The three thin matmuls (and their backward) become one, and in the joint phase the
+        backbone's own weight gradient carries the adapter's: benchmarks/lora.py measures the
+        step. In eval mode, or with a quantized delta: `W x + b + up(down(x))`, the ops the
+        forward hook of other layers applies and PEFT's LoRA layer computes, so inference,
+        scoring and an exported adapter stay bit for bit what they were."""
+
+        def forward(inputs: torch.Tensor) -> torch.Tensor:
+            active = self._route[0]
+            delta = active.delta(target) if active is not None else None
+            if delta is None:
+                return nn.functional.linear(inputs, linear.weight, linear.bias)
+            if linear.training and type(delta.down) is nn.Linear and type(delta.up) is nn.Linear:
+                return nn.functional.linear(inputs, linear.weight + delta.up.weight @ delta.down.weight, linear.bias)
+            return nn.functional.linear(inputs, linear.weight, linear.bias) + delta(inputs)
+
+        return forward
 
     def _apply_delta(self, target: str) -> Any:
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
