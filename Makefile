@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python benchmarks/pca.py --json runs/benchmarks/pca.json
 	$(BIN)/python benchmarks/profiling.py --json runs/benchmarks/profiling.json
 	$(BIN)/python benchmarks/distill.py --json runs/benchmarks/distill.json
+	$(BIN)/python benchmarks/lora.py --threads 2 --json runs/benchmarks/lora.json
 
 # On purpose only: resolve the newest versions the packages' own ranges allow, in a scratch
 # venv, and write them to constraints.txt (then run `make test` and commit it).
