@@ -63,9 +63,9 @@ def evaluate_in_child(job: dict[str, Any], job_file: Path, timeout: float | None
             for line in child.stderr or ():
                 text, mark, report = line.partition(PROGRESS_MARK)  # after a library's unfinished line too
                 progress = _progress_report(report) if mark else None
-                if progress is not None and on_progress is not None:
-                    on_progress(progress)
                 if progress is not None:
+                    if on_progress is not None:
+                        on_progress(progress)
                     line = text + "\n" if text.strip() else ""
                 tail.append(line)
                 kept += len(line)

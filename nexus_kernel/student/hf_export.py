@@ -134,9 +134,16 @@ def float_state(module: nn.Module, keep_int8_linears: bool = False) -> dict[str,
     return {name: value.contiguous() for name, value in state.items()}
 
 
-def _bnb_int8_backbone(manifest: Mapping[str, Any]) -> bool:
+def _made_by_bnb_int8(manifest: Mapping[str, Any]) -> set[str]:
+    """The manifest's `quantizers` keys (`backbone`, `adapters.<name>`) that bitsandbytes int8 made."""
     section = manifest["student"]
-    return bool(section["scheme"] == "int8" and section["quantizers"].get("backbone") == BNB_INT8_QUANTIZER)
+    if section["scheme"] != "int8":
+        return set()
+    return {key for key, made_by in section["quantizers"].items() if made_by == BNB_INT8_QUANTIZER}
+
+
+def _bnb_int8_backbone(manifest: Mapping[str, Any]) -> bool:
+    return "backbone" in _made_by_bnb_int8(manifest)
 
 
 def backbone_files(student: Any, manifest: Mapping[str, Any]) -> dict[str, bytes]:
@@ -245,9 +252,7 @@ def bnb_int8_adapters(manifest: Mapping[str, Any]) -> list[str]:
     """The capabilities whose adapters bitsandbytes int8 quantized (bundles packaged before the
     kernel took every adapter): that layer also rounds its input, so their float export answers
     a little differently from the bundle."""
-    section = manifest["student"]
-    return sorted(key.removeprefix("adapters.") for key, made_by in section["quantizers"].items()
-                  if key.startswith("adapters.") and made_by == BNB_INT8_QUANTIZER and section["scheme"] == "int8")
+    return sorted(key.removeprefix("adapters.") for key in _made_by_bnb_int8(manifest) if key.startswith("adapters."))
 
 
 def export_hf(bundle_folder: Path, out: Path) -> dict[str, Any]:

@@ -237,8 +237,7 @@ class NexusStudent(nn.Module):
         scoring and an exported adapter stay bit for bit what they were."""
 
         def forward(inputs: torch.Tensor) -> torch.Tensor:
-            active = self._route[0]
-            delta = active.delta(target) if active is not None else None
+            delta = self._active_delta(target)
             if delta is None:
                 return nn.functional.linear(inputs, linear.weight, linear.bias)
             if linear.training and type(delta.down) is nn.Linear and type(delta.up) is nn.Linear:
@@ -247,10 +246,14 @@ class NexusStudent(nn.Module):
 
         return forward
 
+    def _active_delta(self, target: str) -> LowRankDelta | None:
+        """The active capability's delta on `target`, if it has one."""
+        active = self._route[0]
+        return active.delta(target) if active is not None else None
+
     def _apply_delta(self, target: str) -> Any:
         def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-            active = self._route[0]
-            delta = active.delta(target) if active is not None else None
+            delta = self._active_delta(target)
             return output if delta is None else output + delta(inputs[0])
         return hook
 
