@@ -221,8 +221,8 @@ def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path
 
 
 def test_a_step_that_adds_a_part_is_compared_with_steps_like_it(tmp_path: Path) -> None:
-    """The joint phase trains a converged capability every fourth step only: the total loss
-    then jumps on those steps, which is not a spike."""
+    """The joint phase trains a converged capability on every `REVISIT_EVERY`th step only: the
+    total loss then jumps on those steps, which is not a spike."""
     model, regression_loss = regression()
 
     def step_loss(step: int, alpha: float, extra: dict) -> tuple[torch.Tensor, dict[str, float]]:

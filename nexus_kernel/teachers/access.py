@@ -56,8 +56,10 @@ class TeacherSession:
     def release(self) -> None:
         import gc
 
+        held = self._teacher is not None
         self._teacher, self._key = None, None
-        gc.collect()
+        if held:  # a model's reference cycles hold its weights until a collection (0.25 s each)
+            gc.collect()
 
     def __enter__(self) -> TeacherSession:
         return self

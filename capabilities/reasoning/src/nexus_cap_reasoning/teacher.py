@@ -14,7 +14,7 @@ from nexus_modalities.training import TrainingPlan
 
 NAME = "nexus-demo-reasoning"
 MODEL = {**SMALL_DECODER, "max_position_embeddings": 256}
-PLAN = TrainingPlan(steps=2100, learning_rate=1.5e-3, batch_size=48, first_round=900, round_steps=300)
+PLAN = TrainingPlan(steps=2100, learning_rate=1.5e-3, batch_size=48, first_round=600, round_steps=300)
 
 
 def demo() -> DemoTeacher:
