@@ -67,35 +67,33 @@ def test_math_and_reasoning_answer_through_transformers_and_peft_as_nexus_infer(
     from nexus_cap_math.data import SyntheticRecipe as Problems
     from nexus_cap_reasoning import benchmark as reasoning_benchmark
     from nexus_cap_reasoning.data import SyntheticRecipe as Questions
+    from nexus_modalities.text_model import text_model_of
 
     out, bundle = exported
     problems = Problems().test()[:COUNT]
     questions = Questions().test()[:COUNT]
     assert len(problems) == len(questions) == COUNT
     math_prompts = [math_benchmark.prompt_of(Problem(question=p.question, answer="")) for p in problems]
+    # The session's tiny student (twelve training steps) may stop at once on every plain prompt (on
+    # some CPUs it does: twenty empty answers), so the decoding is also compared where it writes:
+    # each prompt followed by the first word of its worked answer, through the text model that the
+    # math plugin's `answer` decodes with, one prompt at a time as `nexus infer` asks.
+    started = [f"{prompt} {problem.answer.split()[0]}" for prompt, problem in zip(math_prompts, problems, strict=True)]
     requests = {
-        "math": {"kind": "generate", "max_new_tokens": math_benchmark.MAX_ANSWER_TOKENS, "items": math_prompts},
+        "math": {"kind": "generate", "max_new_tokens": math_benchmark.MAX_ANSWER_TOKENS,
+                 "items": math_prompts + started},
         "reasoning": {"kind": "choose", "items": [{"prompt": reasoning_benchmark.prompt_of(q),
                                                    "options": list(reasoning_benchmark.CONTINUATIONS)}
                                                   for q in questions]}}
     served = _serve(out, requests, tmp_path)
     ours_math = [bundle.answer("math", [p.question]) for p in problems]
     ours_reasoning = [bundle.answer("reasoning", [q.question, *q.choices]) for q in questions]
-    assert served["math"] == ours_math
+    served_math, served_continued = served["math"][:COUNT], served["math"][COUNT:]
+    assert served_math == ours_math
     assert [option.strip() for option in served["reasoning"]] == [answer.split(")")[0] for answer in ours_reasoning]
-    # The session's tiny student (twelve training steps) may stop at once on every plain prompt (on
-    # some CPUs it does: twenty empty answers), so the decoding is also compared where it writes:
-    # each prompt followed by the first word of its worked answer, through the text model that the
-    # math plugin's `answer` decodes with, one prompt at a time as `nexus infer` asks.
-    from nexus_modalities.text_model import text_model_of
-
-    started = [f"{prompt} {problem.answer.split()[0]}" for prompt, problem in zip(math_prompts, problems, strict=True)]
-    (tmp_path / "started").mkdir()
-    continued = _serve(out, {"math": {"kind": "generate", "max_new_tokens": math_benchmark.MAX_ANSWER_TOKENS,
-                                      "items": started}}, tmp_path / "started")
     text_model = text_model_of(bundle.model("math"))
     ours_continued = [text_model.generate([prompt], math_benchmark.MAX_ANSWER_TOKENS)[0].strip() for prompt in started]
-    assert continued["math"] == ours_continued
+    assert served_continued == ours_continued
     assert len(set(ours_math) | set(ours_continued)) > 1  # the answers differ by prompt: the comparison can fail
     # `Bundle.answer` is what `nexus infer` prints.
     assert _cli_answer(tmp_path, bundle, "math", [problems[0].question]) == ours_math[0]
