@@ -6,8 +6,9 @@ PEFT LoRA adapter per capability in `OUT/adapters/<name>/`. This file is the REA
 
     python examples/hf_serving.py OUT requests.json   # prints the answers as JSON
 
-Text capabilities: `generate` (greedy, as `nexus infer` decodes) and `choose` (the option
-whose tokens are most likely, as multiple-choice capabilities answer). Image and audio
+Text capabilities: `generate` (greedy, as `nexus infer` decodes), `loglikelihoods` (each
+continuation's summed log-probability after a prompt, optionally after a projected prefix) and
+`choose` (the most likely option, as multiple-choice capabilities answer). Image and audio
 capabilities read a prefix through their projector (`parts.safetensors`): `prefix_embeds`
 turns the plugin's input features into the backbone's input embeddings, `generate_after`
 answers about them, and `embed` + `nearest_label` give an embedding capability's label.
@@ -59,21 +60,34 @@ def generate(model: Any, tokenizer: Any, capability: str, prompt: str, max_new_t
     return str(tokenizer.decode(new))
 
 
-def choose(model: Any, tokenizer: Any, capability: str, prompt: str, options: list[str]) -> str:
-    """The option whose tokens, after `prompt`, have the highest summed log-probability (one
-    right-padded batch, as lm-evaluation-harness' `loglikelihood` requests)."""
+def loglikelihoods(model: Any, tokenizer: Any, capability: str, prompt: str, continuations: list[str],
+                   projected: torch.Tensor | None = None) -> list[float]:
+    """The summed log-probability of each continuation's tokens after `prompt` (one right-padded
+    batch, as lm-evaluation-harness' `loglikelihood` requests); after an image's or recording's
+    projected tokens `(1, tokens, hidden)` (`prefix_embeds`) when given."""
     model.set_adapter(capability)
     start = prompt_ids(tokenizer, prompt)[0].tolist()
-    rows = [start + tokenizer(option, add_special_tokens=False)["input_ids"] for option in options]
+    rows = [start + tokenizer(continuation, add_special_tokens=False)["input_ids"] for continuation in continuations]
     width = max(len(row) for row in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
     mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
     with torch.inference_mode():
-        logits = model(input_ids=ids, attention_mask=mask,
-                       position_ids=torch.arange(width).expand(len(rows), width)).logits
+        embeds = model.get_input_embeddings()(ids)
+        offset = 0
+        if projected is not None:
+            offset = projected.shape[1]
+            embeds = torch.cat([projected.expand(len(rows), -1, -1), embeds], dim=1)
+            mask = torch.cat([torch.ones(len(rows), offset, dtype=mask.dtype), mask], dim=1)
+        logits = model(inputs_embeds=embeds, attention_mask=mask,
+                       position_ids=torch.arange(offset + width).expand(len(rows), -1)).logits[:, offset:]
     logprobs = torch.log_softmax(logits.float(), dim=-1)
-    totals = [sum(float(logprobs[i, t - 1, row[t]]) for t in range(len(start), len(row))) for i, row in enumerate(rows)]
+    return [sum(float(logprobs[i, t - 1, row[t]]) for t in range(len(start), len(row))) for i, row in enumerate(rows)]
+
+
+def choose(model: Any, tokenizer: Any, capability: str, prompt: str, options: list[str]) -> str:
+    """The option whose tokens, after `prompt`, are most likely (`loglikelihoods`)."""
+    totals = loglikelihoods(model, tokenizer, capability, prompt, options)
     return options[max(range(len(options)), key=totals.__getitem__)]
 
 
@@ -138,12 +152,14 @@ def nearest_label(parts: dict[str, torch.Tensor], embedding: torch.Tensor) -> st
 
 
 def main(out: Path, requests_path: Path) -> dict[str, Any]:
-    """Answer `requests.json`: `{"<capability>": {"kind": "generate" | "choose" | "generate_after"
-    | "embed", "max_new_tokens": n, "items": [...]}}`; prefixes come from a safetensors file."""
+    """Answer `requests.json`: `{"<name>": {"kind": "generate" | "choose" | "loglikelihood" |
+    "generate_after" | "embed", "max_new_tokens": n, "items": [...]}}`, each by the adapter of
+    its `"capability"` (default: its name); prefixes come from a safetensors file."""
     model, tokenizer, parts = load(out)
     requests = json.loads(requests_path.read_text())
     answers: dict[str, Any] = {}
-    for capability, request in requests.items():
+    for name, request in requests.items():
+        capability = request.get("capability", name)
         meta_path = out / "adapters" / capability / "parts.json"
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         prefixes = load_file(request["prefixes"]) if "prefixes" in request else {}
@@ -153,13 +169,17 @@ def main(out: Path, requests_path: Path) -> dict[str, Any]:
                 replies.append(generate(model, tokenizer, capability, item, request["max_new_tokens"]).strip())
             elif request["kind"] == "choose":
                 replies.append(choose(model, tokenizer, capability, item["prompt"], item["options"]))
+            elif request["kind"] == "loglikelihood":
+                projected = prefix_embeds(parts[capability], meta, prefixes[str(index)]) if prefixes else None
+                replies.append(loglikelihoods(model, tokenizer, capability, item["prompt"], item["continuations"],
+                                              projected))
             elif request["kind"] == "generate_after":
                 replies.append(generate_after(model, tokenizer, capability, parts[capability], meta,
                                               prefixes[str(index)], item, request["max_new_tokens"]).strip())
             else:
                 found = embed(model, capability, parts[capability], meta, prefixes[str(index)])[0]
                 replies.append(nearest_label(parts[capability], found))
-        answers[capability] = replies
+        answers[name] = replies
     answers["modules"] = sorted(name for name in sys.modules if name.split(".")[0].startswith("nexus"))
     return answers
 

@@ -159,7 +159,12 @@ def require_plugins(*modules: str) -> dict[str, ModuleType]:
 
 
 def build_tiny_demo_teachers(root: Path) -> Path:
-    """The four demo teachers' architectures, each trained for two steps, in `root/<name>`."""
+    """The four demo teachers' architectures, each trained for two steps, in `root/<name>`.
+
+    Each build starts from its recipe's seed, as stage 1's worker does: the same bytes in
+    every pytest session, whatever ran before it in the process."""
+    from nexus_kernel.run.seeding import seed_everything
+
     require_plugins()
     for capability, overrides in _TINY_RECIPES.items():
         demo = importlib.import_module(f"nexus_cap_{capability}.teacher").demo()
@@ -167,6 +172,7 @@ def build_tiny_demo_teachers(root: Path) -> Path:
                   for key, value in demo.recipe.items()}
         folder = root / demo.name
         folder.mkdir(parents=True)
+        seed_everything(int(recipe.get("seed", 0)))
         demo.build(folder, recipe, lambda steps: None)
     return root
 

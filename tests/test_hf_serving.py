@@ -1,7 +1,8 @@
 """The demo bundle served without Nexus: `nexus export --format hf`, then
 `examples/hf_serving.py` (the README's recipe) in a process that imports transformers, PEFT and
 torch only, answering what `nexus infer` answers: 20 math problems and 20 reasoning questions,
-and 20 pictures and 20 recordings through the exported projectors, head and centroids."""
+and 20 pictures and 20 recordings through the exported projectors, head and centroids; and
+scoring continuations (lm-evaluation-harness' `loglikelihood`) as the bundle scores them."""
 
 from __future__ import annotations
 
@@ -54,6 +55,18 @@ def _serve(out: Path, requests: dict[str, Any], folder: Path) -> dict[str, Any]:
     return answers
 
 
+def _assert_same_scores(served: list[list[float]], ours: list[float]) -> None:
+    """The served log-likelihoods (one list per item) are `ours` (flat, in order), within 1e-4
+    (8e-6 apart at most on the CPU this was written on; 4.0 apart when the math scores are
+    served through the reasoning adapter), and they differ by item by more than that (the
+    tiny student is not blind to its input), so the comparison can fail."""
+    flat = [score for scores in served for score in scores]
+    assert flat == pytest.approx(ours, rel=1e-5, abs=1e-4)
+    width = len(served[0])
+    by_item = {tuple(round(score, 3) for score in ours[start : start + width]) for start in range(0, len(ours), width)}
+    assert len(by_item) > len(served) // 2
+
+
 def _cli_answer(out_project: Path, bundle: Bundle, capability: str, inputs: list[str]) -> str:
     answered = nexus("infer", str(bundle.folder), "--capability", capability, *inputs, cwd=out_project)
     assert answered.returncode == 0, answered.stderr
@@ -74,27 +87,33 @@ def test_math_and_reasoning_answer_through_transformers_and_peft_as_nexus_infer(
     questions = Questions().test()[:COUNT]
     assert len(problems) == len(questions) == COUNT
     math_prompts = [math_benchmark.prompt_of(Problem(question=p.question, answer="")) for p in problems]
-    # The session's tiny student (twelve training steps) may stop at once on every plain prompt (on
-    # some CPUs it does: twenty empty answers), so the decoding is also compared where it writes:
-    # each prompt followed by the first word of its worked answer, through the text model that the
-    # math plugin's `answer` decodes with, one prompt at a time as `nexus infer` asks.
-    started = [f"{prompt} {problem.answer.split()[0]}" for prompt, problem in zip(math_prompts, problems, strict=True)]
+    reasoning_prompts = [reasoning_benchmark.prompt_of(q) for q in questions]
+    # The session's tiny student (twelve training steps) may give one answer to every prompt
+    # (here: twenty empty ones, and C to every question), which a served adapter other than ours
+    # could match; the log-likelihoods of each problem's worked answer and the next problem's, and
+    # of each option, differ by prompt whatever the student writes.
+    continuations = [[f" {problem.answer}", f" {problems[(index + 1) % COUNT].answer}"]
+                     for index, problem in enumerate(problems)]
+    options = list(reasoning_benchmark.CONTINUATIONS)
     requests = {
-        "math": {"kind": "generate", "max_new_tokens": math_benchmark.MAX_ANSWER_TOKENS,
-                 "items": math_prompts + started},
-        "reasoning": {"kind": "choose", "items": [{"prompt": reasoning_benchmark.prompt_of(q),
-                                                   "options": list(reasoning_benchmark.CONTINUATIONS)}
-                                                  for q in questions]}}
+        "math": {"kind": "generate", "max_new_tokens": math_benchmark.MAX_ANSWER_TOKENS, "items": math_prompts},
+        "math-scores": {"capability": "math", "kind": "loglikelihood",
+                        "items": [{"prompt": prompt, "continuations": pair}
+                                  for prompt, pair in zip(math_prompts, continuations, strict=True)]},
+        "reasoning": {"kind": "choose",
+                      "items": [{"prompt": prompt, "options": options} for prompt in reasoning_prompts]},
+        "reasoning-scores": {"capability": "reasoning", "kind": "loglikelihood",
+                             "items": [{"prompt": prompt, "continuations": options} for prompt in reasoning_prompts]}}
     served = _serve(out, requests, tmp_path)
     ours_math = [bundle.answer("math", [p.question]) for p in problems]
     ours_reasoning = [bundle.answer("reasoning", [q.question, *q.choices]) for q in questions]
-    served_math, served_continued = served["math"][:COUNT], served["math"][COUNT:]
-    assert served_math == ours_math
+    assert served["math"] == ours_math
     assert [option.strip() for option in served["reasoning"]] == [answer.split(")")[0] for answer in ours_reasoning]
-    text_model = text_model_of(bundle.model("math"))
-    ours_continued = [text_model.generate([prompt], math_benchmark.MAX_ANSWER_TOKENS)[0].strip() for prompt in started]
-    assert served_continued == ours_continued
-    assert len(set(ours_math) | set(ours_continued)) > 1  # the answers differ by prompt: the comparison can fail
+    _assert_same_scores(served["math-scores"], text_model_of(bundle.model("math")).loglikelihoods(
+        [(prompt, continuation) for prompt, pair in zip(math_prompts, continuations, strict=True)
+         for continuation in pair]))
+    _assert_same_scores(served["reasoning-scores"], text_model_of(bundle.model("reasoning")).loglikelihoods(
+        [(prompt, option) for prompt in reasoning_prompts for option in options]))
     # `Bundle.answer` is what `nexus infer` prints.
     assert _cli_answer(tmp_path, bundle, "math", [problems[0].question]) == ours_math[0]
 
@@ -109,6 +128,8 @@ def test_vision_and_voice_answer_through_the_documented_recipe_as_nexus_infer(
     from nexus_cap_voice.data import read_audio, wav_bytes
     from nexus_cap_voice.student import FEATURES
     from PIL import Image
+
+    from nexus_kernel.student.decoding import continuation_logprobs
 
     out, bundle = exported
     assert json.loads((out / "adapters/vision/parts.json").read_text())["output"] == "text"
@@ -126,14 +147,30 @@ def test_vision_and_voice_answer_through_the_documented_recipe_as_nexus_infer(
         save_file({str(i): FEATURES([read_audio(path)]) for i, path in enumerate(word_paths)}, tmp_path / "mels.st")
     prompts = [vision_benchmark.prompt_of(VisualQuestion(image=p.image, question=p.question, answer=""))
                for p in pictures]
+    # As for math: each picture's answer and the next picture's, scored after its image and question.
+    continuations = [[f" {picture.answer}", f" {pictures[(index + 1) % COUNT].answer}"]
+                     for index, picture in enumerate(pictures)]
     requests = {"vision": {"kind": "generate_after", "max_new_tokens": vision_benchmark.MAX_ANSWER_TOKENS,
                            "prefixes": str(tmp_path / "pixels.st"), "items": prompts},
+                "vision-scores": {"capability": "vision", "kind": "loglikelihood",
+                                  "prefixes": str(tmp_path / "pixels.st"),
+                                  "items": [{"prompt": prompt, "continuations": pair}
+                                            for prompt, pair in zip(prompts, continuations, strict=True)]},
                 "voice": {"kind": "embed", "prefixes": str(tmp_path / "mels.st"), "items": [None] * COUNT}}
     served = _serve(out, requests, tmp_path)
     ours_vision = [bundle.answer("vision", [str(path), picture.question])
                    for path, picture in zip(picture_paths, pictures, strict=True)]
     ours_voice = [bundle.answer("voice", [str(path)]) for path in word_paths]
     assert served["vision"] == ours_vision
+    vision = bundle.model("vision")
+    ours_scores: list[float] = []
+    for path, prompt, pair in zip(picture_paths, prompts, continuations, strict=True):
+        prefix = pixels([read_image(path)]).expand(len(pair), -1, -1, -1)
+        ours_scores += continuation_logprobs(
+            lambda ids, mask, positions, prefix=prefix: vision.student.text_logits(
+                vision.capability, ids, mask, positions, prefix=prefix),
+            vision.student.tokenizer, [(prompt, continuation) for continuation in pair])
+    _assert_same_scores(served["vision-scores"], ours_scores)
     assert served["voice"] == ours_voice
     assert len(set(ours_voice)) > 1  # labels and cosines differ by recording: the comparison can fail
     assert _cli_answer(tmp_path, bundle, "voice", [str(word_paths[0])]) == ours_voice[0]
