@@ -6,6 +6,7 @@ scoring continuations (lm-evaluation-harness' `loglikelihood`) as the bundle sco
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -67,6 +68,12 @@ def _assert_same_scores(served: list[list[float]], ours: list[float]) -> None:
     assert len(by_item) > len(served) // 2
 
 
+def _own_and_next(answers: list[str]) -> list[list[str]]:
+    """Per item, its own answer and the next item's (the last wraps to the first), each after a
+    space as the model writes it: two continuations to score after the item's prompt."""
+    return [[f" {answer}", f" {answers[(index + 1) % len(answers)]}"] for index, answer in enumerate(answers)]
+
+
 def _cli_answer(out_project: Path, bundle: Bundle, capability: str, inputs: list[str]) -> str:
     answered = nexus("infer", str(bundle.folder), "--capability", capability, *inputs, cwd=out_project)
     assert answered.returncode == 0, answered.stderr
@@ -92,8 +99,7 @@ def test_math_and_reasoning_answer_through_transformers_and_peft_as_nexus_infer(
     # (here: twenty empty ones, and C to every question), which a served adapter other than ours
     # could match; the log-likelihoods of each problem's worked answer and the next problem's, and
     # of each option, differ by prompt whatever the student writes.
-    continuations = [[f" {problem.answer}", f" {problems[(index + 1) % COUNT].answer}"]
-                     for index, problem in enumerate(problems)]
+    continuations = _own_and_next([problem.answer for problem in problems])
     options = list(reasoning_benchmark.CONTINUATIONS)
     requests = {
         "math": {"kind": "generate", "max_new_tokens": math_benchmark.MAX_ANSWER_TOKENS, "items": math_prompts},
@@ -142,14 +148,14 @@ def test_vision_and_voice_answer_through_the_documented_recipe_as_nexus_infer(
         word_paths.append(tmp_path / f"word{index}.wav")
         word_paths[-1].write_bytes(wav_bytes(word.samples))
     # The plugins' input features (what their projectors read), as `nexus infer` computes them.
-    save_file({str(i): pixels([read_image(path)]) for i, path in enumerate(picture_paths)}, tmp_path / "pixels.st")
+    picture_pixels = [pixels([read_image(path)]) for path in picture_paths]
+    save_file({str(i): features for i, features in enumerate(picture_pixels)}, tmp_path / "pixels.st")
     with torch.inference_mode():
         save_file({str(i): FEATURES([read_audio(path)]) for i, path in enumerate(word_paths)}, tmp_path / "mels.st")
     prompts = [vision_benchmark.prompt_of(VisualQuestion(image=p.image, question=p.question, answer=""))
                for p in pictures]
     # As for math: each picture's answer and the next picture's, scored after its image and question.
-    continuations = [[f" {picture.answer}", f" {pictures[(index + 1) % COUNT].answer}"]
-                     for index, picture in enumerate(pictures)]
+    continuations = _own_and_next([picture.answer for picture in pictures])
     requests = {"vision": {"kind": "generate_after", "max_new_tokens": vision_benchmark.MAX_ANSWER_TOKENS,
                            "prefixes": str(tmp_path / "pixels.st"), "items": prompts},
                 "vision-scores": {"capability": "vision", "kind": "loglikelihood",
@@ -164,12 +170,11 @@ def test_vision_and_voice_answer_through_the_documented_recipe_as_nexus_infer(
     assert served["vision"] == ours_vision
     vision = bundle.model("vision")
     ours_scores: list[float] = []
-    for path, prompt, pair in zip(picture_paths, prompts, continuations, strict=True):
-        prefix = pixels([read_image(path)]).expand(len(pair), -1, -1, -1)
-        ours_scores += continuation_logprobs(
-            lambda ids, mask, positions, prefix=prefix: vision.student.text_logits(
-                vision.capability, ids, mask, positions, prefix=prefix),
-            vision.student.tokenizer, [(prompt, continuation) for continuation in pair])
+    for features, prompt, pair in zip(picture_pixels, prompts, continuations, strict=True):
+        logits_of = functools.partial(vision.student.text_logits, vision.capability,
+                                      prefix=features.expand(len(pair), -1, -1, -1))
+        ours_scores += continuation_logprobs(logits_of, vision.student.tokenizer,
+                                             [(prompt, continuation) for continuation in pair])
     _assert_same_scores(served["vision-scores"], ours_scores)
     assert served["voice"] == ours_voice
     assert len(set(ours_voice)) > 1  # labels and cosines differ by recording: the comparison can fail
